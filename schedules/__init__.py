@@ -1,0 +1,1 @@
+"""Hardware-specific schedules, tensor intrinsics and tuned databases (``tvmq.schedules``)."""

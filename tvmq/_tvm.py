@@ -1,0 +1,69 @@
+"""The one place that imports TVM modules which moved between releases.
+
+TVM 0.25-0.27 renamed many modules (``tvm.tir`` -> ``tvm.tirx``, ``tvm.meta_schedule`` ->
+``tvm.s_tir.meta_schedule``, ``tvm.contrib.cc`` -> ``tvm.support.cc`` ...). Every other tvmq
+module imports them from here, so the next TVM bump touches one file.
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import relax, te, topi
+from tvm.relax.frontend import detach_params
+from tvm.relax.frontend.torch import from_exported_program
+from tvm.relax.frontend.onnx import from_onnx
+from tvm.support import cc
+from tvm.script import ir as I
+from tvm.script import relax as R
+from tvm.script import tirx as T
+from tvm import tirx as tir
+
+TVM_VERSION: str = tvm.__version__
+
+
+def meta_schedule():
+    """Return ``tvm.s_tir.meta_schedule`` (imported lazily: it is slow to import)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms
+
+
+def s_tir():
+    """Return ``tvm.s_tir`` (scheduling TIR: ``Schedule``, dlight, tensor intrinsics)."""
+    from tvm import s_tir as _s
+
+    return _s
+
+
+def rpc():
+    """Return ``tvm.rpc``."""
+    from tvm import rpc as _rpc
+
+    return _rpc
+
+
+def struct_shape(var) -> tuple[int, ...]:
+    """Static shape of a Relax tensor var/expr (``var.ty`` in 0.27, ``struct_info`` before)."""
+    ty = getattr(var, "ty", None) or var.struct_info
+    return tuple(int(d) for d in ty.shape)
+
+
+def struct_dtype(var) -> str:
+    ty = getattr(var, "ty", None) or var.struct_info
+    return str(ty.dtype)
+
+
+def const_value(const) -> "tvm.runtime.Tensor":
+    """The runtime tensor of a Relax constant (``.value`` in 0.27, ``.data`` before)."""
+    return const.value if hasattr(const, "value") else const.data
+
+
+def tensor(array, device=None):
+    """Create a runtime tensor from a NumPy array."""
+    return tvm.runtime.tensor(array, device=device or tvm.cpu())
+
+
+__all__ = [
+    "tvm", "relax", "te", "topi", "tir", "I", "R", "T", "cc", "detach_params",
+    "from_exported_program", "from_onnx", "TVM_VERSION", "meta_schedule", "s_tir", "rpc",
+    "struct_shape", "struct_dtype", "const_value", "tensor",
+]

@@ -1,0 +1,176 @@
+"""The compiled artifact: a TVM shared library plus ``meta.json``.
+
+Layout of an artifact directory::
+
+    lib.so      Relax VM executable (weights embedded); loads with tvm.runtime.load_module
+    meta.json   inputs, outputs, board, TVM version, per-layer report, sizes
+
+The device needs only the TVM runtime::
+
+    lib = tvm.runtime.load_module("artifact/lib.so")
+    vm = tvm.relax.VirtualMachine(lib, tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x))
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from tvmq.errors import ArtifactError, InputMismatchError
+
+LIB_NAME = "lib.so"
+META_NAME = "meta.json"
+FORMAT_VERSION = 1
+
+
+class Artifact:
+    """A compiled model: ``meta`` (JSON-able dict) and the TVM executable/library."""
+
+    def __init__(self, executable, meta: dict[str, Any], lib_path: Path | None = None):
+        self.executable = executable
+        self.meta = meta
+        self._lib_path = lib_path
+        self._vm = None
+
+    # ---- persistence -------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the artifact directory atomically (a temp dir renamed into place)."""
+        path = Path(path).absolute()
+        parent = path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+        except OSError as err:
+            raise ArtifactError(f"cannot write artifact to {path}: {err.strerror}",
+                                "choose a writable output directory with -o") from err
+        try:
+            self._export_library(tmp / LIB_NAME)
+            self.meta["sizes"]["lib_bytes"] = (tmp / LIB_NAME).stat().st_size
+            (tmp / META_NAME).write_text(json.dumps(self.meta, indent=2, sort_keys=True))
+            _replace_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._lib_path = path / LIB_NAME
+        return path
+
+    def _export_library(self, dest: Path) -> None:
+        from tvmq._tvm import cc
+
+        if self.executable is None:
+            shutil.copyfile(self._lib_path, dest)
+            return
+        compiler = self.meta["board"].get("cross_compiler")
+        if compiler:
+            self.executable.export_library(str(dest), fcompile=cc.cross_compiler(compiler))
+        else:
+            self.executable.export_library(str(dest))
+
+    # ---- execution ---------------------------------------------------------------------
+    @property
+    def input_specs(self) -> list[dict[str, Any]]:
+        return self.meta["inputs"]
+
+    def _vm_local(self):
+        from tvmq._tvm import relax, tvm
+
+        if self._vm is None:
+            if self.meta["board"]["arch"] != _host_arch():
+                raise ArtifactError(
+                    f"artifact was built for {self.meta['board']['name']} "
+                    f"({self.meta['board']['arch']}), this machine is {_host_arch()}",
+                    "run it on the board: tvmq bench ARTIFACT --device rpc://HOST:PORT/KEY")
+            lib = self.executable if self.executable is not None else \
+                tvm.runtime.load_module(str(self._lib_path))
+            self._vm = relax.VirtualMachine(lib, tvm.cpu())
+        return self._vm
+
+    def check_inputs(self, inputs) -> list[np.ndarray]:
+        """Validate count, shape and dtype of ``inputs`` (array, list or name->array dict)."""
+        specs = self.input_specs
+        if isinstance(inputs, np.ndarray) or hasattr(inputs, "numpy"):
+            inputs = [inputs]
+        if isinstance(inputs, Mapping):
+            missing = [s["name"] for s in specs if s["name"] not in inputs]
+            if missing:
+                raise InputMismatchError(f"missing input(s) {missing}",
+                                         f"pass all of {[s['name'] for s in specs]}")
+            inputs = [inputs[s["name"]] for s in specs]
+        arrays = [np.asarray(x.numpy() if hasattr(x, "numpy") else x) for x in inputs]
+        if len(arrays) != len(specs):
+            raise InputMismatchError(f"expected {len(specs)} input(s), got {len(arrays)}",
+                                     f"pass {[s['name'] for s in specs]}")
+        for arr, spec in zip(arrays, specs):
+            if list(arr.shape) != list(spec["shape"]):
+                raise InputMismatchError(
+                    f"input {spec['name']!r} has shape {list(arr.shape)}, expected {spec['shape']}",
+                    "reshape the input or recompile with --input-shape")
+            if arr.dtype.name != spec["dtype"]:
+                raise InputMismatchError(
+                    f"input {spec['name']!r} has dtype {arr.dtype.name}, expected {spec['dtype']}",
+                    f"convert it: x.astype(np.{spec['dtype']})")
+        return [np.ascontiguousarray(a) for a in arrays]
+
+    def run(self, inputs) -> list[np.ndarray]:
+        """Run on the local CPU; returns the outputs as NumPy arrays."""
+        from tvmq._tvm import tensor
+
+        arrays = self.check_inputs(inputs)
+        out = self._vm_local()["main"](*[tensor(a) for a in arrays])
+        return _flatten_outputs(out)
+
+    def __repr__(self) -> str:
+        return (f"Artifact(board={self.meta['board']['name']!r}, "
+                f"inputs={[(s['name'], s['shape']) for s in self.input_specs]})")
+
+
+def _flatten_outputs(out) -> list[np.ndarray]:
+    if hasattr(out, "numpy"):
+        return [out.numpy()]
+    result = []
+    for item in out:
+        result.extend(_flatten_outputs(item))
+    return result
+
+
+def _host_arch() -> str:
+    import platform
+
+    return platform.machine()
+
+
+def _replace_dir(tmp: Path, dest: Path) -> None:
+    """Move ``tmp`` onto ``dest``; an existing artifact is swapped out, never half-overwritten."""
+    if dest.exists():
+        if not (dest / META_NAME).exists() and any(dest.iterdir()):
+            raise ArtifactError(f"{dest} exists and is not a tvmq artifact",
+                                "choose a new or empty output directory")
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+
+
+def load(path: str | os.PathLike) -> Artifact:
+    """Load an artifact directory written by :meth:`Artifact.save`."""
+    path = Path(path)
+    meta_file, lib_file = path / META_NAME, path / LIB_NAME
+    if not meta_file.is_file() or not lib_file.is_file():
+        raise ArtifactError(f"{path} is not a tvmq artifact (needs {META_NAME} and {LIB_NAME})",
+                            "pass the directory written by `tvmq compile -o DIR`")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except ValueError as err:
+        raise ArtifactError(f"{meta_file} is corrupt: {err}", "recompile the model") from err
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{path} has artifact format {meta.get('format_version')}, "
+                            f"this tvmq reads {FORMAT_VERSION}", "recompile the model")
+    return Artifact(None, meta, lib_file)

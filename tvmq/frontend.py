@@ -1,0 +1,201 @@
+"""Import a PyTorch module or an ONNX file into a Relax IRModule with detached parameters.
+
+Both routes return an :class:`ImportedModel`: the module (its ``main`` takes the user inputs
+first, then the parameters) plus the parameter arrays and the input/output signature.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tvmq._tvm import detach_params, from_exported_program, from_onnx, relax, tvm
+from tvmq.errors import ModelLoadError, UnsupportedOpError, TvmqError
+
+
+@dataclasses.dataclass
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclasses.dataclass
+class ImportedModel:
+    """A Relax module whose ``main`` takes ``inputs`` then ``params`` (already bound or not)."""
+
+    mod: tvm.IRModule
+    params: dict[str, np.ndarray]
+    inputs: list[TensorSpec]
+    source: str  # "torch" or "onnx"
+    output_names: list[str] | None = None
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        """Output specs (name, shape, dtype), flattened from ``main``'s return type."""
+        leaves = _flatten_type(self.mod["main"].ret_ty)
+        names = self.output_names or []
+        return [{"name": names[i] if i < len(names) else f"output{i}",
+                 "shape": [int(d) for d in t.shape], "dtype": str(t.dtype)}
+                for i, t in enumerate(leaves)]
+
+    def bind_params(self) -> tvm.IRModule:
+        """The module with parameters bound as constants (what the compile pipeline wants)."""
+        if not self.params:
+            return self.mod
+        consts = {k: tvm.runtime.tensor(v) for k, v in self.params.items()}
+        return relax.transform.BindParams("main", consts)(self.mod)
+
+
+def _flatten_type(ty) -> list:
+    if isinstance(ty, relax.TupleType):
+        return [leaf for field in ty.fields for leaf in _flatten_type(field)]
+    return [ty]
+
+
+def _torch_inputs(example_inputs) -> tuple:
+    import torch
+
+    if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
+        example_inputs = (example_inputs,)
+    return tuple(torch.as_tensor(x) for x in example_inputs)
+
+
+def import_torch(model, example_inputs) -> ImportedModel:
+    """Import a ``torch.nn.Module`` through ``torch.export``."""
+    import torch
+
+    args = _torch_inputs(example_inputs)
+    model = model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ep = torch.export.export(model, args)
+    except Exception as err:  # torch.export raises many types; all mean "cannot trace"
+        raise UnsupportedOpError(f"torch.export failed on {type(model).__name__}: "
+                                 f"{str(err).splitlines()[0]}",
+                                 "make forward() traceable (no data-dependent Python control "
+                                 "flow) or export the model to ONNX and compile that") from err
+    try:
+        mod = from_exported_program(ep, keep_params_as_input=True)
+    except AssertionError as err:
+        raise UnsupportedOpError(f"TVM's PyTorch frontend cannot import: {err}",
+                                 "replace the named op(s) or compile an ONNX export") from err
+    mod, params = detach_params(mod)
+    main = mod["main"]
+    n_in = len(args)
+    names = [p.name for p in main.params]
+    param_arrays = {n: p.numpy() for n, p in zip(names[n_in:], params.get("main", []))}
+    specs = [TensorSpec(names[i] if i < len(names) else f"input{i}", tuple(a.shape),
+                        str(a.dtype).replace("torch.", "")) for i, a in enumerate(args)]
+    return ImportedModel(mod, param_arrays, specs, "torch")
+
+
+def load_onnx(path: str | os.PathLike):
+    """Load and check an ONNX file; a missing/corrupt file is a :class:`ModelLoadError`."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} not found", "check the path")
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # protobuf DecodeError and friends
+        raise ModelLoadError(f"{path} is not a valid ONNX file ({type(err).__name__}: {err})",
+                             "re-export the model; the file is truncated or not ONNX") from err
+    if not model.graph.node:
+        raise ModelLoadError(f"{path} has an empty graph", "re-export the model")
+    return model
+
+
+def _check_onnx_ops(model) -> None:
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    from tvmq import onnx_ops  # converters tvmq adds (QOperator formats ...)
+
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
+    known = set(_get_convert_map()) | set(onnx_ops.EXTRA_CONVERTERS)
+    for node in model.graph.node:
+        if node.op_type not in known:
+            raise UnsupportedOpError(
+                f"unsupported ONNX op {node.op_type} at node {node.name or '<unnamed>'} "
+                f"(opset {opset})",
+                "replace it in the exporter or add a converter to tvmq.onnx_ops")
+
+
+def import_onnx(model, shape_dict: dict[str, Sequence[int]] | None = None) -> ImportedModel:
+    """Import an ONNX model (path or ModelProto) with Relax's ONNX frontend."""
+    from tvmq import onnx_ops
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load_onnx(model)
+    _check_onnx_ops(model)
+    inputs = _onnx_inputs(model, shape_dict)
+    with warnings.catch_warnings(), onnx_ops.registered():
+        warnings.simplefilter("ignore")
+        try:
+            mod = from_onnx(model, shape_dict={s.name: list(s.shape) for s in inputs},
+                            dtype_dict={s.name: s.dtype for s in inputs}, keep_params_in_input=True)
+        except TvmqError:
+            raise
+        except Exception as err:
+            raise UnsupportedOpError(f"TVM's ONNX frontend failed: {str(err).splitlines()[0]}",
+                                     "simplify the model (onnxsim) or report the op") from err
+    mod, params = detach_params(mod)
+    names = [p.name for p in mod["main"].params]
+    n_in = len(inputs)
+    param_arrays = {n: p.numpy() for n, p in zip(names[n_in:], params.get("main", []))}
+    for spec, name in zip(inputs, names):
+        spec.name = name
+    outputs = [o.name for o in model.graph.output]
+    return ImportedModel(mod, param_arrays, inputs, "onnx", outputs)
+
+
+def _onnx_inputs(model, shape_dict) -> list[TensorSpec]:
+    import onnx
+
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        ttype = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
+        if shape_dict and inp.name in shape_dict:
+            dims = list(shape_dict[inp.name])
+        if any(d is None or d <= 0 for d in dims):
+            raise TvmqError(f"ONNX input {inp.name!r} has a dynamic shape {dims}",
+                            f"give a static shape, e.g. --input-shape {inp.name}:1,3,224,224")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
+        specs.append(TensorSpec(inp.name, tuple(int(d) for d in dims), dtype))
+    return specs
+
+
+def import_model(model, example_inputs=None, input_shapes=None) -> ImportedModel:
+    """Dispatch on the model's kind: ``torch.nn.Module``, ONNX path or ``onnx.ModelProto``."""
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        if example_inputs is None:
+            if not input_shapes:
+                raise TvmqError("a PyTorch model needs example inputs",
+                                "call tvmq.compile(model, example_inputs=torch.randn(1, 3, 224, 224))")
+            example_inputs = tuple(torch.randn(*s) for s in input_shapes.values())
+        return import_torch(model, example_inputs)
+    if isinstance(model, (str, os.PathLike)):
+        suffix = Path(model).suffix.lower()
+        if suffix not in (".onnx", ""):
+            raise ModelLoadError(f"{model}: unknown model format {suffix!r}",
+                                 "pass an .onnx file or a torch.nn.Module")
+        return import_onnx(model, input_shapes)
+    if type(model).__name__ == "ModelProto":
+        return import_onnx(model, input_shapes)
+    raise TvmqError(f"cannot compile a {type(model).__name__}",
+                    "pass a torch.nn.Module, an ONNX file path or an onnx.ModelProto")

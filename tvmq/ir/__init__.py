@@ -1,0 +1,1 @@
+"""Names shared by ``tvmq.passes`` and ``tvmq.schedules`` (which never import each other)."""

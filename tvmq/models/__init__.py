@@ -1,0 +1,71 @@
+"""tvmq's small model zoo (plain PyTorch; torchvision does not work with the pinned torch).
+
+>>> from tvmq import models
+>>> net, shape = models.create("resnet18"), models.input_shape("resnet18")
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+from torch import nn
+
+from tvmq.errors import TvmqError
+from tvmq.models.digits import DigitsCNN
+from tvmq.models.mobilenet import MobileNetV2
+from tvmq.models.resnet import ResNet18, ResNet20
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooEntry:
+    factory: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]
+    description: str
+
+
+ZOO: dict[str, ZooEntry] = {
+    "digits_cnn": ZooEntry(lambda: DigitsCNN(batchnorm=True), (1, 1, 8, 8),
+                           "digits CNN with BatchNorm, ReLU"),
+    "digits_cnn_nobn": ZooEntry(lambda: DigitsCNN(batchnorm=False), (1, 1, 8, 8),
+                                "digits CNN without BatchNorm"),
+    "digits_cnn_silu": ZooEntry(lambda: DigitsCNN(batchnorm=True, act="silu"), (1, 1, 8, 8),
+                                "digits CNN with BatchNorm, SiLU (biased activations)"),
+    "resnet20": ZooEntry(ResNet20, (1, 3, 32, 32), "ResNet-20, CIFAR-style"),
+    "resnet18": ZooEntry(ResNet18, (1, 3, 224, 224), "ResNet-18, ImageNet-style"),
+    "mobilenet_v2": ZooEntry(MobileNetV2, (1, 3, 224, 224), "MobileNetV2, ImageNet-style"),
+}
+
+
+def _entry(name: str) -> ZooEntry:
+    if name not in ZOO:
+        raise TvmqError(f"unknown zoo model {name!r}", f"use one of {', '.join(ZOO)}")
+    return ZOO[name]
+
+
+def create(name: str, seed: int = 0) -> nn.Module:
+    """Build a zoo model with a deterministic random init, in eval mode."""
+    torch.manual_seed(seed)
+    model = _entry(name).factory().eval()
+    _randomize_bn(model, seed)
+    return model
+
+
+def input_shape(name: str) -> tuple[int, ...]:
+    """The zoo model's default input shape (batch 1, NCHW)."""
+    return _entry(name).input_shape
+
+
+def _randomize_bn(model: nn.Module, seed: int) -> None:
+    """Give BatchNorm non-trivial statistics so that folding them is actually tested."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            n = mod.num_features
+            mod.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            mod.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+            mod.weight.data.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+            mod.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+
+
+__all__ = ["ZOO", "create", "input_shape", "DigitsCNN", "ResNet20", "ResNet18", "MobileNetV2"]
