@@ -53,6 +53,7 @@ class Artifact:
             self._export_library(tmp / LIB_NAME)
             self.meta["sizes"]["lib_bytes"] = (tmp / LIB_NAME).stat().st_size
             (tmp / META_NAME).write_text(json.dumps(self.meta, indent=2, sort_keys=True))
+            tmp.chmod(0o755)
             _replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -174,3 +175,22 @@ def load(path: str | os.PathLike) -> Artifact:
         raise ArtifactError(f"{path} has artifact format {meta.get('format_version')}, "
                             f"this tvmq reads {FORMAT_VERSION}", "recompile the model")
     return Artifact(None, meta, lib_file)
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(fileobj)`` on a temp file next to ``path``, then rename it into place."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as err:
+        raise ArtifactError(f"cannot write {path}: {err.strerror}",
+                            "choose a writable output location") from err
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

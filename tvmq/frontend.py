@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tvmq._tvm import detach_params, from_exported_program, from_onnx, relax, tvm
+from tvmq._tvm import (detach_params, from_exported_program, from_onnx, relax, struct_dtype,
+                       struct_shape, tvm)
 from tvmq.errors import ModelLoadError, UnsupportedOpError, TvmqError
 
 
@@ -68,33 +69,42 @@ def _torch_inputs(example_inputs) -> tuple:
     return tuple(torch.as_tensor(x) for x in example_inputs)
 
 
-def import_torch(model, example_inputs) -> ImportedModel:
-    """Import a ``torch.nn.Module`` through ``torch.export``."""
+def _export(model, args):
     import torch
 
-    args = _torch_inputs(example_inputs)
-    model = model.eval()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ep = torch.export.export(model, args)
+            return torch.export.export(model.eval(), args)
     except Exception as err:  # torch.export raises many types; all mean "cannot trace"
         raise UnsupportedOpError(f"torch.export failed on {type(model).__name__}: "
                                  f"{str(err).splitlines()[0]}",
                                  "make forward() traceable (no data-dependent Python control "
                                  "flow) or export the model to ONNX and compile that") from err
+
+
+def import_torch(model, example_inputs=None) -> ImportedModel:
+    """Import a ``torch.nn.Module`` (traced with ``torch.export``) or an ``ExportedProgram``."""
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        ep = model
+    else:
+        args = _torch_inputs(example_inputs)
+        ep = _export(model, args)
     try:
-        mod = from_exported_program(ep, keep_params_as_input=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mod = from_exported_program(ep, keep_params_as_input=True)
     except AssertionError as err:
         raise UnsupportedOpError(f"TVM's PyTorch frontend cannot import: {err}",
                                  "replace the named op(s) or compile an ONNX export") from err
     mod, params = detach_params(mod)
     main = mod["main"]
-    n_in = len(args)
+    n_in = int(main.attrs["num_input"]) if main.attrs and "num_input" in main.attrs else len(args)
     names = [p.name for p in main.params]
     param_arrays = {n: p.numpy() for n, p in zip(names[n_in:], params.get("main", []))}
-    specs = [TensorSpec(names[i] if i < len(names) else f"input{i}", tuple(a.shape),
-                        str(a.dtype).replace("torch.", "")) for i, a in enumerate(args)]
+    specs = [TensorSpec(p.name, struct_shape(p), struct_dtype(p)) for p in main.params[:n_in]]
     return ImportedModel(mod, param_arrays, specs, "torch")
 
 
@@ -113,6 +123,20 @@ def load_onnx(path: str | os.PathLike):
     if not model.graph.node:
         raise ModelLoadError(f"{path} has an empty graph", "re-export the model")
     return model
+
+
+def load_exported_program(path: str | os.PathLike):
+    """Load a ``torch.export.save``'d program; a missing/corrupt file is a ModelLoadError."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} not found", "check the path")
+    try:
+        return torch.export.load(str(path))
+    except Exception as err:
+        raise ModelLoadError(f"{path} is not a valid torch.export program "
+                             f"({type(err).__name__})", "re-save it with torch.export.save") from err
 
 
 def _check_onnx_ops(model) -> None:
@@ -182,6 +206,8 @@ def import_model(model, example_inputs=None, input_shapes=None) -> ImportedModel
     """Dispatch on the model's kind: ``torch.nn.Module``, ONNX path or ``onnx.ModelProto``."""
     import torch
 
+    if isinstance(model, torch.export.ExportedProgram):
+        return import_torch(model)
     if isinstance(model, torch.nn.Module):
         if example_inputs is None:
             if not input_shapes:
@@ -191,9 +217,11 @@ def import_model(model, example_inputs=None, input_shapes=None) -> ImportedModel
         return import_torch(model, example_inputs)
     if isinstance(model, (str, os.PathLike)):
         suffix = Path(model).suffix.lower()
+        if suffix == ".pt2":
+            return import_torch(load_exported_program(model))
         if suffix not in (".onnx", ""):
             raise ModelLoadError(f"{model}: unknown model format {suffix!r}",
-                                 "pass an .onnx file or a torch.nn.Module")
+                                 "pass an .onnx file, a torch.export .pt2 file or a torch.nn.Module")
         return import_onnx(model, input_shapes)
     if type(model).__name__ == "ModelProto":
         return import_onnx(model, input_shapes)

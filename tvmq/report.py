@@ -65,3 +65,14 @@ def _dtype(expr) -> str | None:
         return struct_dtype(expr)
     except (TypeError, AttributeError):
         return None
+
+
+def format_layers(layers: list[dict[str, Any]]) -> str:
+    """A fixed-width table of the per-layer report."""
+    rows = [f"{'layer':<18}{'op':<16}{'out shape':<22}{'precision':<11}{'MMACs':>9}  note"]
+    for layer in layers:
+        shape = "x".join(map(str, layer.get("out_shape") or []))
+        rows.append(f"{layer['name'][:17]:<18}{layer['op']:<16}{shape:<22}"
+                    f"{layer.get('precision', ''):<11}{layer.get('macs', 0) / 1e6:>9.2f}  "
+                    f"{layer.get('reason', '')}")
+    return "\n".join(rows)

@@ -1,0 +1,48 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both create .venv (Python 3.11) if missing and install tvmq with pinned dependencies.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tvmq-installed
+# Slow tests CI runs (a bounded subset of `-m slow`): see pyproject.toml's `ci` marker.
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-all test-slow install cross-compilers board clean
+
+demo: install
+	$(BIN)/tvmq demo
+
+test: install
+	$(BIN)/python -m pytest -m "not slow and not board and not tuning" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "ci" $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m "slow or tuning" $(PYTEST_ARGS)
+
+test-all: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (fix: install Python 3.11 or run make PYTHON=/path/to/python3.11)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml setup.py | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade "pip==24.2"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(MAKE) --no-print-directory cross-compilers
+	touch $(STAMP)
+
+# Debian's cross compilers link artifacts for the ARM boards (rasp4b, rasp4b-armv7, ...).
+cross-compilers:
+	@if command -v aarch64-linux-gnu-gcc >/dev/null && command -v arm-linux-gnueabihf-gcc >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian cross compilers (gcc-aarch64-linux-gnu, gcc-arm-linux-gnueabihf)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf >/dev/null \
+		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf >/dev/null; } \
+		|| { echo "error: could not install the cross compilers (fix: sudo apt-get install gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf)"; exit 2; }; \
+	else echo "error: cross compilers missing (fix: sudo apt-get install gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf)"; exit 2; fi
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,36 @@
+"""Shared fixtures. Threads are pinned to the machine's 2 cores everywhere."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(2)
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    from tvmq import data
+
+    return data.digits()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_tvm(monkeypatch):
+    monkeypatch.setenv("TVM_LOG_DEBUG", os.environ.get("TVM_LOG_DEBUG", "0"))
+
+
+def assert_well_formed(mod) -> None:
+    """TVM's Relax well-formedness check (0.27 raises on the first violation)."""
+    from tvm import relax
+
+    relax.analysis.well_formed(mod)

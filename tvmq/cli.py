@@ -1,0 +1,209 @@
+"""``tvmq`` command line: argument parsing only; every command calls the library.
+
+Errors in the user's input (:class:`tvmq.errors.TvmqError`) print one line and exit with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tvmq.errors import TvmqError
+
+
+def _parse_shapes(values: list[str] | None) -> dict[str, tuple[int, ...]] | None:
+    """``NAME:1,3,224,224`` or ``1,3,224,224`` (first input) -> {name: shape}."""
+    if not values:
+        return None
+    shapes = {}
+    for i, text in enumerate(values):
+        name, _, dims = text.rpartition(":")
+        try:
+            shapes[name or f"input{i}"] = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise TvmqError(f"bad --input-shape {text!r}", "write NAME:1,3,224,224 or 1,3,224,224")
+    return shapes
+
+
+def _resolve_model(spec: str, shapes):
+    """A model argument: ``zoo:NAME``, an ``.onnx`` file or a ``.pt2`` torch.export file."""
+    if spec.startswith("zoo:"):
+        import torch
+
+        from tvmq import models
+
+        name = spec[4:]
+        shape = next(iter(shapes.values())) if shapes else models.input_shape(name)
+        return models.create(name), torch.randn(*shape), None
+    if shapes and any(k.startswith("input") and k[5:].isdigit() for k in shapes):
+        shapes = _name_positional_shapes(spec, shapes)
+    return spec, None, shapes
+
+
+def _name_positional_shapes(path: str, shapes):
+    from tvmq.frontend import load_onnx
+
+    model = load_onnx(path)
+    inits = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    return {names[int(k[5:])] if k.startswith("input") and int(k[5:]) < len(names) else k: v
+            for k, v in shapes.items()}
+
+
+def cmd_compile(args) -> int:
+    import tvmq
+
+    shapes = _parse_shapes(args.input_shape)
+    model, example, shapes = _resolve_model(args.model, shapes)
+    opts = tvmq.PipelineOptions(dump_dir=args.dump_ir)
+    artifact = tvmq.compile(model, example_inputs=example, board=args.board,
+                            input_shapes=shapes, options=opts)
+    path = artifact.save(args.output)
+    sizes = artifact.meta["sizes"]
+    print(f"compiled {args.model} for {args.board} -> {path} "
+          f"({sizes['lib_bytes'] / 1024:.1f} KiB, {artifact.meta['compile_seconds']:.1f} s)")
+    return 0
+
+
+def _load_inputs(values: list[str], artifact) -> dict[str, np.ndarray] | list[np.ndarray]:
+    specs = artifact.input_specs
+    named, positional = {}, []
+    for text in values:
+        name, sep, file = text.partition("=")
+        if not sep:
+            file, name = text, None
+        if not Path(file).is_file():
+            raise TvmqError(f"input file {file} not found", "save inputs with numpy.save(path, x)")
+        arr = np.load(file, allow_pickle=False)
+        if name:
+            named[name] = arr
+        else:
+            positional.append(arr)
+    if named:
+        named.update({s["name"]: a for s, a in zip(specs, positional)})
+        return named
+    return positional
+
+
+def cmd_run(args) -> int:
+    import tvmq
+    from tvmq.artifact import atomic_write
+
+    artifact = tvmq.load(args.artifact)
+    outputs = artifact.run(_load_inputs(args.input, artifact))
+    names = [o["name"] for o in artifact.meta["outputs"]]
+    if args.output:
+        out = Path(args.output)
+        if out.suffix == ".npz" or len(outputs) > 1:
+            atomic_write(out, lambda f: np.savez(f, **dict(zip(names, outputs))))
+        else:
+            atomic_write(out, lambda f: np.save(f, outputs[0]))
+        print(f"wrote {len(outputs)} output(s) to {out}")
+    else:
+        for name, arr in zip(names, outputs):
+            print(f"{name}: shape={list(arr.shape)} dtype={arr.dtype}\n{arr}")
+    return 0
+
+
+def cmd_boards(args) -> int:
+    from tvmq.boards import list_boards
+
+    if args.json:
+        print(json.dumps([{"name": b.name, "target": b.target, "cross_compiler": b.cross_compiler,
+                           "rpc_key": b.rpc_key, "cores": b.cores, "arch": b.arch,
+                           "notes": b.notes} for b in list_boards()], indent=2))
+        return 0
+    print(f"{'board':<14}{'arch':<9}{'cores':<7}{'mcpu':<13}notes")
+    for b in list_boards():
+        print(f"{b.name:<14}{b.arch:<9}{b.cores:<7}{b.target.get('mcpu', ''):<13}{b.notes}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import tvmq
+    from tvmq.report import format_layers
+
+    meta = tvmq.load(args.artifact).meta
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    board = meta["board"]
+    print(f"artifact   {Path(args.artifact).resolve()}")
+    print(f"board      {board['name']} ({board['arch']}), TVM {meta['tvm_version']}, "
+          f"from {meta['source']}")
+    for kind in ("inputs", "outputs"):
+        for s in meta[kind]:
+            print(f"{kind[:-1]:<10} {s['name']} {s['shape']} {s['dtype']}")
+    print("sizes      " + ", ".join(f"{k}={v}" for k, v in meta["sizes"].items()))
+    print(format_layers(meta["layers"]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tvmq", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compile", help="compile an ONNX / .pt2 / zoo:NAME model to an artifact")
+    p.add_argument("model", help="model.onnx, program.pt2 (torch.export.save) or zoo:NAME")
+    p.add_argument("-o", "--output", required=True, help="artifact directory to write")
+    p.add_argument("--board", default="host", help="target board (see `tvmq boards`)")
+    p.add_argument("--input-shape", action="append", metavar="[NAME:]D0,D1,...",
+                   help="static input shape (repeat per input)")
+    p.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pipeline phase")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="run an artifact on this machine")
+    p.add_argument("artifact")
+    p.add_argument("--input", action="append", required=True, metavar="[NAME=]FILE.npy")
+    p.add_argument("--output", metavar="FILE.npy|FILE.npz")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("boards", help="list the board registry")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_boards)
+
+    p = sub.add_parser("info", help="describe an artifact")
+    p.add_argument("artifact")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="train, compile and run the digits CNN end to end")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("-o", "--output", default="out/demo", help="where artifacts and report go")
+    p.set_defaults(func=lambda a: __import__("tvmq.demo", fromlist=["main"]).main(a))
+
+    for module in _EXTENSIONS:
+        _register_extension(sub, module)
+    return parser
+
+
+# Sub-command groups defined next to the library code they call: each module has
+# ``add_parsers(subparsers)``.
+_EXTENSIONS: list[str] = []
+
+
+def _register_extension(sub, module: str) -> None:
+    import importlib
+
+    importlib.import_module(module).add_parsers(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TvmqError as err:
+        print(f"tvmq {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""NumPy integer reference for every op tvmq lowers to integer Relax.
+
+The functions here define the semantics that the lowered graphs must reproduce *bit-exactly*;
+tests compare TVM against them with ``np.array_equal``. Float helpers (:func:`quantize`,
+:func:`dequantize`) follow ONNX ``QuantizeLinear``/``DequantizeLinear`` (round half to even,
+saturate), including per-axis and blocked scales.
+
+Requantization rule (used for every integer rescale: conv/dense outputs, add, concat, pools)
+--------------------------------------------------------------------------------------------
+A real multiplier ``M = s_in / s_out`` is represented as ``m / 2**n`` with a 31-bit integer
+``m`` in ``[2**30, 2**31)`` (``M``'s mantissa rounded half-to-even to 31 significant bits) and
+a right shift ``n`` in ``[1, 62]`` (:func:`quantize_multiplier`). The integer result is::
+
+    y = clamp(RNE(acc * m / 2**n) + z_out, lo, hi)
+
+where ``RNE`` rounds the *exact rational* ``acc * m / 2**n`` half to even (computed in int64:
+floor shift, then +1 if the remainder is above half, or equal to half and the floor is odd).
+ONNX ``QuantizeLinear`` rounds ``float32(acc * s_in) / s_out`` half to even; the two agree
+except where ``M``'s 31-bit rounding or float32's 24-bit products move a value across a
+rounding boundary, i.e. by at most one step on rare elements. Multipliers below ``2**-32``
+become ``m = 0`` (every int32 accumulator then rounds to zero exactly); ``M >= 2**30`` is
+rejected.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# dtype name -> (min, max); sub-byte types are held in int8/uint8 containers here.
+DTYPE_RANGE = {
+    "int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535),
+    "int32": (-2**31, 2**31 - 1), "int4": (-8, 7), "uint4": (0, 15), "int2": (-2, 1),
+    "uint2": (0, 3),
+}
+
+
+def dtype_range(dtype: str) -> tuple[int, int]:
+    """Integer range of ``dtype`` (``"int8"``, ``"uint4"``, ...)."""
+    return DTYPE_RANGE[str(dtype)]
+
+
+def _bcast(param, ndim: int, axis: int, block_size: int = 0, shape=None) -> np.ndarray:
+    """Broadcast a per-tensor / per-axis / blocked parameter against a ``ndim`` tensor."""
+    p = np.asarray(param)
+    if p.ndim == 0 or p.size == 1 and block_size == 0:
+        return p.reshape(())
+    axis = axis % ndim
+    if block_size:
+        p = np.repeat(p, block_size, axis=axis)
+        if shape is not None:
+            p = np.take(p, np.arange(shape[axis]), axis=axis)
+        return p
+    return p.reshape([-1 if i == axis else 1 for i in range(ndim)])
+
+
+def quantize(x, scale, zero_point, dtype: str = "int8", axis: int = 1,
+             block_size: int = 0) -> np.ndarray:
+    """ONNX QuantizeLinear: ``saturate(RNE(x / scale) + zero_point)`` in float32."""
+    x = np.asarray(x, dtype=np.float32)
+    s = _bcast(np.asarray(scale, np.float32), x.ndim, axis, block_size, x.shape)
+    z = _bcast(np.asarray(zero_point, np.float64), x.ndim, axis, block_size, x.shape)
+    lo, hi = dtype_range(dtype)
+    q = np.rint((x / s).astype(np.float32).astype(np.float64)) + z
+    return np.clip(q, lo, hi).astype(np.int64)
+
+
+def dequantize(q, scale, zero_point=0, axis: int = 1, block_size: int = 0) -> np.ndarray:
+    """ONNX DequantizeLinear: ``(q - zero_point) * scale`` in float32."""
+    q = np.asarray(q).astype(np.int64)
+    s = _bcast(np.asarray(scale, np.float32), q.ndim, axis, block_size, q.shape)
+    z = _bcast(np.asarray(zero_point).astype(np.int64), q.ndim, axis, block_size, q.shape)
+    return ((q - z).astype(np.float32) * s).astype(np.float32)
+
+
+def quantize_multiplier(multiplier) -> tuple[np.ndarray, np.ndarray]:
+    """Split real multipliers into ``(m, n)`` with ``M ~= m / 2**n`` (see module docstring)."""
+    real = np.atleast_1d(np.asarray(multiplier, dtype=np.float64))
+    if not np.all(np.isfinite(real)) or np.any(real < 0):
+        raise ValueError(f"requantize multiplier must be finite and >= 0, got {real}")
+    if np.any(real >= 2.0 ** 30):
+        raise ValueError(f"requantize multiplier {real.max()} is too large (>= 2**30)")
+    frac, exp = np.frexp(real)  # real = frac * 2**exp, frac in [0.5, 1)
+    m = np.rint(frac * 2.0 ** 31).astype(np.int64)
+    carry = m == 2 ** 31
+    m[carry] = 2 ** 30
+    exp = exp.astype(np.int64) + carry
+    n = 31 - exp
+    tiny = (real == 0) | (n > 62)
+    m[tiny], n[tiny] = 0, 1
+    return m, n
+
+
+def rounding_shift(prod, n) -> np.ndarray:
+    """``RNE(prod / 2**n)`` on int64 ``prod`` (n >= 1), exactly."""
+    prod = np.asarray(prod, dtype=np.int64)
+    n = np.asarray(n, dtype=np.int64)
+    q = prod >> n
+    r = prod - (q << n)
+    half = np.int64(1) << (n - 1)
+    inc = (r > half) | ((r == half) & ((q & 1) == 1))
+    return q + inc.astype(np.int64)
+
+
+def fixed_point_multiply(acc, m, n) -> np.ndarray:
+    """``RNE(acc * m / 2**n)``; ``m``, ``n`` broadcast against ``acc``."""
+    return rounding_shift(np.asarray(acc, dtype=np.int64) * np.asarray(m, np.int64), n)
+
+
+def requantize(acc, multiplier, zero_point_in=0, zero_point_out=0, dtype: str = "int8",
+               axis: int = 1, lo: int | None = None, hi: int | None = None) -> np.ndarray:
+    """Integer requantization ``clamp(RNE((acc - z_in) * M) + z_out)`` (module docstring)."""
+    acc = np.asarray(acc, dtype=np.int64)
+    m, n = quantize_multiplier(multiplier)
+    if m.size > 1:
+        m, n = _bcast(m, acc.ndim, axis), _bcast(n, acc.ndim, axis)
+    else:
+        m, n = m.reshape(()), n.reshape(())
+    z_in = _bcast(np.asarray(zero_point_in, np.int64), acc.ndim, axis)
+    qmin, qmax = dtype_range(dtype)
+    lo = qmin if lo is None else max(lo, qmin)
+    hi = qmax if hi is None else min(hi, qmax)
+    y = fixed_point_multiply(acc - z_in, m, n) + np.int64(zero_point_out)
+    return np.clip(y, lo, hi)
+
+
+def activation_bounds(kind: str | None, scale: float, zero_point: int, dtype: str,
+                      clip: tuple[float, float] | None = None) -> tuple[int, int]:
+    """Quantized ``[lo, hi]`` of a fused activation (``None``, ``"relu"`` or ``"clip"``)."""
+    qmin, qmax = dtype_range(dtype)
+    if kind == "relu":
+        return max(qmin, int(zero_point)), qmax
+    if kind == "clip":
+        a, b = clip
+        lo = -np.inf if a is None else a
+        hi = np.inf if b is None else b
+        qlo = qmin if not np.isfinite(lo) else int(quantize(lo, scale, zero_point, dtype))
+        qhi = qmax if not np.isfinite(hi) else int(quantize(hi, scale, zero_point, dtype))
+        return qlo, qhi
+    return qmin, qmax
+
+
+# ---- integer compute ops -----------------------------------------------------------------
+def conv2d_int(x, w, x_zero_point=0, w_zero_point=0, strides=(1, 1), padding=(0, 0, 0, 0),
+               dilation=(1, 1), groups: int = 1) -> np.ndarray:
+    """Exact ``sum((x - zx) * (w - zw))`` conv (NCHW/OIHW); padding is real zero (= zx)."""
+    x = np.asarray(x, np.int64) - np.int64(x_zero_point)
+    w = np.asarray(w, np.int64) - _bcast(np.asarray(w_zero_point, np.int64), 4, 0)
+    top, left, bottom, right = padding if len(padding) == 4 else (*padding, *padding)
+    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    sh, sw = strides
+    dh, dw = dilation
+    oh = (h - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n, o, oh, ow), np.int64)
+    og = o // groups
+    for g in range(groups):
+        xg = x[:, g * cg:(g + 1) * cg]
+        wg = w[g * og:(g + 1) * og]
+        for i in range(kh):
+            for j in range(kw):
+                patch = xg[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                           j * dw:j * dw + sw * (ow - 1) + 1:sw]
+                out[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", patch, wg[:, :, i, j])
+    return out
+
+
+def matmul_int(a, b, a_zero_point=0, b_zero_point=0) -> np.ndarray:
+    """Exact ``(a - za) @ (b - zb)`` (``zb`` per column allowed)."""
+    a = np.asarray(a, np.int64) - np.int64(a_zero_point)
+    b = np.asarray(b, np.int64) - np.asarray(b_zero_point, np.int64)
+    return np.einsum("...k,kn->...n", a, b) if b.ndim == 2 else np.matmul(a, b)
+
+
+def add_int(a, b, scale_a, zero_a, scale_b, zero_b, scale_out, zero_out, dtype="int8",
+            lo=None, hi=None) -> np.ndarray:
+    """Integer residual add: both inputs to the common accumulator scale, then requantize."""
+    acc, s_acc = common_scale_sum([(a, scale_a, zero_a), (b, scale_b, zero_b)])
+    return requantize(acc, s_acc / scale_out, 0, zero_out, dtype, lo=lo, hi=hi)
+
+
+ACC_SHIFT = 20  # accumulator scale of add/concat: max input scale / 2**ACC_SHIFT
+
+
+def common_scale(scales) -> float:
+    """Accumulator scale shared by the inputs of an add/concat (float32-representable)."""
+    return float(np.float32(max(float(np.max(s)) for s in scales) / 2.0 ** ACC_SHIFT))
+
+
+def to_common_scale(q, scale, zero_point, s_acc) -> np.ndarray:
+    """``RNE((q - z) * scale / s_acc)`` in int64 (one input of an add/concat)."""
+    m, n = quantize_multiplier(float(np.float32(scale)) / s_acc)
+    return fixed_point_multiply(np.asarray(q, np.int64) - np.int64(zero_point), m[0], n[0])
+
+
+def common_scale_sum(inputs) -> tuple[np.ndarray, float]:
+    """Sum of inputs ``(q, scale, zero_point)`` at their common accumulator scale."""
+    s_acc = common_scale([s for _, s, _ in inputs])
+    acc = sum(to_common_scale(q, s, z, s_acc) for q, s, z in inputs)
+    return acc, s_acc
+
+
+def concat_int(inputs, axis, scale_out, zero_out, dtype="int8") -> np.ndarray:
+    """Integer concat of ``(q, scale, zero_point)`` inputs requantized to the output scale."""
+    s_acc = common_scale([s for _, s, _ in inputs])
+    acc = np.concatenate([to_common_scale(q, s, z, s_acc) for q, s, z in inputs], axis=axis)
+    return requantize(acc, s_acc / scale_out, 0, zero_out, dtype)
+
+
+def sum_pool2d_int(x, zero_point, pool, strides, padding) -> np.ndarray:
+    """Window sums of ``x - zero_point`` (zero padding in the real domain)."""
+    c = np.asarray(x).shape[1]
+    ones = np.ones((c, 1, *pool), np.int64)
+    return conv2d_int(x, ones, zero_point, 0, strides, padding, (1, 1), groups=c)
+
+
+def avg_pool2d_int(x, scale_in, zero_in, scale_out, zero_out, pool, strides=None,
+                   padding=(0, 0, 0, 0), dtype="int8") -> np.ndarray:
+    """Average pool (count includes padding) as window sum requantized by ``s_in/(s_out*k)``."""
+    strides = strides or pool
+    acc = sum_pool2d_int(x, zero_in, pool, strides, padding)
+    s_acc = np.float32(np.float32(scale_in) / np.float32(pool[0] * pool[1]))
+    return requantize(acc, float(s_acc) / float(np.float32(scale_out)), 0, zero_out, dtype)
+
+
+def global_avg_pool_int(x, scale_in, zero_in, scale_out, zero_out, dtype="int8"):
+    """Global average pool over H, W (keepdims) in integers."""
+    h, w = np.asarray(x).shape[2:]
+    return avg_pool2d_int(x, scale_in, zero_in, scale_out, zero_out, (h, w), (1, 1), dtype=dtype)
+
+
+def max_pool2d_int(x, pool, strides=None, padding=(0, 0, 0, 0)) -> np.ndarray:
+    """Max pool on integers (padding never wins)."""
+    x = np.asarray(x, np.int64)
+    strides = strides or pool
+    top, left, bottom, right = padding
+    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)),
+               constant_values=np.iinfo(np.int64).min)
+    kh, kw = pool
+    oh = (x.shape[2] - kh) // strides[0] + 1
+    ow = (x.shape[3] - kw) // strides[1] + 1
+    out = np.full((*x.shape[:2], oh, ow), np.iinfo(np.int64).min)
+    for i in range(kh):
+        for j in range(kw):
+            out = np.maximum(out, x[:, :, i:i + strides[0] * (oh - 1) + 1:strides[0],
+                                    j:j + strides[1] * (ow - 1) + 1:strides[1]])
+    return out
+
+
+# ---- sub-byte packing ----------------------------------------------------------------------
+def pack_subbyte(values, bits: int) -> np.ndarray:
+    """Pack integers of ``bits`` (2 or 4) into uint8, element ``i`` in bits ``(i % k) * bits``
+    of byte ``i // k`` (little-endian within the byte, ``k = 8 // bits``), flattened, padded."""
+    k = 8 // bits
+    flat = np.asarray(values, np.int64).reshape(-1) & ((1 << bits) - 1)
+    flat = np.concatenate([flat, np.zeros((-flat.size) % k, np.int64)])
+    lanes = flat.reshape(-1, k) << (np.arange(k) * bits)
+    return lanes.sum(axis=1).astype(np.uint8)
+
+
+def unpack_subbyte(packed, bits: int, size: int, signed: bool) -> np.ndarray:
+    """Inverse of :func:`pack_subbyte` (sign-extends when ``signed``)."""
+    k = 8 // bits
+    p = np.asarray(packed, np.int64).reshape(-1, 1)
+    v = ((p >> (np.arange(k) * bits)) & ((1 << bits) - 1)).reshape(-1)[:size]
+    if signed:
+        v = (v ^ (1 << (bits - 1))) - (1 << (bits - 1))
+    return v

@@ -1,0 +1,272 @@
+"""Quantization configs: granularities, per-tensor specs, one dataclass per method, step wrappers.
+
+Every config validates itself in ``__post_init__`` and raises :class:`~tvmq.errors.ConfigError`
+whose fix shows the corrected call.
+
+>>> from tvmq.quant import QATConfig, LSQConfig, QuantSpec, PerChannel
+>>> base = LSQConfig(weight=QuantSpec(4, PerChannel()), activation=QuantSpec(4))
+>>> cfg = QATConfig(base, step="prepare", overrides={"classifier": None})
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Union
+
+from tvmq.errors import ConfigError
+from tvmq.quant.observers import MinMaxObserver, MSEObserver, Observer
+
+MIN_BITS, MAX_BITS = 2, 8
+SUPPORTED_LAYERS = ("Conv2d", "Linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class PerTensor:
+    """One scale (and zero point) for the whole tensor."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PerChannel:
+    """One scale per slice along ``axis`` (0: output channels of conv/linear weights)."""
+
+    axis: int = 0
+
+    def __post_init__(self):
+        if self.axis != 0:
+            raise ConfigError(f"PerChannel(axis={self.axis}) is not supported",
+                              "use PerChannel(axis=0) (output channels, as ONNX exports it)")
+
+
+Granularity = Union[PerTensor, PerChannel]
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+    """Bit width, granularity and symmetry of one quantized tensor.
+
+    Parameters
+    ----------
+    bits : int
+        2 to 8. Values live on the integer grid ``[qmin, qmax]`` of that width.
+    granularity : PerTensor or PerChannel
+    symmetric : bool
+        ``True``: zero point 0 (signed grid, or unsigned when an activation is never
+        negative). ``False``: unsigned grid ``[0, 2**bits - 1]`` with an integer zero point.
+    """
+
+    bits: int = 8
+    granularity: Granularity = PerTensor()
+    symmetric: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.bits, int) or not MIN_BITS <= self.bits <= MAX_BITS:
+            fixed = min(max(int(self.bits), MIN_BITS), MAX_BITS) if isinstance(self.bits, (int, float)) else 8
+            raise ConfigError(f"bits={self.bits!r} is outside {MIN_BITS}..{MAX_BITS}",
+                              f"use {_call(self, bits=fixed)}")
+        if not isinstance(self.granularity, (PerTensor, PerChannel)):
+            raise ConfigError(f"granularity={self.granularity!r} is not a granularity object",
+                              f"use {_call(self, granularity=PerChannel())} or PerTensor()")
+
+    def with_bits(self, bits: int) -> "QuantSpec":
+        return dataclasses.replace(self, bits=bits)
+
+
+@dataclasses.dataclass(frozen=True)
+class _MethodConfig:
+    """Fields shared by every method config (see the subclasses)."""
+
+    weight: QuantSpec | None = QuantSpec(8, PerChannel())
+    activation: QuantSpec | None = QuantSpec(8)
+    first_last_bits: int | None = 8
+    layer_types: tuple[str, ...] = SUPPORTED_LAYERS
+    skip: tuple[str, ...] = ()
+    weight_observer: Observer = MinMaxObserver()
+    act_observer: Observer = MinMaxObserver()
+
+    def __post_init__(self):
+        for field in ("weight", "activation"):
+            val = getattr(self, field)
+            if val is not None and not isinstance(val, QuantSpec):
+                raise ConfigError(f"{field}={val!r} is not a QuantSpec",
+                                  f"use {_call(self, **{field: QuantSpec(8)})}")
+        if self.activation is not None and not isinstance(self.activation.granularity, PerTensor):
+            raise ConfigError("per-channel activations are not supported",
+                              f"use {_call(self, activation=dataclasses.replace(self.activation, granularity=PerTensor()))}")
+        fl = self.first_last_bits
+        if fl is not None and (not isinstance(fl, int) or not MIN_BITS <= fl <= MAX_BITS):
+            raise ConfigError(f"first_last_bits={fl!r} is outside {MIN_BITS}..{MAX_BITS}",
+                              f"use {_call(self, first_last_bits=8)} (or None: no special case)")
+        bad = [t for t in self.layer_types if t not in SUPPORTED_LAYERS]
+        if bad or isinstance(self.layer_types, str):
+            raise ConfigError(f"layer_types={self.layer_types!r} has unsupported entries",
+                              f"use {_call(self, layer_types=SUPPORTED_LAYERS)}")
+
+    @property
+    def learn_scale(self) -> bool:
+        return False
+
+    @property
+    def learn_offset(self) -> bool:
+        return False
+
+    def with_bits(self, bits: int) -> "_MethodConfig":
+        """This config with weight and activation raised to at least ``bits`` bits."""
+        raise_to = lambda s: s if s is None or s.bits >= bits else s.with_bits(bits)  # noqa: E731
+        return dataclasses.replace(self, weight=raise_to(self.weight),
+                                   activation=raise_to(self.activation))
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeQuantConfig(_MethodConfig):
+    """Uniform fake-quant with fixed scales from observers (min/max tracked during QAT).
+
+    ``x_hat = (clamp(round(x / s) + z, qmin, qmax) - z) * s`` where ``round`` rounds half to
+    even (``torch.round``), exactly as ONNX QuantizeLinear does.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class LSQConfig(_MethodConfig):
+    """LSQ (Esser et al. 2020): learned step size, gradient scaled by ``1/sqrt(N * qmax)``.
+
+    Scale-only: weights and activations are symmetric (zero point 0); an activation that is
+    never negative at initialization uses the unsigned grid ``[0, 2**bits - 1]``.
+    """
+
+    weight_observer: Observer = MSEObserver()
+    act_observer: Observer = MSEObserver()
+
+    def __post_init__(self):
+        super().__post_init__()
+        for field in ("weight",) if self.learn_offset else ("weight", "activation"):
+            spec = getattr(self, field)
+            if spec is not None and not spec.symmetric:
+                hint = ("LSQPlusConfig(...) for a learned offset, or " if field == "activation"
+                        else "")
+                raise ConfigError(f"{type(self).__name__} {field} must be symmetric",
+                                  f"use {hint}{_call(self, **{field: dataclasses.replace(spec, symmetric=True)})}")
+
+    @property
+    def learn_scale(self) -> bool:
+        return True
+
+
+@dataclasses.dataclass(frozen=True)
+class LSQPlusConfig(LSQConfig):
+    """LSQ+ (Bhalgat et al. 2020): learned scale ``s`` and offset ``beta`` for activations.
+
+    ``x_hat = clamp(round((x - beta) / s), qmin, qmax) * s + beta``, with ``beta`` snapped to
+    the integer grid (``beta = -z * s``, ``z = round(-beta / s)`` with a straight-through
+    estimator) so that the export's integer zero point ``z`` reproduces it exactly.
+    Weights stay symmetric with a learned scale (LSQ).
+    """
+
+    activation: QuantSpec | None = QuantSpec(8, symmetric=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        act = self.activation
+        if act is not None and act.symmetric:
+            raise ConfigError("LSQPlusConfig learns an activation offset, so it is asymmetric",
+                              f"use {_call(self, activation=dataclasses.replace(act, symmetric=False))}"
+                              " (or LSQConfig for scale only)")
+
+    @property
+    def learn_offset(self) -> bool:
+        return True
+
+
+MethodConfig = _MethodConfig
+Overrides = Mapping[str, Union[_MethodConfig, None]]
+
+
+def _check_overrides(owner: Any, overrides: Overrides) -> None:
+    for name, cfg in overrides.items():
+        if cfg is not None and not isinstance(cfg, _MethodConfig):
+            raise ConfigError(f"override for {name!r} is {cfg!r}, not a method config",
+                              f"use overrides={{{name!r}: LSQConfig(...)}} or None to keep it float")
+
+
+def _check_base(owner: Any) -> None:
+    if not isinstance(owner.base, _MethodConfig):
+        raise ConfigError(f"base={owner.base!r} is not a method config",
+                          f"use {type(owner).__name__}(get_preset('w8a8'), ...) or "
+                          f"{type(owner).__name__}(LSQConfig(), ...)")
+
+
+@dataclasses.dataclass(frozen=True)
+class QATConfig:
+    """Quantization-aware training in two steps: ``"prepare"`` then (after training) ``"convert"``.
+
+    Parameters
+    ----------
+    base : method config
+        :class:`FakeQuantConfig`, :class:`LSQConfig` or :class:`LSQPlusConfig`.
+    step : {"prepare", "convert"}
+    overrides : dict
+        Module name -> method config (or ``None`` to keep that layer float).
+    fold_bn : bool
+        Fold each BatchNorm that follows a conv into it; training then quantizes the folded
+        weights, so what is trained is what is deployed.
+    freeze_bn_after : int or None
+        Epoch after which :func:`tvmq.quant.fit` freezes BN statistics.
+    """
+
+    base: _MethodConfig = dataclasses.field(default_factory=LSQConfig)
+    step: str = "prepare"
+    overrides: Overrides = dataclasses.field(default_factory=dict)
+    fold_bn: bool = True
+    freeze_bn_after: int | None = None
+
+    def __post_init__(self):
+        _check_base(self)
+        if self.step not in ("prepare", "convert"):
+            raise ConfigError(f"step={self.step!r} is not a QAT step",
+                              "use QATConfig(base, step='prepare') or QATConfig(base, step='convert')")
+        _check_overrides(self, self.overrides)
+        if self.freeze_bn_after is not None and self.freeze_bn_after < 0:
+            raise ConfigError(f"freeze_bn_after={self.freeze_bn_after} is negative",
+                              "use QATConfig(base, freeze_bn_after=N) with N >= 0, or None")
+
+
+@dataclasses.dataclass(frozen=True)
+class PTQConfig:
+    """Post-training quantization: observe ``calibration`` data, then fix the scales.
+
+    Parameters
+    ----------
+    base : method config
+    calibration : Dataset, DataLoader or iterable of input batches
+    observer : Observer or None
+        Activation range estimator (``None``: the base config's ``act_observer``).
+    overrides : dict
+        Module name -> method config (or ``None`` to keep that layer float).
+    max_batches : int or None
+        Stop calibrating after this many batches.
+    """
+
+    base: _MethodConfig = dataclasses.field(default_factory=FakeQuantConfig)
+    calibration: Any = None
+    observer: Observer | None = MinMaxObserver()
+    overrides: Overrides = dataclasses.field(default_factory=dict)
+    fold_bn: bool = True
+    max_batches: int | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        _check_base(self)
+        if self.calibration is None:
+            raise ConfigError("PTQConfig needs calibration data",
+                              "use PTQConfig(base, calibration=train_set) (a Dataset or DataLoader)")
+        _check_overrides(self, self.overrides)
+        if self.observer is not None and not isinstance(self.observer, Observer):
+            raise ConfigError(f"observer={self.observer!r} is not an observer",
+                              "use observer=MinMaxObserver(), PercentileObserver(99.99) or MSEObserver()")
+
+
+def _call(obj: Any, **changes: Any) -> str:
+    """``Type(field=value, ...)`` for ``obj`` with ``changes`` applied: the corrected call."""
+    fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    fields.update(changes)
+    defaults = {f.name: f.default for f in dataclasses.fields(obj)}
+    shown = [f"{k}={v!r}" for k, v in fields.items() if k in changes or v != defaults.get(k)]
+    return f"{type(obj).__name__}({', '.join(shown)})"
