@@ -2,7 +2,28 @@
 
 Every pass is a standard ``tvm.transform.Pass``: drop it into your own Relax pipeline.
 Passes are target-independent; hardware-specific code lives in ``tvmq.schedules``.
+
+Integer lowering of QDQ graphs, in pipeline order::
+
+    FoldConstantKeepQuantized      (canonicalize phase, instead of FoldConstant)
+    LowerIntegerConv               conv2d / depthwise / matmul (+ bias) -> int32 accumulator
+    LowerIntegerAdd                residual add at a common accumulator scale
+    LowerIntegerConcat             concat at a common accumulator scale
+    LowerIntegerPool               avg / global-average pool as integer window sums
+    SinkDequantize                 move dequantize below reshape/permute/max_pool
+    IntegerRequantize              fixed-point requantize fused with ReLU/Clip and zero point
+    PackSubByteWeights             int4/int2 weights packed into uint8 (no FoldConstant after)
 """
 from tvmq.passes.fold_batchnorm_into_conv import FoldBatchNormIntoConv
+from tvmq.passes.fold_constant_keep_quantized import FoldConstantKeepQuantized
+from tvmq.passes.integer_requantize import IntegerRequantize
+from tvmq.passes.lower_integer_add import LowerIntegerAdd
+from tvmq.passes.lower_integer_concat import LowerIntegerConcat
+from tvmq.passes.lower_integer_conv import LowerIntegerConv
+from tvmq.passes.lower_integer_pool import LowerIntegerPool
+from tvmq.passes.pack_sub_byte_weights import PackSubByteWeights
+from tvmq.passes.sink_dequantize import SinkDequantize
 
-__all__ = ["FoldBatchNormIntoConv"]
+__all__ = ["FoldBatchNormIntoConv", "FoldConstantKeepQuantized", "IntegerRequantize",
+           "LowerIntegerAdd", "LowerIntegerConcat", "LowerIntegerConv", "LowerIntegerPool",
+           "PackSubByteWeights", "SinkDequantize"]

@@ -19,12 +19,23 @@ from tvm import tirx as tir
 
 TVM_VERSION: str = tvm.__version__
 
+# Relax constants are ``tvm.ir.expr.Constant`` (``GenericConst``) in 0.27; ``relax.Constant``
+# before.
+Constant = getattr(relax, "Constant", None) or tvm.ir.expr.Constant
+
 
 def meta_schedule():
     """Return ``tvm.s_tir.meta_schedule`` (imported lazily: it is slow to import)."""
     from tvm.s_tir import meta_schedule as ms
 
     return ms
+
+
+def derived_object(cls):
+    """``tvm.ir.utils.derived_object`` (was ``meta_schedule.utils.derived_object``)."""
+    from tvm.ir.utils import derived_object as _derived
+
+    return _derived(cls)
 
 
 def s_tir():
@@ -57,6 +68,13 @@ def const_value(const) -> "tvm.runtime.Tensor":
     return const.value if hasattr(const, "value") else const.data
 
 
+def target_has_features(target, *features: str) -> bool:
+    """Whether LLVM reports all ``features`` (``"avx512vnni"``, ``"dotprod"`` ...) for ``target``."""
+    from tvm.target import codegen
+
+    return bool(codegen.target_has_features(list(features), target))
+
+
 def tensor(array, device=None):
     """Create a runtime tensor from a NumPy array."""
     return tvm.runtime.tensor(array, device=device or tvm.cpu())
@@ -64,6 +82,7 @@ def tensor(array, device=None):
 
 __all__ = [
     "tvm", "relax", "te", "topi", "tir", "I", "R", "T", "cc", "detach_params",
-    "from_exported_program", "from_onnx", "TVM_VERSION", "meta_schedule", "s_tir", "rpc",
-    "struct_shape", "struct_dtype", "const_value", "tensor",
+    "from_exported_program", "from_onnx", "TVM_VERSION", "meta_schedule", "derived_object", "s_tir", "rpc",
+    "struct_shape", "struct_dtype", "const_value", "tensor", "Constant",
+    "target_has_features",
 ]

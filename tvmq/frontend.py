@@ -160,6 +160,7 @@ def import_onnx(model, shape_dict: dict[str, Sequence[int]] | None = None) -> Im
 
     if isinstance(model, (str, os.PathLike)):
         model = load_onnx(model)
+    model = onnx_ops.canonicalize(model)  # QOperator -> QDQ, sub-byte containers, blocked Q/DQ
     _check_onnx_ops(model)
     inputs = _onnx_inputs(model, shape_dict)
     with warnings.catch_warnings(), onnx_ops.registered():

@@ -1,13 +1,35 @@
-"""ONNX op converters tvmq adds to Relax's ONNX frontend.
+"""ONNX-level canonicalization and op converters tvmq adds to Relax's ONNX frontend.
 
-``EXTRA_CONVERTERS`` maps an ONNX op type to an ``OnnxOpConverter`` subclass. They are
-registered only inside :func:`registered`, so importing tvmq never changes TVM globally.
+:func:`canonicalize` runs on the ModelProto before import (``tvmq.frontend.import_onnx``):
+
+* **QOperator -> QDQ.** ``QLinearConv``, ``QLinearMatMul``, ``ConvInteger``, and the
+  ``com.microsoft`` ``QGemm``, ``QLinearAdd``, ``QLinearGlobalAveragePool`` are rewritten into
+  ``DequantizeLinear -> float op -> QuantizeLinear`` (``ConvInteger``: ``-> Cast(int32)``).
+  The integer-lowering passes (``tvmq.passes``) then turn these QDQ patterns back into integer
+  ops, so one lowering path serves both formats. A ``QLinearConv``/``QGemm`` bias is
+  dequantized at ``s_x * s_w`` (the QOperator definition), which requires constant scales.
+* **Sub-byte containers.** int4/uint4/int2/uint2 tensors (opset 21) are widened to
+  int8/uint8 (TVM's ``int4`` dtype is broken on llvm); a ``QuantizeLinear`` to a sub-byte type
+  gets a ``Clip`` to that type's range. ``PackSubByteWeights`` packs the weights again.
+* **Blocked Q/DQ** (``block_size``, opset 21) with constant parameters is expanded to
+  elementwise arithmetic (``Div/Round/Add/Clip`` and ``Sub/Mul``); such layers stay float.
+* The default-domain opset is raised to 13 when lower (per-axis Q/DQ needs it).
+
+``EXTRA_CONVERTERS`` maps an ONNX op type to an ``OnnxOpConverter`` subclass, registered only
+inside :func:`registered`, so importing tvmq never changes TVM globally.
 """
 from __future__ import annotations
 
 import contextlib
 
+import numpy as np
+
 EXTRA_CONVERTERS: dict[str, type] = {}
+
+_SUB_BYTE = {"INT4": "INT8", "UINT4": "UINT8", "INT2": "INT8", "UINT2": "UINT8"}
+_RANGE = {"INT4": (-8, 7), "UINT4": (0, 15), "INT2": (-2, 1), "UINT2": (0, 3)}
+QOPERATOR_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "QGemm", "QLinearAdd",
+                 "QLinearGlobalAveragePool")
 
 
 @contextlib.contextmanager
@@ -27,3 +49,265 @@ def registered():
         yield
     finally:
         frontend._get_convert_map = original
+
+
+class _Graph:
+    """Small helper to emit nodes/initializers with fresh names."""
+
+    def __init__(self, model):
+        from onnx import numpy_helper
+
+        self.model = model
+        self.g = model.graph
+        self.inits = {i.name: i for i in self.g.initializer}
+        self._np = numpy_helper
+        self._count = 0
+
+    def value(self, name):
+        init = self.inits.get(name)
+        return None if init is None else self._np.to_array(init)
+
+    def const(self, array, hint="c") -> str:
+        self._count += 1
+        name = f"tvmq_{hint}_{self._count}"
+        tensor = self._np.from_array(np.asarray(array), name)
+        self.g.initializer.append(tensor)
+        self.inits[name] = tensor
+        return name
+
+    def fresh(self, hint) -> str:
+        self._count += 1
+        return f"tvmq_{hint}_{self._count}"
+
+
+def _node(op, inputs, outputs, name, **attrs):
+    from onnx import helper
+
+    return helper.make_node(op, inputs, outputs, name=name, **attrs)
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _dq(g, x, s, z, name, axis=None):
+    out = g.fresh("dq")
+    kw = {} if axis is None else {"axis": axis}
+    inputs = [x, s] + ([z] if z else [])
+    return _node("DequantizeLinear", inputs, [out], f"{name}/dq_{x}"[:120], **kw), out
+
+
+def _per_axis(g, scale_name) -> bool:
+    v = g.value(scale_name)
+    return v is not None and v.size > 1
+
+
+def _qoperator_to_qdq(g, node) -> list | None:
+    i, name, op = list(node.input), node.name or node.op_type, node.op_type
+    a = _attrs(node)
+    nodes = []
+    if op in ("QLinearConv", "QLinearMatMul", "QGemm"):
+        wi = 3
+        x_dq, x = _dq(g, i[0], i[1], i[2], name)
+        w_axis = 0 if op != "QLinearMatMul" else 1
+        if op == "QGemm" and not a.get("transB", 0):
+            w_axis = 1
+        w_dq, w = _dq(g, i[wi], i[wi + 1], i[wi + 2], name,
+                      w_axis if _per_axis(g, i[wi + 1]) else None)
+        nodes += [x_dq, w_dq]
+        bias = None
+        bias_idx = 8 if op == "QLinearConv" else (6 if op == "QGemm" else None)
+        if bias_idx is not None and len(i) > bias_idx and i[bias_idx]:
+            sx, sw = g.value(i[1]), g.value(i[wi + 1])
+            if sx is None or sw is None:
+                return None
+            s_b = (np.float32(sx.reshape(-1)[0]) * sw.astype(np.float32)).astype(np.float32)
+            b_dq, bias = _dq(g, i[bias_idx], g.const(s_b.reshape(-1) if s_b.size > 1
+                                                     else s_b.reshape(()), "bias_scale"),
+                             None, name, 0 if s_b.size > 1 else None)
+            nodes.append(b_dq)
+        y = g.fresh("y")
+        if op == "QLinearConv":
+            nodes.append(_node("Conv", [x, w] + ([bias] if bias else []), [y], name, **a))
+        elif op == "QLinearMatMul":
+            nodes.append(_node("MatMul", [x, w], [y], name))
+        else:
+            nodes.append(_node("Gemm", [x, w] + ([bias] if bias else []), [y], name, **a))
+        ys, yz = (i[6], i[7]) if op == "QLinearConv" else (i[6], i[7]) if op == "QLinearMatMul" \
+            else (i[7], i[8] if len(i) > 8 else "")
+        if op == "QGemm" and not ys:
+            return None  # float output QGemm: the Gemm result is the output
+        nodes.append(_node("QuantizeLinear", [y, ys] + ([yz] if yz else []), [node.output[0]],
+                           f"{name}/q"))
+        return nodes
+    if op == "ConvInteger":
+        zx, zw = (i[k] if len(i) > k else "" for k in (2, 3))
+        ones = [np.ones_like(g.value(z), np.float32) if z and g.value(z) is not None
+                else np.float32(1.0) for z in (zx, zw)]
+        x_dq, x = _dq(g, i[0], g.const(ones[0], "one"), zx, name)
+        w_dq, w = _dq(g, i[1], g.const(ones[1], "one"), zw, name,
+                      0 if np.size(ones[1]) > 1 else None)
+        y = g.fresh("y")
+        return [x_dq, w_dq, _node("Conv", [x, w], [y], name, **a),
+                _node("Cast", [y], [node.output[0]], f"{name}/cast", to=6)]
+    if op == "QLinearAdd":
+        a_dq, xa = _dq(g, i[0], i[1], i[2], name)
+        b_dq, xb = _dq(g, i[3], i[4], i[5], name)
+        y = g.fresh("y")
+        return [a_dq, b_dq, _node("Add", [xa, xb], [y], name),
+                _node("QuantizeLinear", [y, i[6]] + ([i[7]] if len(i) > 7 else []),
+                      [node.output[0]], f"{name}/q")]
+    if op == "QLinearGlobalAveragePool":
+        if a.get("channels_last", 0):
+            return None
+        x_dq, x = _dq(g, i[0], i[1], i[2], name)
+        y = g.fresh("y")
+        return [x_dq, _node("GlobalAveragePool", [x], [y], name),
+                _node("QuantizeLinear", [y, i[3], i[4]], [node.output[0]], f"{name}/q")]
+    return None
+
+
+def _widen_sub_byte(model) -> None:
+    from onnx import TensorProto, numpy_helper
+
+    names = {getattr(TensorProto, k): getattr(TensorProto, v) for k, v in _SUB_BYTE.items()
+             if hasattr(TensorProto, k)}
+    for idx, init in enumerate(list(model.graph.initializer)):
+        if init.data_type in names:
+            arr = numpy_helper.to_array(init).astype(np.int64)
+            dtype = np.int8 if names[init.data_type] == TensorProto.INT8 else np.uint8
+            model.graph.initializer[idx].CopyFrom(numpy_helper.from_array(arr.astype(dtype),
+                                                                          init.name))
+    for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        t = vi.type.tensor_type
+        if t.elem_type in names:
+            t.elem_type = names[t.elem_type]
+
+
+def _sub_byte_quantize_outputs(model) -> dict[str, tuple[int, int]]:
+    """QuantizeLinear outputs whose type (zero point or output_dtype) is sub-byte."""
+    from onnx import TensorProto
+
+    code = {getattr(TensorProto, k): k for k in _SUB_BYTE if hasattr(TensorProto, k)}
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear":
+            continue
+        t = types.get(node.input[2]) if len(node.input) > 2 else None
+        t = _attrs(node).get("output_dtype", t)
+        if t in code:
+            found[node.output[0]] = _RANGE[code[t]]
+    return found
+
+
+def _clip_sub_byte(g, ranges) -> None:
+    if not ranges:
+        return
+    new_nodes = []
+    for node in g.g.node:
+        out = node.output[0] if node.output else None
+        if node.op_type == "QuantizeLinear" and out in ranges:
+            wide = g.fresh("q8")
+            node.output[0] = wide
+            a = [x for x in node.attribute if x.name != "output_dtype"]
+            del node.attribute[:]
+            node.attribute.extend(a)
+            lo, hi = ranges[out]
+            zp = g.value(node.input[2]) if len(node.input) > 2 else None
+            dtype = zp.dtype if zp is not None else np.int8
+            new_nodes += [node, _node("Clip", [wide, g.const(np.array(lo, dtype), "lo"),
+                                               g.const(np.array(hi, dtype), "hi")], [out],
+                                      f"{node.name}/clip")]
+        else:
+            new_nodes.append(node)
+    del g.g.node[:]
+    g.g.node.extend(new_nodes)
+
+
+def _expand_blocked(g, node) -> list | None:
+    a = _attrs(node)
+    block = a.get("block_size", 0)
+    if not block or node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+        return None
+    x_shape = None
+    xv = g.value(node.input[0])
+    s = g.value(node.input[1])
+    z = g.value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if s is None:
+        return None
+    axis = a.get("axis", 1) % s.ndim
+    shape = list(s.shape)
+    shape[axis] *= block
+    full = lambda p: np.repeat(p, block, axis=axis)  # noqa: E731
+    s_full, z_full = full(s), full(z) if z is not None else np.zeros(shape, np.int8)
+    if xv is not None:
+        x_shape = xv.shape
+    else:
+        x_shape = _static_shape(g.model, node.input[0])
+    if x_shape is None:
+        return None
+    sl = tuple(slice(0, d) for d in x_shape)
+    s_full, z_full = s_full[sl], z_full[sl]
+    name = node.name or node.op_type
+    t = [g.fresh("b") for _ in range(4)]
+    if node.op_type == "DequantizeLinear":
+        return [_node("Cast", [node.input[0]], [t[0]], f"{name}/c", to=1),
+                _node("Sub", [t[0], g.const(z_full.astype(np.float32), "z")], [t[1]], f"{name}/s"),
+                _node("Mul", [t[1], g.const(s_full.astype(np.float32), "s")], [node.output[0]],
+                      f"{name}/m")]
+    from onnx import helper
+
+    from tvmq.qref import dtype_range
+
+    zname = np.dtype(z_full.dtype).name if z is not None else "int8"
+    lo, hi = dtype_range(zname)
+    zt = np.uint8 if zname.startswith("u") else np.int8
+    return [_node("Div", [node.input[0], g.const(s_full.astype(np.float32), "s")], [t[0]],
+                  f"{name}/d"),
+            _node("Round", [t[0]], [t[1]], f"{name}/r"),
+            _node("Add", [t[1], g.const(z_full.astype(np.float32), "z")], [t[2]], f"{name}/a"),
+            _node("Clip", [t[2], g.const(np.float32(lo), "lo"), g.const(np.float32(hi), "hi")],
+                  [t[3]], f"{name}/cl"),
+            _node("Cast", [t[3]], [node.output[0]], f"{name}/c",
+                  to=helper.np_dtype_to_tensor_dtype(np.dtype(zt)))]
+
+
+def _static_shape(model, name):
+    for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        if vi.name == name:
+            dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+            return tuple(dims) if all(d > 0 for d in dims) else None
+    return None
+
+
+def _rewrite_nodes(g, fn) -> None:
+    out = []
+    for node in g.g.node:
+        new = fn(g, node)
+        if new is None:
+            out.append(node)
+        else:
+            out.extend(new)
+    del g.g.node[:]
+    g.g.node.extend(out)
+
+
+def canonicalize(model):
+    """Rewrite ``model`` (a copy) so Relax's ONNX frontend and tvmq's passes accept it."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx") and op.version < 13:
+            op.version = 13
+    g = _Graph(model)
+    _rewrite_nodes(g, _qoperator_to_qdq)
+    _rewrite_nodes(g, _expand_blocked)
+    ranges = _sub_byte_quantize_outputs(model)
+    _widen_sub_byte(model)
+    g = _Graph(model)
+    _clip_sub_byte(g, ranges)
+    return model

@@ -176,7 +176,8 @@ def add_int(a, b, scale_a, zero_a, scale_b, zero_b, scale_out, zero_out, dtype="
             lo=None, hi=None) -> np.ndarray:
     """Integer residual add: both inputs to the common accumulator scale, then requantize."""
     acc, s_acc = common_scale_sum([(a, scale_a, zero_a), (b, scale_b, zero_b)])
-    return requantize(acc, s_acc / scale_out, 0, zero_out, dtype, lo=lo, hi=hi)
+    return requantize(acc, float(s_acc) / float(np.float32(scale_out)), 0, zero_out, dtype,
+                      lo=lo, hi=hi)
 
 
 ACC_SHIFT = 20  # accumulator scale of add/concat: max input scale / 2**ACC_SHIFT
@@ -204,7 +205,7 @@ def concat_int(inputs, axis, scale_out, zero_out, dtype="int8") -> np.ndarray:
     """Integer concat of ``(q, scale, zero_point)`` inputs requantized to the output scale."""
     s_acc = common_scale([s for _, s, _ in inputs])
     acc = np.concatenate([to_common_scale(q, s, z, s_acc) for q, s, z in inputs], axis=axis)
-    return requantize(acc, s_acc / scale_out, 0, zero_out, dtype)
+    return requantize(acc, float(s_acc) / float(np.float32(scale_out)), 0, zero_out, dtype)
 
 
 def sum_pool2d_int(x, zero_point, pool, strides, padding) -> np.ndarray:

@@ -38,6 +38,7 @@ def _macs(op: str, call, out_shape) -> int:
 def layer_report(mod) -> list[dict[str, Any]]:
     """One entry per compute layer of ``mod["main"]``, in program order."""
     layers: list[dict[str, Any]] = []
+    bound: dict = {}
     func = mod["main"]
 
     class _Visitor(relax.PyExprVisitor):
@@ -45,13 +46,17 @@ def layer_report(mod) -> list[dict[str, Any]]:
             value = binding.value
             if isinstance(value, relax.Call) and isinstance(value.op, tvm_ir_op):
                 op = _LAYER_OPS.get(value.op.name)
-                if op is not None:
+                if op is not None and _dtype(binding.var) not in ("int64", "bool"):
+                    # int64/bool ops are the fixed-point requantization arithmetic, not layers
                     out = _shape(binding.var)
-                    layers.append({
+                    entry = {
                         "name": binding.var.name, "op": op, "out_shape": out,
                         "dtype": _dtype(binding.var), "macs": _macs(op, value, out),
                         "precision": "float32", "integer": False,
-                    })
+                    }
+                    entry.update(_integer_info(op, value, bound))
+                    layers.append(entry)
+            bound[binding.var] = binding.value
             super().visit_var_binding_(binding)
 
     from tvm.ir import Op as tvm_ir_op
@@ -76,3 +81,47 @@ def format_layers(layers: list[dict[str, Any]]) -> str:
                     f"{layer.get('precision', ''):<11}{layer.get('macs', 0) / 1e6:>9.2f}  "
                     f"{layer.get('reason', '')}")
     return "\n".join(rows)
+
+
+_BITS = {"int8": 8, "uint8": 8, "int16": 16, "uint16": 16, "int32": 32, "bool": 1}
+
+
+def _op_name(expr) -> str | None:
+    op = getattr(expr, "op", None)
+    return getattr(op, "name", None) if isinstance(expr, relax.Call) else None
+
+
+def _packed_bits(weight, bound) -> int | None:
+    """Bit width of a weight rebuilt from packed uint8 by PackSubByteWeights, else None."""
+    expr, seen = weight, 0
+    while isinstance(expr, relax.Var) and expr in bound and seen < 4:
+        expr, seen = bound[expr], seen + 1
+        if _op_name(expr) == "relax.subtract":
+            xor = bound.get(expr.args[0])
+            if _op_name(xor) == "relax.bitwise_xor":
+                sign = int(xor.args[1].value.numpy())
+                return sign.bit_length()
+        if _op_name(expr) == "relax.reshape":
+            expr = expr.args[0]
+    return None
+
+
+def _integer_info(op: str, call, bound) -> dict[str, Any]:
+    """``integer``/``precision``/``bits``/``why_not`` of one layer (after the quantize phase)."""
+    dtypes = [_dtype(a) for a in call.args if isinstance(a, relax.Expr)]
+    tensor_dtypes = [d for d in dtypes if d is not None]
+    if op in ("quantize", "dequantize"):
+        return {"bits": None, "why_not": None}
+    if tensor_dtypes and all(d in _BITS for d in tensor_dtypes):
+        bits = max(_BITS[d] for d in tensor_dtypes if d != "bool")
+        info = {"integer": True, "precision": f"int{bits}", "bits": bits, "why_not": None}
+        if op in ("conv2d", "matmul", "dense") and len(call.args) > 1:
+            wbits = _packed_bits(call.args[1], bound)
+            info["weight_bits"] = wbits or _BITS.get(_dtype(call.args[1]) or "", None)
+        return info
+    quantized = any(_op_name(bound.get(a)) == "relax.dequantize" for a in call.args
+                    if isinstance(a, relax.Var))
+    why = ("no integer lowering for this op/pattern (tvmq.passes warned why); it runs in "
+           "float between dequantize and quantize" if quantized
+           else "inputs are float (the model does not quantize this layer)")
+    return {"bits": 32, "why_not": why}

@@ -1,0 +1,95 @@
+"""IntegerRequantize: ``quantize(act(dequantize(a)))`` as fixed-point integer arithmetic.
+
+Rewrites ``quantize([relu|clip](dequantize(a, s_a, z_a)), s_y, z_y)`` with integer ``a``
+(an int32 accumulator from :class:`LowerIntegerConv`/``LowerIntegerAdd``/... or an int8/uint8
+tensor) into ``clamp(RNE((a - z_a) * m / 2**n) + z_y, lo, hi)`` computed in int64, where
+``m / 2**n`` is ``s_a / s_y`` with a 31-bit ``m`` and ``[lo, hi]`` the output range
+intersected with the quantized activation bounds (ReLU: ``z_y``; Clip/ReLU6: the quantized
+clip limits). The rounding rule is round-half-to-even of the exact rational; see
+:mod:`tvmq.qref`, the reference this lowering matches bit for bit. No float op remains.
+A ``quantize(dequantize(x))`` with identical parameters becomes ``x`` (or a clamp).
+
+Preconditions: constant scales/zero points; ``s_y`` per-tensor; ``s_a`` per-tensor or
+per-channel. Position: quantize phase, after the passes that produce ``dequantize(acc)``
+(:class:`LowerIntegerConv`, :class:`LowerIntegerAdd`, :class:`LowerIntegerConcat`,
+:class:`LowerIntegerPool`) and :class:`SinkDequantize`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tvmq import qref
+from tvmq._tvm import relax, tvm
+from tvmq.passes import _qcommon as q
+
+_NAME = "IntegerRequantize"
+
+
+def _pattern():
+    """``quantize`` anchored; optional ReLU/Clip between it and an integer ``dequantize``."""
+    return {"anchor": "relax.quantize", "activations": ("relax.nn.relu", "relax.clip"),
+            "source": "relax.dequantize"}
+
+
+def _prim(value):
+    v = getattr(value, "value", value)
+    return float(getattr(v, "value", v))
+
+
+def _activation(mut, expr):
+    """(kind, clip limits, inner expr) of an optional fused activation."""
+    act = q.producer(mut, expr, "relax.nn.relu", "relax.clip")
+    if act is None:
+        return None, None, expr
+    if q.op_name(act) == "relax.nn.relu":
+        return "relu", None, act.args[0]
+    return "clip", (_prim(act.args[1]), _prim(act.args[2])), act.args[0]
+
+
+@relax.expr_functor.mutator
+class _Requantize(relax.PyExprMutator):
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if q.op_name(call) != "relax.quantize":
+            return call
+        new = self._rewrite(call)
+        return call if new is None else new
+
+    def _rewrite(self, call):
+        out = q.QParams(call)
+        kind, limits, inner = _activation(self, call.args[0])
+        d = q.producer(self, inner, "relax.dequantize")
+        if d is None or not out.per_tensor:
+            return None
+        src = q.QParams(d)
+        if not src.ok or q.dtype_of(src.data) not in q.INT_DTYPES:
+            return None
+        out_dtype = str(call.attrs.out_dtype)
+        s_y, z_y = float(out.scale[0]), int(out.zero[0])
+        lo, hi = qref.activation_bounds(kind, np.float32(s_y), z_y, out_dtype, limits)
+        ndim = len(q.shape_of(call))
+        emit = self.builder_.emit
+        if (src.per_tensor and src.scale[0] == out.scale[0] and src.zero[0] == z_y
+                and q.dtype_of(src.data) == out_dtype):
+            return self._clamp_only(src.data, lo, hi, out_dtype)
+        multiplier = src.scale.astype(np.float64) / np.float64(np.float32(s_y))
+        if np.any(multiplier >= 2.0 ** 30):
+            q.skip(_NAME, call, "requantize multiplier >= 2**30")
+            return None
+        return q.requantize(emit, src.data, multiplier, src.zero, z_y, lo, hi, out_dtype, ndim,
+                            src.axis % ndim)
+
+    def _clamp_only(self, data, lo, hi, dtype):
+        qmin, qmax = qref.dtype_range(dtype)
+        if (lo, hi) == (qmin, qmax):
+            return data
+        low = self.builder_.emit(relax.op.maximum(data, q.c(lo, dtype)))
+        return relax.op.minimum(low, q.c(hi, dtype))
+
+
+@tvm.transform.module_pass(opt_level=0, name=_NAME)
+class IntegerRequantize:
+    """Replace float requantization (dequantize -> act -> quantize) with fixed-point integers."""
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return q.run_mutator(mod, _Requantize)

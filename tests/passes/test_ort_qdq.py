@@ -1,0 +1,61 @@
+"""tvmq vs onnxruntime on quantize_static QDQ models (and their QOperator form).
+
+Criterion: equal, or off by one quantization step on <= 0.1% of the elements, per layer
+(every QuantizeLinear output of the model is compared, see :func:`tvmq.verify.verify`).
+The measured numbers are printed (``-s``) and in the assertion message.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from tvmq.verify import verify
+
+from ._qdq_models import MixedNet, make_qdq
+
+
+def _check(path, shape, first_layer_only_strict=False):
+    x = np.random.RandomState(1).randn(*shape).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rep = verify(str(path), str(path), {"x": x})
+    msg = (f"worst {rep['worst_steps']} steps, {100 * rep['mismatched_fraction']:.3f}% "
+           f"elements differ; " + ", ".join(f"{l['name'][-30:]}:{l['mismatched']}/{l['size']}"
+                                            for l in rep["layers"] if l.get("mismatched")))
+    print(path.name, msg)
+    return rep, msg
+
+
+@pytest.mark.build
+def test_digits_cnn_matches_onnxruntime(tmp_path):
+    import tvmq
+
+    path = make_qdq(tvmq.models.create("digits_cnn"), (1, 1, 8, 8), tmp_path / "d.onnx")
+    rep, msg = _check(path, (1, 1, 8, 8))
+    assert rep["worst_steps"] <= 1 and rep["mismatched_fraction"] <= 0.001, msg
+
+
+@pytest.mark.build
+def test_mixed_ops_match_onnxruntime(tmp_path):
+    """Depthwise, ReLU6, add, concat, max/avg/global pool, dense: all integer."""
+    import torch
+
+    torch.manual_seed(0)
+    path = make_qdq(MixedNet(), (1, 3, 8, 8), tmp_path / "m.onnx")
+    rep, msg = _check(path, (1, 3, 8, 8))
+    # onnxruntime's QLinearAveragePool rounds its float average; ours is exact integer RNE.
+    assert rep["worst_steps"] <= 1 and rep["mismatched_fraction"] <= 0.01, msg
+
+
+@pytest.mark.slow
+@pytest.mark.build
+def test_resnet20_matches_onnxruntime(tmp_path):
+    """Errors compound through 20 layers: the first diverging layer meets the criterion."""
+    import tvmq
+
+    path = make_qdq(tvmq.models.create("resnet20"), (1, 3, 32, 32), tmp_path / "r.onnx")
+    rep, msg = _check(path, (1, 3, 32, 32))
+    first = next(l for l in rep["layers"] if l.get("mismatched"))
+    assert first["mismatched_fraction"] <= 0.001 and first["max_steps"] <= 1, msg

@@ -1,0 +1,97 @@
+"""Property tests of the integer reference primitives (quantize / requantize)."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from tvmq import qref
+
+_scales = st.floats(1e-6, 1e3, allow_nan=False, allow_infinity=False)
+
+
+def _rne(frac: Fraction) -> int:
+    floor = frac.numerator // frac.denominator
+    rem = frac - floor
+    if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and floor % 2):
+        return floor + 1
+    return floor
+
+
+@given(st.floats(2.0 ** -40, 2.0 ** 29, allow_nan=False))
+def test_multiplier_is_31_bit_and_close(real):
+    m, n = qref.quantize_multiplier(real)
+    if m[0] == 0:
+        assert real < 2.0 ** -32
+        return
+    assert 2 ** 30 <= m[0] < 2 ** 31 and 1 <= n[0] <= 62
+    assert abs(m[0] / 2.0 ** n[0] - real) <= real * 2.0 ** -31
+
+
+@settings(max_examples=300)
+@given(st.integers(-2 ** 31, 2 ** 31 - 1), st.floats(2.0 ** -30, 2.0 ** 8))
+def test_fixed_point_multiply_is_exact_rne(acc, real):
+    m, n = qref.quantize_multiplier(real)
+    got = int(qref.fixed_point_multiply(acc, m[0], n[0]))
+    assert got == _rne(Fraction(acc * int(m[0]), 2 ** int(n[0])))
+
+
+@given(st.integers(-2 ** 20, 2 ** 20), st.integers(1, 20))
+def test_ties_round_to_even(k, shift):
+    # (2k+1) / 2 is an exact tie
+    acc = 2 * k + 1
+    got = int(qref.rounding_shift(np.int64(acc) << (shift - 1), shift))
+    assert got == _rne(Fraction(acc, 2)) and got % 2 == 0
+
+
+@given(st.integers(-2 ** 31, 2 ** 31 - 1), _scales, st.integers(0, 255))
+def test_requantize_saturates(acc, real, zp):
+    real = min(real, 2.0 ** 29)
+    y = int(qref.requantize(np.int64(acc), real, 0, zp, "uint8"))
+    assert 0 <= y <= 255
+    m, n = qref.quantize_multiplier(real)
+    exact = _rne(Fraction(acc * int(m[0]), 2 ** int(n[0]))) + zp
+    assert y == min(255, max(0, exact))
+
+
+@given(st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=1, max_size=16), _scales,
+       st.integers(-128, 127))
+def test_quantize_matches_onnx_rule(xs, scale, zp):
+    x = np.array(xs, np.float32)
+    got = qref.quantize(x, scale, zp, "int8", axis=0)
+    expect = np.clip(np.rint(x / np.float32(scale)) + zp, -128, 127)
+    np.testing.assert_array_equal(got, expect)
+
+
+def test_quantize_ties_and_blocked():
+    np.testing.assert_array_equal(qref.quantize([0.5, 1.5, 2.5, -0.5], 1.0, 0, "int8", axis=0),
+                                  [0, 2, 2, 0])
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    q = qref.quantize(x, np.array([[1.0, 2.0], [4.0, 8.0]]), 0, "int4", axis=1, block_size=2)
+    np.testing.assert_array_equal(q, [[0, 1, 1, 2], [1, 1, 1, 1]])
+
+
+@given(st.lists(st.integers(-8, 7), min_size=1, max_size=33))
+def test_pack_roundtrip_int4(vals):
+    packed = qref.pack_subbyte(vals, 4)
+    assert packed.size == (len(vals) + 1) // 2
+    np.testing.assert_array_equal(qref.unpack_subbyte(packed, 4, len(vals), True), vals)
+
+
+@given(st.lists(st.integers(-2, 1), min_size=1, max_size=33))
+def test_pack_roundtrip_int2(vals):
+    packed = qref.pack_subbyte(vals, 2)
+    np.testing.assert_array_equal(qref.unpack_subbyte(packed, 2, len(vals), True), vals)
+
+
+def test_conv_reference_matches_float():
+    rng = np.random.RandomState(0)
+    x = rng.randint(0, 256, (1, 4, 5, 5))
+    w = rng.randint(-128, 128, (4, 2, 3, 3))
+    acc = qref.conv2d_int(x, w, 7, 0, (1, 1), (1, 1, 1, 1), (1, 1), groups=2)
+    import torch
+
+    ref = torch.nn.functional.conv2d(torch.tensor(x - 7.0, dtype=torch.float64),
+                                     torch.tensor(w, dtype=torch.float64), padding=1, groups=2)
+    np.testing.assert_array_equal(acc, ref.numpy().astype(np.int64))
