@@ -1,0 +1,90 @@
+"""``tvmq device up|down|list`` and ``tvmq bench``: argument parsing only.
+
+``tvmq/cli.py`` calls :func:`add_parsers` with its subparsers; each parser sets ``func`` to a
+handler taking the parsed namespace. Errors are :class:`~tvmq.errors.TvmqError`, printed by the
+main CLI as one line (exit code 2).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parsers(subparsers) -> None:
+    """Register ``device`` (with ``up``, ``down``, ``list``) and ``bench``."""
+    device = subparsers.add_parser("device", help="start/stop/list local RPC tracker and boards")
+    actions = device.add_subparsers(dest="device_command", required=True)
+
+    up = actions.add_parser("up", help="start a tracker and RPC servers (127.0.0.1 by default)")
+    up.add_argument("--emulated-arm", action="store_true",
+                    help="also serve the emulated aarch64 board (key arm64-emu; needs root)")
+    up.add_argument("--host", help="bind address (default TVM_TRACKER_HOST or 127.0.0.1)")
+    up.add_argument("--port", type=int, help="tracker port (default TVM_TRACKER_PORT or 9190)")
+    up.add_argument("--no-host-server", dest="host_server", action="store_false",
+                    help="do not serve this machine's CPU under key 'host'")
+    up.set_defaults(func=_up)
+
+    down = actions.add_parser("down", help="stop the processes `device up` started")
+    down.set_defaults(func=_down)
+
+    lst = actions.add_parser("list", help="boards registered with the tracker, free/pending")
+    lst.add_argument("--tracker", help="HOST:PORT (default TVM_TRACKER_HOST:TVM_TRACKER_PORT)")
+    lst.set_defaults(func=_list)
+
+    bench = subparsers.add_parser("bench", help="check outputs on a device, then time them")
+    bench.add_argument("artifact", metavar="ARTIFACT_DIR")
+    bench.add_argument("--device", default="local", help="rpc://HOST:PORT/KEY or local")
+    bench.add_argument("--reference", metavar="HOST_ARTIFACT_DIR",
+                       help="host build of the same model, the reference for a cross artifact")
+    bench.add_argument("--per-layer", action="store_true", help="also time each layer")
+    bench.add_argument("--number", type=int, default=10, help="runs averaged per sample")
+    bench.add_argument("--repeat", type=int, default=10, help="samples")
+    bench.add_argument("--min-repeat-ms", type=int, default=0)
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--timeout", type=float, default=60.0,
+                       help="seconds to wait for a free board")
+    bench.add_argument("--json", metavar="FILE")
+    bench.add_argument("--csv", metavar="FILE")
+    bench.add_argument("--plot", metavar="FILE", help="image (png/svg/pdf) via matplotlib")
+    bench.set_defaults(func=_bench)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from tvmq import device
+
+    info = device.up(emulated_arm=args.emulated_arm, host=args.host, port=args.port,
+                     host_server=args.host_server)
+    started = ", ".join(info["started"]) or "nothing new (already running)"
+    print(f"tracker {info['tracker']}: started {started}; state in {info['state']}")
+    print(device.format_queue(device.queue(info["tracker"]), info["tracker"]))
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from tvmq import device
+
+    stopped = device.down()
+    print("stopped " + ", ".join(stopped) if stopped else "nothing recorded to stop")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from tvmq import device
+
+    tracker = args.tracker or str(device.default_tracker())
+    print(device.format_queue(device.queue(tracker), tracker))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from tvmq import device
+
+    with device.connect(args.device, timeout=args.timeout) as board:
+        result = board.bench(args.artifact, reference=args.reference, number=args.number,
+                             repeat=args.repeat, min_repeat_ms=args.min_repeat_ms,
+                             warmup=args.warmup, per_layer=args.per_layer)
+    print(result.summary())
+    for path, write in ((args.json, result.write_json), (args.csv, result.write_csv),
+                        (args.plot, result.write_plot)):
+        if path:
+            print(f"wrote {write(path)}")
+    return 0
