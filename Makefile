@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tvmq-installed
 # Slow tests CI runs (a bounded subset of `-m slow`): see pyproject.toml's `ci` marker.
 PYTEST_ARGS ?=
+# BOARD=1: `make test` also builds (once, cached in ~/.cache/tvmq/boards) the emulated aarch64
+# board and runs the `board` tests; it skips them with the reason when it cannot build one.
+BOARD ?= 1
 
 .PHONY: demo test test-all test-slow install cross-compilers board clean
 
@@ -14,7 +17,13 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -m "not slow and not board and not tuning" $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -m "ci" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "ci and not board" $(PYTEST_ARGS)
+	@if [ "$(BOARD)" = 1 ]; then PYTHON=$(CURDIR)/$(BIN)/python scripts/ci-board.sh; \
+	else echo "emulated-board tests skipped (BOARD=0)"; fi
+
+# Start a local tracker, a host RPC server and the emulated aarch64 board (builds it once).
+board: install
+	scripts/emulated-board.sh start
 
 test-slow: install
 	$(BIN)/python -m pytest -m "slow or tuning" $(PYTEST_ARGS)

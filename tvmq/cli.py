@@ -143,6 +143,25 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    import tvmq
+    from tvmq.verify import verify
+
+    target = args.artifact
+    if (Path(target) / "meta.json").is_file():
+        target = tvmq.load(target)
+    if not Path(args.input).is_file():
+        raise TvmqError(f"input file {args.input} not found", "save it with numpy.save")
+    report = verify(target, args.reference, np.load(args.input, allow_pickle=False))
+    print(f"{'layer':<40}{'dtype':<9}{'max steps':>10}{'mismatched':>12}")
+    for layer in report["layers"]:
+        print(f"{layer['name'][:39]:<40}{str(layer['dtype']):<9}{layer['max_steps']:>10}"
+              f"{layer['mismatched_fraction'] * 100:>11.3f}%")
+    print(f"worst: {report['worst_steps']} step(s); "
+          f"{report['mismatched_fraction'] * 100:.3f}% of elements differ")
+    return 0 if report["worst_steps"] <= args.max_steps else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tvmq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -171,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("verify", help="compare a compiled model with onnxruntime, layer by layer")
+    p.add_argument("artifact", help="artifact directory, or a quantized model.onnx to compile")
+    p.add_argument("--reference", required=True, help="reference model.onnx (run by onnxruntime)")
+    p.add_argument("--input", required=True, metavar="X.npy")
+    p.add_argument("--max-steps", type=int, default=1,
+                   help="exit 1 when any layer is off by more quantization steps (default 1)")
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("demo", help="train, compile and run the digits CNN end to end")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("-o", "--output", default="out/demo", help="where artifacts and report go")
@@ -183,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Sub-command groups defined next to the library code they call: each module has
 # ``add_parsers(subparsers)``.
-_EXTENSIONS: list[str] = []
+_EXTENSIONS: list[str] = ["tvmq.device.cli", "tvmq.tune.cli"]
 
 
 def _register_extension(sub, module: str) -> None:

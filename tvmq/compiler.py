@@ -1,7 +1,10 @@
 """``tvmq.compile``: model in, :class:`~tvmq.artifact.Artifact` out."""
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from tvmq._tvm import TVM_VERSION, tvm
@@ -44,9 +47,13 @@ def compile(model, example_inputs=None, board: str | Board = "host", *,
     param_bytes = sum(int(v.nbytes) for v in imported.params.values())
     lowered = run_phases(mod, board, opts, until="quantize")
     layers = layer_report(lowered)
-    rest = PipelineOptions(**{**opts.__dict__, "dump_dir": None})
+    rest = dataclasses.replace(opts, dump_dir=None)
     executable = _build(lowered, board, rest)
     meta = _meta(imported, board, layers, param_bytes, time.perf_counter() - t0)
+    meta["schedules"] = {"database": rest.stats.get("database"),
+                         "tuned_funcs": rest.stats.get("tuned", [])}
+    if isinstance(model, (str, os.PathLike)):
+        meta["model_path"] = str(Path(model).resolve())
     return Artifact(executable, meta)
 
 

@@ -5,8 +5,10 @@ Phases (each a list of passes, a function of the board and the options):
 0. ``canonicalize``: fold constants and BatchNorm, decompose inference-only ops.
 1. ``quantize``: rewrite quantize/dequantize patterns into integer ops (tvmq.passes).
 2. ``legalize``: lower Relax ops to TIR and fuse them.
-3. ``schedule``: apply tuned databases / default schedules for the board.
-4. ``lower``: VM lowering (memory planning, builtins) before codegen.
+3. ``tuned``: apply the tuned MetaSchedule database (``options.database``, else the one
+   shipped for the board in ``tvmq.schedules/<board>/``), if it fits TVM version and target.
+4. ``schedule``: default schedules for the board, for everything the database did not cover.
+5. ``lower``: VM lowering (memory planning, builtins) before codegen.
 
 ``dump_dir`` writes the IR after each phase to ``NN-<phase>.py`` for debugging.
 """
@@ -39,26 +41,83 @@ class PipelineOptions:
     integer: bool = True
     dump_dir: str | None = None
     database: str | None = None
+    use_shipped_database: bool = True
+    stats: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
 def canonicalize_passes(board: Board, opts: PipelineOptions) -> list:
-    from tvmq.passes import FoldBatchNormIntoConv
+    from tvmq.passes import FoldBatchNormIntoConv, FoldConstantKeepQuantized
 
-    return [relax.transform.FoldConstant(), FoldBatchNormIntoConv(),
-            relax.transform.FoldConstant(), relax.transform.DecomposeOpsForInference()]
+    # FoldConstant would turn dequantize(W_int8) into float weights before the quantize phase
+    fold = FoldConstantKeepQuantized if opts.integer else relax.transform.FoldConstant
+    return [fold(), FoldBatchNormIntoConv(), fold(), relax.transform.DecomposeOpsForInference()]
 
 
 def quantize_passes(board: Board, opts: PipelineOptions) -> list:
-    return []
+    """Integer lowering of QDQ patterns (a no-op on float graphs); see ``tvmq.passes``.
+
+    Ends with ``FoldConstant`` (float fallbacks fold their dequantized weights) and then
+    ``PackSubByteWeights``: nothing after it may fold constants, or the packed weights would
+    be unpacked back into dense constants.
+    """
+    from tvmq import passes as P
+
+    if not opts.integer:
+        return []
+    return [P.LowerIntegerConv(), P.LowerIntegerAdd(), P.LowerIntegerConcat(),
+            P.LowerIntegerPool(), P.SinkDequantize(), P.IntegerRequantize(),
+            P.SinkDequantize(), P.IntegerRequantize(),
+            relax.transform.FoldConstant(), relax.transform.DeadCodeElimination(),
+            P.PackSubByteWeights()]
 
 
 def legalize_passes(board: Board, opts: PipelineOptions) -> list:
-    return [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-            relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    # With integer lowering, constants were folded at the end of the quantize phase; folding
+    # again here would evaluate PackSubByteWeights' unpacking and grow the artifact back.
+    fold = [] if opts.integer else [relax.transform.FoldConstant()]
+    # tvmq.schedules: integer conv/matmul -> the board's blocked kernels (weights packed now)
+    from tvmq import schedules
+
+    return [*schedules.legalize_prelude(board.tvm_target()), relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(), *fold,
+            relax.transform.FuseOps(), relax.transform.FuseTIR()]
+
+
+def tuned_passes(board: Board, opts: PipelineOptions) -> list:
+    from tvmq._tvm import TVM_VERSION
+    from tvmq.schedules import database as dbmod
+
+    path = opts.database
+    if path is None and opts.use_shipped_database:
+        shipped = dbmod.shipped_dir(board.name)
+        path = shipped if (shipped / dbmod.WORKLOAD_FILE).is_file() else None
+    opts.stats["database"] = str(path) if path else None
+    opts.stats["tuned"] = []
+    if path is None:
+        return []
+    db = dbmod.open_database(path, board.target, TVM_VERSION)
+    if db is None:
+        opts.stats["database"] = None
+        return []
+
+    @tvm.transform.module_pass(opt_level=0, name="ApplyTunedDatabase")
+    def _apply(mod, _ctx):
+        mod, tuned = dbmod.apply_database(mod, board.tvm_target(), db)
+        opts.stats["tuned"] = tuned
+        return mod
+
+    return [_apply]
 
 
 def schedule_passes(board: Board, opts: PipelineOptions) -> list:
-    return []
+    """Default schedules: tensorized int8 kernels, parallel+vectorized elementwise (tvmq.schedules).
+
+    Functions already marked ``tirx.is_scheduled`` (e.g. by a tuned database applied before)
+    are left alone.
+    """
+    from tvmq import schedules
+
+    return schedules.schedule_passes(board.tvm_target())
 
 
 def lower_passes(board: Board, opts: PipelineOptions) -> list:
@@ -76,6 +135,7 @@ PHASES: list[tuple[str, PhaseFn]] = [
     ("canonicalize", canonicalize_passes),
     ("quantize", quantize_passes),
     ("legalize", legalize_passes),
+    ("tuned", tuned_passes),
     ("schedule", schedule_passes),
     ("lower", lower_passes),
 ]

@@ -1,0 +1,96 @@
+"""Tuning: database compatibility rules (fast) and a tiny real MetaSchedule run (``tuning``)."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import tvmq
+from tvmq._tvm import TVM_VERSION
+from tvmq.errors import TvmqError
+from tvmq.schedules import database as dbmod
+from tvmq.tune.tuner import parse_device
+
+
+def _fake_db(path, target, version=TVM_VERSION):
+    path.mkdir()
+    (path / dbmod.WORKLOAD_FILE).write_text("")
+    (path / dbmod.RECORD_FILE).write_text("")
+    dbmod.write_meta(path, target, version, "host")
+    return path
+
+
+def test_database_from_other_tvm_version_is_ignored(tmp_path):
+    board = tvmq.get_board("host")
+    path = _fake_db(tmp_path / "db", board.target, version="0.19.0")
+    with pytest.warns(UserWarning, match="TVM 0.19.0"):
+        assert dbmod.open_database(path, board.target, TVM_VERSION) is None
+
+
+def test_database_for_other_target_is_ignored(tmp_path):
+    board = tvmq.get_board("host")
+    path = _fake_db(tmp_path / "db", tvmq.get_board("rasp4b").target)
+    with pytest.warns(UserWarning, match="cortex-a72"):
+        assert dbmod.open_database(path, board.target, TVM_VERSION) is None
+
+
+def test_database_without_meta_is_ignored(tmp_path):
+    path = _fake_db(tmp_path / "db", {})
+    (path / dbmod.META_FILE).unlink()
+    assert "missing" in dbmod.compatible(path, {}, TVM_VERSION)
+
+
+def test_num_cores_does_not_invalidate(tmp_path):
+    target = dict(tvmq.get_board("host").target)
+    path = _fake_db(tmp_path / "db", {**target, "num-cores": 64})
+    assert dbmod.compatible(path, target, TVM_VERSION) is None
+
+
+@pytest.mark.parametrize("url", ["rpc://host", "http://a:1/k", "rpc://a:9190/"])
+def test_bad_device_url(url):
+    with pytest.raises(TvmqError, match="rpc://HOST:PORT/KEY"):
+        parse_device(url)
+
+
+def test_device_url():
+    assert parse_device("rpc://127.0.0.1:9190/rasp4b") == ("127.0.0.1", 9190, "rasp4b")
+    assert parse_device("local") is None
+
+
+def test_cross_board_needs_device():
+    with pytest.raises(TvmqError, match="--device rpc://"):
+        tvmq.tune.tuner._runner(tvmq.get_board("rasp4b"), None, 1, 1)
+
+
+class _Dense(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 32)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x))
+
+
+@pytest.mark.tuning
+@pytest.mark.ci
+def test_tune_resume_and_apply(tmp_path):
+    """A real (tiny) MetaSchedule run: records land in the DB, a re-run resumes instead of
+    restarting, and compile applies the tuned schedule with unchanged numerics."""
+    model, x = _Dense().eval(), torch.randn(1, 64)
+    db = tmp_path / "db"
+    first = tvmq.tune.tune(model, "host", example_inputs=x, trials=4, db=db,
+                           trials_per_iter=4, progress=False)
+    assert first.trials_run >= 4 and first.tasks[0]["best_us"] is not None, first.to_json()
+    again = tvmq.tune.tune(model, "host", example_inputs=x, trials=4, db=db, progress=False)
+    assert again.trials_run == 0 and again.trials_before == first.trials_run
+    assert (db / "cost_model.tar").is_file()
+    report = json.loads((db / "tune_report.json").read_text())
+    assert report["board"] == "host"
+    art = tvmq.compile(model, x, options=tvmq.PipelineOptions(database=str(db)))
+    assert art.meta["schedules"]["tuned_funcs"], art.meta["schedules"]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(art.run(x.numpy())[0], ref, rtol=1e-5, atol=1e-5)

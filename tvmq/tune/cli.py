@@ -1,0 +1,45 @@
+"""``tvmq tune``: argument parsing over :func:`tvmq.tune.tune`."""
+from __future__ import annotations
+
+import json
+
+
+def cmd_tune(args) -> int:
+    from tvmq.tune import export_database, tune
+
+    trials = args.trials or (1_000_000 if args.time_budget else 64)
+    report = tune(args.model, args.board, trials=trials, time_budget_min=args.time_budget,
+                  db=args.db, device=args.device, trials_per_iter=args.trials_per_iter,
+                  progress=not args.quiet)
+    est = report.estimated_ms
+    print(f"tuned {len(report.tasks)} task(s): {report.trials_run} new trial(s), "
+          f"{report.trials_before + report.trials_run} in {report.db}; "
+          f"estimated model latency {est:.3f} ms" if est is not None else
+          f"tuned {len(report.tasks)} task(s): no successful measurement yet")
+    for task in report.tasks:
+        best = f"{task['best_us']:.1f} us" if task["best_us"] is not None else "-"
+        print(f"  {task['name']:<40} x{task['weight']:<3} {task['records']:>5} records  {best}")
+    if args.export_db:
+        print(f"exported to {export_database(args.db, args.board)}")
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("tune", help="auto-tune a model's kernels with MetaSchedule")
+    p.add_argument("model", help="model.onnx, program.pt2 or an artifact directory")
+    p.add_argument("--board", default="host")
+    p.add_argument("--device", help="rpc://HOST:PORT/KEY to measure on a board (default: local)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--trials", type=int,
+                        help="total trials the database should hold, default 64 "
+                             "(a re-run continues)")
+    budget.add_argument("--time-budget", type=float, metavar="MIN", help="stop after MIN minutes")
+    p.add_argument("--db", default="tune-db", help="database directory (resumable)")
+    p.add_argument("--trials-per-iter", type=int, default=16)
+    p.add_argument("--export-db", action="store_true",
+                   help="copy the database into the package's schedules/<board>/")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_tune)

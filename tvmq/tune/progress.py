@@ -1,0 +1,54 @@
+"""A MetaSchedule measure callback: progress bar, best latency per task, time budget."""
+from __future__ import annotations
+
+import time
+
+from tqdm.auto import tqdm
+
+from tvmq._tvm import derived_object, meta_schedule
+
+ms = meta_schedule()
+
+
+@derived_object
+class TuneProgress(ms.measure_callback.PyMeasureCallback):
+    """Tracks trials and the best measured latency of every task.
+
+    The estimated model latency is sum(weight_i * best_i) over tasks (tasks never measured
+    successfully count with their untuned baseline latency if given, else are left out).
+    """
+
+    def __init__(self, names: list[str], weights: list[float], total: int,
+                 deadline: float | None = None, show: bool = True, offset: int = 0):
+        self.names, self.weights = names, weights
+        self.best_us: list[float | None] = [None] * len(names)
+        self.trials = offset
+        self.curve: list[tuple[int, float]] = []
+        self.deadline = deadline
+        self.bar = tqdm(total=total, initial=offset, desc="tune", unit="trial", disable=not show)
+
+    def estimated_us(self) -> float | None:
+        known = [w * b for w, b in zip(self.weights, self.best_us) if b is not None]
+        return sum(known) if known else None
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+              runner_results) -> None:
+        for res in runner_results:
+            self.trials += 1
+            if res.error_msg is None and res.run_secs:
+                us = float(sum(float(s) for s in res.run_secs) / len(res.run_secs)) * 1e6
+                old = self.best_us[task_id]
+                self.best_us[task_id] = us if old is None else min(old, us)
+        est = self.estimated_us()
+        if est is not None:
+            self.curve.append((self.trials, est))
+        best = self.best_us[task_id]
+        self.bar.set_postfix_str(f"{self.names[task_id][:24]} best={best or float('nan'):.1f}us "
+                                 f"model~{(est or 0) / 1e3:.3f}ms")
+        self.bar.update(len(runner_results))
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            for i in range(len(self.names)):
+                task_scheduler.terminate_task(i)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,281 @@
+"""``tvmq.tune``: extract the model's tasks, search schedules, keep them in a database.
+
+Resumable: records accumulate in ``db``; a re-run counts the trials already there and only
+runs the rest (``trials`` is the total for the database), and the XGBoost cost model is
+reloaded from ``db/cost_model.tar`` so it does not start random again (MetaSchedule's
+XGBModel scores randomly until it has ``num_warmup_samples`` measurements).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from tvmq._tvm import TVM_VERSION, cc, meta_schedule, tvm
+from tvmq.artifact import atomic_write
+from tvmq.boards import Board, ensure_cross_compiler, get_board
+from tvmq.errors import TvmqError
+from tvmq.frontend import import_model
+from tvmq.pipeline import PipelineOptions, run_phases
+from tvmq.schedules import database as dbmod
+
+COST_MODEL_FILE = "cost_model.tar"
+BUILDER_TIMEOUT_S = 300  # workers import tvm.s_tir.tensor_intrin (~33 s, more under load)
+
+
+@dataclasses.dataclass
+class TuneReport:
+    """What a tuning run did: per-task best latencies, trials, the tuning curve."""
+
+    board: str
+    db: str
+    tasks: list[dict[str, Any]]
+    trials_before: int
+    trials_run: int
+    seconds: float
+    curve: list[tuple[int, float]]
+
+    @property
+    def estimated_ms(self) -> float | None:
+        best = [t["weight"] * t["best_us"] for t in self.tasks if t["best_us"] is not None]
+        return sum(best) / 1e3 if best else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "estimated_ms": self.estimated_ms}
+
+
+def _tasks(model, board: Board, example_inputs, input_shapes):
+    ms = meta_schedule()
+    if isinstance(model, (str, Path)) and (Path(model) / "meta.json").is_file():
+        model = _artifact_source(Path(model))
+    imported = import_model(model, example_inputs, input_shapes)
+    mod = run_phases(imported.bind_params(), board, PipelineOptions(), until="legalize")
+    tasks = ms.relax_integration.extract_tasks(mod, board.tvm_target())
+    tasks = [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled")]
+    return _worth_tuning(tasks)
+
+
+def _worth_tuning(tasks, min_share: float = 0.005):
+    """Tasks by descending weighted FLOPs, without the trivial ones (reshapes, tiny reductions)
+    that would otherwise take the gradient scheduler's first round of trials."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    flops = [float(estimate_tir_flops(t.dispatched[0])) * float(t.weight) for t in tasks]
+    total = sum(flops)
+    kept = sorted(((f, i) for i, f in enumerate(flops) if f >= min_share * total), reverse=True)
+    if not kept:
+        raise TvmqError("the model has no tunable tasks", "check the model imports (tvmq info)")
+    return [tasks[i] for _, i in kept]
+
+
+def _artifact_source(path: Path):
+    meta = json.loads((path / "meta.json").read_text())
+    src = meta.get("model_path")
+    if not src or not Path(src).is_file():
+        raise TvmqError(f"artifact {path} does not record a model file to tune",
+                        "tune the model file instead: tvmq tune model.onnx --board ...")
+    return src
+
+
+def _existing(db, tasks) -> list[tuple[int, float | None]]:
+    """(records, best latency in us) per task already in the database."""
+    out = []
+    for task in tasks:
+        mod = task.dispatched[0]
+        if not db.has_workload(mod):
+            out.append((0, None))
+            continue
+        recs = db.get_top_k(db.commit_workload(mod), 1 << 20)
+        best = min((sum(float(s) for s in r.run_secs) / len(r.run_secs) * 1e6
+                    for r in recs if r.run_secs), default=None)
+        out.append((len(recs), best))
+    return out
+
+
+def _export_cross(rt_mod, compiler: str) -> str:
+    import os
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(prefix="tvmq-ms-"), "lib.so")
+    rt_mod.export_library(path, fcompile=cc.cross_compiler(compiler))
+    return path
+
+
+def _builder_init() -> None:
+    # Register tvmq's tensor intrinsics in the worker (MetaSchedule traces refer to them).
+    import importlib
+
+    for name in ("tvmq.schedules.x86", "tvmq.schedules.arm"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
+def _builder(board: Board):
+    ms = meta_schedule()
+    export = None
+    if board.cross_compiler:
+        ensure_cross_compiler(board)
+        export = functools.partial(_export_cross, compiler=board.cross_compiler)
+    return ms.builder.LocalBuilder(max_workers=1, timeout_sec=BUILDER_TIMEOUT_S,
+                                   f_export=export, initializer=_builder_init)
+
+
+def parse_device(url: str | None) -> tuple[str, int, str] | None:
+    """``rpc://HOST:PORT/KEY`` -> (host, port, key); ``None``/``"local"`` -> None."""
+    if url in (None, "", "local"):
+        return None
+    parsed = urlparse(url)
+    key = parsed.path.strip("/")
+    if parsed.scheme != "rpc" or not parsed.hostname or not parsed.port or not key:
+        raise TvmqError(f"bad device {url!r}", "write rpc://HOST:PORT/KEY (tracker) or local")
+    return parsed.hostname, parsed.port, key
+
+
+def _runner(board: Board, device: str | None, number: int, repeat: int):
+    ms = meta_schedule()
+    evaluator = ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=20,
+                                          enable_cpu_cache_flush=False)
+    remote = parse_device(device)
+    if remote is None:
+        if board.is_cross:
+            raise TvmqError(f"board {board.name!r} cannot run on this machine",
+                            f"pass --device rpc://HOST:PORT/{board.rpc_key} (see tvmq device up)")
+        return ms.runner.LocalRunner(evaluator_config=evaluator, timeout_sec=120)
+    host, port, key = remote
+    _check_tracker(host, port, key)
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
+                                 session_timeout_sec=300)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
+
+
+def _check_tracker(host: str, port: int, key: str) -> None:
+    from tvmq._tvm import rpc
+
+    try:
+        summary = rpc().connect_tracker(host, port).summary()
+    except Exception as err:  # socket errors, TVMError
+        raise TvmqError(f"RPC tracker {host}:{port} unreachable ({type(err).__name__})",
+                        "start it with `tvmq device up` or check --device") from err
+    keys = {k for info in summary.get("server_info", []) for k in [info.get("key", "")]}
+    if not any(k.split(":")[-1] == key or k == f"server:{key}" for k in keys):
+        raise TvmqError(f"no server registered under key {key!r} at {host}:{port}",
+                        "start one (tvmq device up [--emulated-arm]) or fix the key")
+
+
+def _space(board: Board):
+    try:
+        from tvmq.schedules import tune_space
+    except ImportError:
+        return "post-order-apply"
+    return tune_space(board) or "post-order-apply"
+
+
+def _cost_model(db_dir: Path):
+    ms = meta_schedule()
+    model = ms.cost_model.XGBModel(num_warmup_samples=min(100, 32), adaptive_training=True)
+    saved = db_dir / COST_MODEL_FILE
+    if saved.is_file():
+        try:
+            model.load(str(saved))
+        except Exception:  # a corrupt cost model only costs warm-up
+            pass
+    return model
+
+
+def tune(model, board: str | Board = "host", *, example_inputs=None, input_shapes=None,
+         trials: int = 64, time_budget_min: float | None = None, db: str | Path = "tune-db",
+         device: str | None = None, trials_per_iter: int = 16, number: int = 3,
+         repeat: int = 3, progress: bool = True, seed: int = 0) -> TuneReport:
+    """Tune ``model``'s tasks for ``board``; records accumulate in the database ``db``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module, ONNX path, .pt2 path or artifact directory
+    board : str or Board
+    trials : int
+        Total trials the database should hold for this model (a re-run continues).
+    time_budget_min : float, optional
+        Stop after this many minutes (checked after each measured batch).
+    db : path
+        Database directory (MetaSchedule JSON files + meta.json + cost model).
+    device : str, optional
+        ``rpc://HOST:PORT/KEY`` to measure on a board through a tracker; default local.
+    """
+    ms = meta_schedule()
+    board = get_board(board)
+    if trials < 1:
+        raise TvmqError(f"--trials must be positive, got {trials}", "use --trials 64")
+    db_dir = Path(db)
+    database = dbmod.open_database(db_dir, board.target, TVM_VERSION, create=True)
+    if database is None:
+        raise TvmqError(f"{db_dir} holds a database for another TVM version or target",
+                        "pass a new --db directory")
+    dbmod.write_meta(db_dir, board.target, TVM_VERSION, board.name)
+    tasks = _tasks(model, board, example_inputs, input_shapes)
+    existing = _existing(database, tasks)
+    before = sum(n for n, _ in existing)
+    remaining = max(trials - before, 0)
+    t0 = time.monotonic()
+    names = [t.task_name for t in tasks]
+    weights = [float(t.weight) for t in tasks]
+    cb = None
+    if remaining > 0:
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, str(db_dir / "logs"), space=_space(board), seed=seed, num_threads=board.cores
+            if not board.is_cross else 1)
+        deadline = t0 + time_budget_min * 60 if time_budget_min else None
+        cb = TuneProgress(names, weights, before + remaining, deadline, progress, before)
+        cb.best_us = [b for _, b in existing]
+        cost_model = _cost_model(db_dir)
+        ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db_dir),
+                      max_trials_global=remaining, num_trials_per_iter=min(trials_per_iter,
+                                                                           remaining),
+                      builder=_builder(board), runner=_runner(board, device, number, repeat),
+                      database=database, cost_model=cost_model,
+                      measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
+                      + [cb])
+        cb.close()
+        atomic_write(db_dir / COST_MODEL_FILE, lambda f: _save_cost_model(cost_model, f))
+    after = _existing(database, tasks)
+    report = TuneReport(board.name, str(db_dir), [
+        {"name": n, "weight": w, "records": c, "best_us": b}
+        for n, w, (c, b) in zip(names, weights, after)], before,
+        sum(c for c, _ in after) - before, time.monotonic() - t0, cb.curve if cb else [])
+    atomic_write(db_dir / "tune_report.json",
+                 lambda f: f.write(json.dumps(report.to_json(), indent=2).encode()))
+    return report
+
+
+def _save_cost_model(model, fileobj) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / COST_MODEL_FILE
+        model.save(str(path))
+        fileobj.write(path.read_bytes())
+
+
+def export_database(db: str | Path, board: str | Board, dest: str | Path | None = None) -> Path:
+    """Copy a tuned database into ``schedules/<board>/`` (or ``dest``) for shipping."""
+    board = get_board(board)
+    src = Path(db)
+    reason = dbmod.compatible(src, board.target, TVM_VERSION)
+    if reason is not None:
+        raise TvmqError(f"cannot export {src}: {reason}", "tune for this board first")
+    dest = Path(dest) if dest else dbmod.shipped_dir(board.name)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (dbmod.WORKLOAD_FILE, dbmod.RECORD_FILE, dbmod.META_FILE):
+        tmp = dest / f".{name}.tmp"
+        shutil.copyfile(src / name, tmp)
+        tmp.replace(dest / name)
+    return dest
+
+
+from tvmq.tune.progress import TuneProgress  # noqa: E402  (after meta_schedule import)
