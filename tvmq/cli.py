@@ -210,13 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Sub-command groups defined next to the library code they call: each module has
 # ``add_parsers(subparsers)``.
-_EXTENSIONS: list[str] = ["tvmq.device.cli", "tvmq.tune.cli"]
+_EXTENSIONS: list[str] = ["tvmq.quant.cli", "tvmq.device.cli", "tvmq.tune.cli"]
 
 
 def _register_extension(sub, module: str) -> None:
     import importlib
 
-    importlib.import_module(module).add_parsers(sub)
+    mod = importlib.import_module(module)
+    (getattr(mod, "add_parsers", None) or mod.add_parser)(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -195,9 +195,15 @@ def _onnx_inputs(model, shape_dict) -> list[TensorSpec]:
         dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
         if shape_dict and inp.name in shape_dict:
             dims = list(shape_dict[inp.name])
+        elif dims and (dims[0] is None or dims[0] <= 0) and all(d and d > 0 for d in dims[1:]):
+            # Only the batch is dynamic (the usual export): compile for batch 1.
+            warnings.warn(f"ONNX input {inp.name!r} has a dynamic batch; compiling for batch 1 "
+                          f"(pass --input-shape {inp.name}:N,... for another)", stacklevel=3)
+            dims = [1, *dims[1:]]
         if any(d is None or d <= 0 for d in dims):
+            example = ",".join(str(d) if d and d > 0 else "1" for d in dims)
             raise TvmqError(f"ONNX input {inp.name!r} has a dynamic shape {dims}",
-                            f"give a static shape, e.g. --input-shape {inp.name}:1,3,224,224")
+                            f"give a static shape, e.g. --input-shape {inp.name}:{example}")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
         specs.append(TensorSpec(inp.name, tuple(int(d) for d in dims), dtype))
     return specs

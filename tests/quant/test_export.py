@@ -1,0 +1,134 @@
+"""ONNX QDQ export: runs in onnxruntime, matches fake-quant, int4 at opset 21, BN folded."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto
+
+from tvmq.quant import (LSQConfig, LSQPlusConfig, PTQConfig, QATConfig, QuantSpec, export, fit, get_preset,
+                        quantize_, quantizers)
+from tvmq.train import predict
+
+
+def _ort(path, x, optimize=True, codes=False):
+    """Run the exported graph; with ``codes`` also return every QuantizeLinear output."""
+    model = onnx.load(str(path))
+    names = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    if codes:
+        model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"input": x})
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    zps = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    # codes relative to the zero point: container shifts cancel out
+    rel = [c.astype(np.float32) - np.float32(z) for c, z in zip(out[1:], zps)]
+    return (out[0], rel) if codes else out[0]
+
+
+def _torch_codes(model, x):
+    """Integer codes minus zero point of every activation quantizer."""
+    codes, hooks = [], []
+    for quant in quantizers(model, "act"):
+        def hook(mod, inp, out):
+            s, z = (t.detach() for t in mod.effective_qparams())
+            q = torch.clamp(torch.round(inp[0] / s) + z, mod.qmin, mod.qmax)
+            codes.append((q - z).numpy())
+        hooks.append(quant.register_forward_hook(hook))
+    with torch.no_grad():
+        model.eval()(torch.from_numpy(x))
+    for h in hooks:
+        h.remove()
+    return codes
+
+
+def _check_match(model, x, path):
+    """Unfused onnxruntime: same codes, same output (float accumulation order aside).
+
+    Default onnxruntime fuses DQ-Conv-Relu-Q into QLinearConv, whose fixed-point
+    requantization may move a code by one step: allow exactly that.
+    """
+    ref = predict(model, x)
+    got, codes = _ort(path, x, optimize=False, codes=True)
+    for c_ort, c_torch in zip(codes, _torch_codes(model, x)):
+        np.testing.assert_array_equal(c_ort, c_torch)
+    np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max())
+    fused, fused_codes = _ort(path, x, optimize=True, codes=True)
+    for c_ort, c_torch in zip(fused_codes, _torch_codes(model, x)):
+        step = np.abs(c_ort - c_torch).max()
+        assert step <= 1, f"fused onnxruntime moved a code by {step} steps"
+    agree = (fused.argmax(1) == ref.argmax(1)).mean()
+    assert agree > 0.98, f"argmax agreement {agree:.3f}"
+
+
+def _inits(path):
+    model = onnx.load(str(path))
+    return model, {t.name: t for t in model.graph.initializer}
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_cnn_silu"])
+def test_ptq_w8a8_export_matches(trained, digits, tmp_path, name):
+    train_set, test_set = digits
+    model = trained(name)
+    quantize_(model, PTQConfig(get_preset("w8a8_minmax"), calibration=train_set, max_batches=4,
+                               progress=False))
+    path = export(model, torch.randn(1, 1, 8, 8), tmp_path / "q.onnx")
+    _check_match(model, test_set.x, path)
+    onnx_model, inits = _inits(path)
+    assert onnx_model.opset_import[0].version == 13
+    ops = [n.op_type for n in onnx_model.graph.node]
+    assert "BatchNormalization" not in ops and ops.count("QuantizeLinear") == 4
+    dq_weights = [inits[n.input[0]] for n in onnx_model.graph.node
+                  if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(dq_weights) == 4 and all(t.data_type == TensorProto.INT8 for t in dq_weights)
+    axes = [a.i for n in onnx_model.graph.node if n.op_type == "DequantizeLinear"
+            and n.input[0] in inits for a in n.attribute if a.name == "axis"]
+    assert axes == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("preset", ["w4a4", "w3a3_lsqplus"])
+def test_low_bit_qat_export(trained, digits, tmp_path, preset):
+    train_set, test_set = digits
+    model = trained("digits_cnn_silu")
+    quantize_(model, QATConfig(get_preset(preset)))
+    fit(model, train_set, epochs=1, progress=False)
+    quantize_(model, QATConfig(get_preset(preset), step="convert"))
+    path = export(model, torch.randn(1, 1, 8, 8), tmp_path / "q.onnx")
+    _check_match(model, test_set.x, path)
+    onnx_model, inits = _inits(path)
+    assert onnx_model.opset_import[0].version == 21
+    kinds = [inits[n.input[0]].data_type for n in onnx_model.graph.node
+             if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert kinds.count(TensorProto.INT4) == 2, "the two middle convs hold int4 weights"
+    assert kinds.count(TensorProto.INT8) == 2, "first and last layer stay int8"
+    assert [n.op_type for n in onnx_model.graph.node].count("Clip") == 2
+
+
+def test_export_of_prepared_model_and_atomic_write(trained, tmp_path):
+    model = trained("digits_cnn")
+    quantize_(model, QATConfig(LSQConfig(weight=QuantSpec(8), activation=QuantSpec(8))))
+    model(torch.randn(8, 1, 8, 8))  # initializes the activation quantizers
+    path = tmp_path / "sub" / "q.onnx"
+    assert export(model, torch.randn(1, 1, 8, 8), path) == path
+    assert sorted(p.name for p in path.parent.iterdir()) == ["q.onnx"]
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def test_learned_offset_outside_uint8_uses_shifted_container(tmp_path):
+    """Inputs in [2, 3]: zero point z < 0, exported as uint8 with zp = z + c, plus a Clip."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    cfg = LSQPlusConfig(weight=QuantSpec(8), activation=QuantSpec(4, symmetric=False),
+                        first_last_bits=None)
+    quantize_(model, QATConfig(cfg))
+    x = (torch.rand(64, 1, 2, 2) + 2.0).numpy()
+    model(torch.from_numpy(x))
+    quantize_(model, QATConfig(cfg, step="convert"))
+    z = model[1].input_quant.effective_qparams()[1].item()
+    assert z < 0, "test needs a negative zero point"
+    path = export(model, torch.from_numpy(x[:1]), tmp_path / "q.onnx")
+    _check_match(model, x, path)

@@ -1,0 +1,258 @@
+"""``quantize_(model, config)``: handlers registered by config type (torchao style).
+
+Two registries, both keyed by type, never by method-name strings:
+
+* step handlers (:class:`QATConfig`, :class:`PTQConfig`) rewrite the model;
+* method handlers (:class:`FakeQuantConfig`, :class:`LSQConfig`, ...) build the quantizers
+  of one layer.
+
+Layers are found by type (``nn.Conv2d`` / ``nn.Linear``) in module order; the first and the
+last are "first/last" for ``first_last_bits``. BatchNorm folding recognizes a conv followed
+directly by a BatchNorm2d inside an ``nn.Sequential``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from tvmq.errors import ConfigError
+from tvmq.quant.config import (FakeQuantConfig, LSQConfig, LSQPlusConfig, PTQConfig, QATConfig,
+                               QuantSpec, _MethodConfig)
+from tvmq.quant.layers import QUANT_LAYERS, QuantConv2d, QuantConvBn2d, QuantLinear
+from tvmq.quant.quantizer import FakeQuantizer
+
+_STEP_HANDLERS: dict[type, Callable] = {}
+_METHOD_HANDLERS: dict[type, Callable] = {}
+
+
+def register_step(config_type: type):
+    """Register ``fn(model, config) -> model`` for a step config type."""
+    def wrap(fn):
+        _STEP_HANDLERS[config_type] = fn
+        return fn
+    return wrap
+
+
+def register_method(config_type: type):
+    """Register ``fn(config, spec, role) -> FakeQuantizer`` for a method config type."""
+    def wrap(fn):
+        _METHOD_HANDLERS[config_type] = fn
+        return fn
+    return wrap
+
+
+def quantize_(model: nn.Module, config) -> nn.Module:
+    """Quantize ``model`` in place according to ``config``; returns the model.
+
+    Parameters
+    ----------
+    model : nn.Module
+    config : QATConfig or PTQConfig
+
+    Examples
+    --------
+    >>> quantize_(model, QATConfig(get_preset("w4a4"), step="prepare"))
+    >>> fit(model, train_set, epochs=10)
+    >>> quantize_(model, QATConfig(get_preset("w4a4"), step="convert"))
+    >>> quantize_(model, PTQConfig(get_preset("w8a8"), calibration=train_set))
+    """
+    handler = _STEP_HANDLERS.get(type(config))
+    if handler is None:
+        if isinstance(config, _MethodConfig):
+            raise ConfigError(f"{type(config).__name__} is a method, not a step",
+                              f"use quantize_(model, QATConfig({type(config).__name__}(...))) "
+                              "or PTQConfig(..., calibration=data)")
+        raise ConfigError(f"no handler for {type(config).__name__}",
+                          "use QATConfig(base, step=...) or PTQConfig(base, calibration=...)")
+    return handler(model, config)
+
+
+# -- method handlers: one per method config type -------------------------------------------
+def _observer(cfg: _MethodConfig, role: str):
+    return cfg.weight_observer if role == "weight" else cfg.act_observer
+
+
+@register_method(FakeQuantConfig)
+def _fixed_quantizer(cfg: FakeQuantConfig, spec: QuantSpec, role: str) -> FakeQuantizer:
+    return FakeQuantizer(spec, role, _observer(cfg, role))
+
+
+@register_method(LSQConfig)
+def _lsq_quantizer(cfg: LSQConfig, spec: QuantSpec, role: str) -> FakeQuantizer:
+    return FakeQuantizer(spec, role, _observer(cfg, role), learn_scale=True)
+
+
+@register_method(LSQPlusConfig)
+def _lsqplus_quantizer(cfg: LSQPlusConfig, spec: QuantSpec, role: str) -> FakeQuantizer:
+    offset = role == "act" and not spec.symmetric
+    return FakeQuantizer(spec, role, _observer(cfg, role), learn_scale=True, learn_offset=offset)
+
+
+def _make_quantizer(cfg: _MethodConfig, spec: QuantSpec | None, role: str):
+    if spec is None:
+        return None
+    handler = next((h for t, h in _METHOD_HANDLERS.items() if type(cfg) is t), None)
+    if handler is None:
+        raise ConfigError(f"no quantizer registered for {type(cfg).__name__}",
+                          "decorate a factory with @register_method(YourConfig)")
+    return handler(cfg, spec, role)
+
+
+# -- prepare ---------------------------------------------------------------------------------
+def quantizable_layers(model: nn.Module) -> list[str]:
+    """Names of the conv/linear layers, in module order (quantized ones included)."""
+    kinds = (nn.Conv2d, nn.Linear, QuantConvBn2d)
+    names = [n for n, m in model.named_modules() if isinstance(m, kinds)]
+    return [n for n in names if not any(n.startswith(p + ".") for p in names)]
+
+
+def _bn_pairs(model: nn.Module) -> dict[str, str]:
+    """conv name -> name of the BatchNorm2d that directly follows it in an nn.Sequential."""
+    pairs = {}
+    for prefix, seq in model.named_modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        kids = list(seq.named_children())
+        for (a, ma), (b, mb) in zip(kids, kids[1:]):
+            if type(ma) is nn.Conv2d and isinstance(mb, nn.BatchNorm2d):
+                pairs[_join(prefix, a)] = _join(prefix, b)
+    return pairs
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+def _layer_config(name: str, base, overrides, first_last: set[str]):
+    cfg = overrides.get(name, base)
+    if cfg is None or name in cfg.skip:
+        return None
+    if name in first_last and cfg.first_last_bits is not None:
+        cfg = cfg.with_bits(cfg.first_last_bits)
+    return cfg
+
+
+def prepare(model: nn.Module, base: _MethodConfig, overrides: dict, fold_bn: bool) -> nn.Module:
+    """Swap conv/linear layers (and conv+BN pairs) for quantized layers."""
+    names = quantizable_layers(model)
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ConfigError(f"overrides name unknown layers {unknown}",
+                          f"use names from {names}")
+    first_last = {names[0], names[-1]} if names else set()
+    pairs = _bn_pairs(model) if fold_bn else {}
+    for name in names:
+        layer = model.get_submodule(name)
+        cfg = _layer_config(name, base, overrides, first_last)
+        if cfg is None or isinstance(layer, QUANT_LAYERS) or type(layer).__name__ not in cfg.layer_types:
+            continue
+        wq = _make_quantizer(cfg, cfg.weight, "weight")
+        aq = _make_quantizer(cfg, cfg.activation, "act")
+        if name in pairs:
+            new = QuantConvBn2d(layer, model.get_submodule(pairs[name]), wq, aq)
+            _set_module(model, pairs[name], nn.Identity())
+            weight = new.folded()[0]
+        else:
+            new = (QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear).from_float(layer, wq, aq)
+            weight = new.weight
+        if wq is not None:
+            wq.init_from(weight.detach())
+        _set_module(model, name, new)
+    return model
+
+
+def quantizers(model: nn.Module, role: str | None = None) -> Iterable[FakeQuantizer]:
+    """All fake quantizers of ``model`` (only weights or activations when ``role`` is given)."""
+    return [m for m in model.modules()
+            if isinstance(m, FakeQuantizer) and (role is None or m.role == role)]
+
+
+# -- calibration, BN freezing, convert ------------------------------------------------------
+def _batches(data) -> Iterable[torch.Tensor]:
+    if hasattr(data, "loader"):
+        data = data.loader(batch_size=128)
+    for batch in data:
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, data, max_batches: int | None = None, observer=None,
+              progress: bool = True) -> nn.Module:
+    """Run ``data`` through ``model`` in float, then set every activation quantizer's range.
+
+    ``data`` is a :class:`tvmq.data.Dataset`, a DataLoader, or an iterable of input batches
+    (or ``(input, label)`` tuples). ``observer`` replaces the quantizers' own observers.
+    """
+    acts = quantizers(model, "act")
+    was_training = model.training
+    model.eval()
+    for q in acts:
+        q.observing, q.stats = True, type(q.stats)()
+        if observer is not None:
+            q.observer = observer
+    try:
+        for i, x in enumerate(tqdm(_batches(data), desc="calibrate", disable=not progress,
+                                   leave=False)):
+            if max_batches is not None and i >= max_batches:
+                break
+            model(x)
+    finally:
+        for q in acts:
+            q.observing = False
+    for q in acts:
+        q.set_from_stats()
+        q.stats = type(q.stats)()
+    return model.train(was_training)
+
+
+def freeze_bn(model: nn.Module) -> nn.Module:
+    """Freeze the BatchNorm statistics of every folded conv+BN layer."""
+    for m in model.modules():
+        if isinstance(m, QuantConvBn2d):
+            m.freeze_bn()
+    return model
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Fold BN into the conv weights for good and freeze every quantizer (eval mode).
+
+    LSQ+ offsets need no snapping here: their zero point is an integer by construction.
+    """
+    for name, m in list(model.named_modules()):
+        if isinstance(m, QuantConvBn2d):
+            _set_module(model, name, m.to_conv())
+    for q in quantizers(model):
+        if not bool(q.initialized):
+            raise ConfigError("an activation quantizer was never initialized",
+                              "run data through the model (fit/calibrate) before convert")
+        q.scale.requires_grad_(False)
+        q.offset.requires_grad_(False)
+    return model.eval()
+
+
+@register_step(QATConfig)
+def _qat(model: nn.Module, config: QATConfig) -> nn.Module:
+    if config.step == "prepare":
+        prepare(model, config.base, dict(config.overrides), config.fold_bn)
+        model.tvmq_qat_config = config
+        return model
+    if not any(isinstance(m, QUANT_LAYERS) for m in model.modules()):
+        raise ConfigError("convert found no quantized layers",
+                          "call quantize_(model, QATConfig(base, step='prepare')) and train first")
+    return convert(model)
+
+
+@register_step(PTQConfig)
+def _ptq(model: nn.Module, config: PTQConfig) -> nn.Module:
+    model.eval()
+    prepare(model, config.base, dict(config.overrides), config.fold_bn)
+    calibrate(model, config.calibration, config.max_batches, config.observer, config.progress)
+    return convert(model)

@@ -1,0 +1,252 @@
+"""Export a fake-quantized model as a standard ONNX QDQ graph.
+
+What the graph holds
+--------------------
+* Activations: ``QuantizeLinear -> DequantizeLinear`` per tensor, in 8-bit containers
+  (``int8`` for a signed grid, ``uint8`` otherwise). A grid narrower than its container
+  (bits < 8) is enforced by a ``Clip`` to ``[(qmin - z) * s, (qmax - z) * s]`` in front of
+  ``QuantizeLinear``: saturation alone would clamp to the container's range. With the clip,
+  ``DQ(Q(Clip(x)))`` equals the fake-quant forward exactly (both round half to even).
+* Learned offsets (LSQ+): ``beta = -z * s`` with ``z`` an integer by construction (see
+  :class:`~tvmq.quant.quantizer.FakeQuantizer`), so the zero point is exactly ``z``. Grids
+  that do not fit ``uint8`` as is are shifted by an integer ``c`` (``q' = q + c``,
+  ``zp = z + c``): ``DQ`` gives ``(q' - zp) * s``, unchanged.
+* Weights: integer initializers (``DequantizeLinear`` only), per output channel
+  (``axis=0``) where configured. ``int8``/``uint8`` at opset 13 when every weight has
+  more than 4 bits; otherwise opset 21 and ``int4``/``uint4`` for weights of 2-4 bits
+  (values already on their grid, so no range question arises).
+* Bias: float32, added by ``Conv``/``Gemm`` after dequantization (an integer compiler can
+  requantize it to int32 at ``s_x * s_w``; rounding error at most half an accumulator step).
+* BatchNorm: folded into the conv weights before quantization, as in training.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from tvmq.errors import ArtifactError
+from tvmq.quant.api import _set_module, convert
+from tvmq.quant.quantizer import FakeQuantizer, fake_quant
+
+_INT8_OPSET, _INT4_OPSET = 13, 21
+_TORCHSCRIPT_OPSET = 17
+
+
+class _ActQDQ(torch.autograd.Function):
+    """Fake-quant forward; ``[Clip ->] QuantizeLinear -> DequantizeLinear`` in ONNX."""
+
+    @staticmethod
+    def forward(ctx, x, p):
+        return fake_quant(x, torch.tensor(p["scale"]), torch.tensor(float(p["z"])),
+                          p["qmin"], p["qmax"])
+
+    @staticmethod
+    def symbolic(g, x, p):
+        scale = g.op("Constant", value_t=torch.tensor(p["scale"], dtype=torch.float32))
+        zp = g.op("Constant", value_t=torch.tensor(p["zp"], dtype=p["dtype"]))
+        if p["clip"] is not None:
+            lo, hi = (g.op("Constant", value_t=torch.tensor(v, dtype=torch.float32))
+                      for v in p["clip"])
+            x = g.op("Clip", x, lo, hi)
+        return g.op("DequantizeLinear", g.op("QuantizeLinear", x, scale, zp), scale, zp)
+
+
+class _WeightDQ(torch.autograd.Function):
+    """The dequantized weight forward; ``DequantizeLinear(int initializer)`` in ONNX."""
+
+    @staticmethod
+    def forward(ctx, w, p):
+        shape = (-1,) + (1,) * (w.dim() - 1) if p["scale"].ndim else ()
+        q = p["q"].astype(np.float32)
+        zp, scale = p["zp"].astype(np.float32).reshape(shape), p["scale"].reshape(shape)
+        return torch.from_numpy((q - zp) * scale)
+
+    @staticmethod
+    def symbolic(g, w, p):
+        consts = [g.op("Constant", value_t=torch.from_numpy(np.ascontiguousarray(a)))
+                  for a in (p["q"], p["scale"], p["zp"])]
+        kwargs = {"axis_i": 0} if p["scale"].ndim else {}
+        return g.op("DequantizeLinear", *consts, **kwargs)
+
+
+def _act_params(q: FakeQuantizer) -> dict:
+    scale, z = (t.detach() for t in q.effective_qparams())
+    s, z = float(scale.reshape(-1)[0]), int(z.reshape(-1)[0])
+    signed = q.qmin < 0
+    lo_c, hi_c = (-128, 127) if signed else (0, 255)
+    shift = 0 if signed else max(0, -z)
+    clip = None
+    if (q.qmin + shift, q.qmax + shift) != (lo_c, hi_c):
+        clip = (float(np.float32(q.qmin - z) * np.float32(s)),
+                float(np.float32(q.qmax - z) * np.float32(s)))
+    return {"scale": s, "z": z, "zp": z + shift, "qmin": q.qmin, "qmax": q.qmax, "clip": clip,
+            "dtype": torch.int8 if signed else torch.uint8}
+
+
+def _weight_params(q: FakeQuantizer, w: torch.Tensor) -> dict:
+    scale, z = (t.detach() for t in q.effective_qparams())
+    shape = (-1,) + (1,) * (w.dim() - 1) if q.per_channel else ()
+    ints = torch.clamp(torch.round(w.detach() / scale.reshape(shape)) + z.reshape(shape),
+                       q.qmin, q.qmax)
+    dtype = np.int8 if q.qmin < 0 else np.uint8
+    per = q.per_channel and scale.numel() > 1
+    sc = scale.numpy().astype(np.float32) if per else np.float32(scale.reshape(-1)[0].item())
+    zp = z.numpy().astype(dtype) if per else dtype(z.reshape(-1)[0].item())
+    return {"q": ints.numpy().astype(dtype), "scale": np.asarray(sc), "zp": np.asarray(zp),
+            "bits": q.bits}
+
+
+class _ExportAct(nn.Module):
+    def __init__(self, params: dict):
+        super().__init__()
+        self.params = params
+
+    def forward(self, x):
+        return _ActQDQ.apply(x, self.params)
+
+
+def _export_module(model: nn.Module) -> tuple[nn.Module, list[dict]]:
+    """A copy of the converted model whose quantizers emit Q/DQ nodes; plus the weight records."""
+    model = convert(copy.deepcopy(model))
+    records = []
+    for name, layer in list(model.named_modules()):
+        wq, aq = getattr(layer, "weight_quant", None), getattr(layer, "input_quant", None)
+        if isinstance(aq, FakeQuantizer):
+            layer.input_quant = _ExportAct(_act_params(aq))
+        if isinstance(wq, FakeQuantizer):
+            params = _weight_params(wq, layer.weight)
+            records.append(params)
+            layer.weight_quant = _ExportWeight(params)
+    return model, records
+
+
+class _ExportWeight(nn.Module):
+    def __init__(self, params: dict):
+        super().__init__()
+        self.params = params
+
+    def forward(self, w):
+        return _WeightDQ.apply(w, self.params)
+
+
+# -- ONNX post-processing --------------------------------------------------------------------
+def _constants_to_initializers(model: onnx.ModelProto) -> None:
+    """Constant nodes become initializers, so weights are stored as (integer) initializers."""
+    graph = model.graph
+    keep = []
+    for node in graph.node:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and value is not None:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value.t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+def _pack_int4(model: onnx.ModelProto, records: list[dict]) -> None:
+    """Retype the initializers of weights with at most 4 bits to INT4/UINT4 (opset 21)."""
+    small = {r["q"].tobytes() + bytes(str(r["q"].shape), "ascii"): r for r in records
+             if r["bits"] <= 4}
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+            continue
+        arr = numpy_helper.to_array(inits[node.input[0]])
+        rec = small.get(arr.tobytes() + bytes(str(arr.shape), "ascii"))
+        if rec is None:
+            continue
+        kind = TensorProto.INT4 if arr.dtype == np.int8 else TensorProto.UINT4
+        for slot, values in ((0, rec["q"]), (2, rec["zp"])):
+            name = f"{node.name or node.output[0]}_int4_{slot}"
+            model.graph.initializer.append(helper.make_tensor(
+                name, kind, values.shape, values.astype(np.int32).reshape(-1).tolist()))
+            node.input[slot] = name
+    _drop_unused_initializers(model)
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def _set_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    current = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if current == opset:
+        return model
+    return onnx.version_converter.convert_version(model, opset)
+
+
+def _save_atomic(model: onnx.ModelProto, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export(qmodel: nn.Module, example_inputs, path: str | os.PathLike,
+           opset: int | None = None) -> Path:
+    """Write ``qmodel`` (prepared or converted) to ``path`` as an ONNX QDQ graph.
+
+    Parameters
+    ----------
+    qmodel : nn.Module
+        A model quantized with :func:`tvmq.quant.quantize_`; it is not modified.
+    example_inputs : Tensor or tuple of Tensor
+        Traced once; the batch dimension is exported as dynamic (``"batch"``).
+    path : path-like
+        Written atomically (temporary file in the same folder, then ``os.replace``).
+    opset : int or None
+        Default: 13, or 21 when some weight has 4 bits or fewer (int4/uint4 initializers).
+
+    Returns
+    -------
+    Path
+    """
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    module, records = _export_module(qmodel)
+    int4 = any(r["bits"] <= 4 for r in records)
+    opset = opset or (_INT4_OPSET if int4 else _INT8_OPSET)
+    names = [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
+    tmp = tempfile.NamedTemporaryFile(suffix=".onnx", delete=False)
+    tmp.close()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, inputs, tmp.name, dynamo=False, input_names=names,
+                              output_names=["output"], opset_version=min(opset, _TORCHSCRIPT_OPSET),
+                              do_constant_folding=False,
+                              dynamic_axes={n: {0: "batch"} for n in names + ["output"]})
+        model = onnx.load(tmp.name)
+    finally:
+        os.unlink(tmp.name)
+    _constants_to_initializers(model)
+    model = _set_opset(model, opset)
+    if opset >= _INT4_OPSET:
+        _pack_int4(model, records)
+    onnx.checker.check_model(model)
+    path = Path(path)
+    try:
+        _save_atomic(model, path)
+    except OSError as err:
+        raise ArtifactError(f"cannot write {path}: {err}", "pass a path in a writable folder")
+    return path

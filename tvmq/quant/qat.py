@@ -1,0 +1,49 @@
+"""A QAT training loop: calibrate activation ranges, train, freeze BN on schedule."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from tvmq.data import Dataset
+from tvmq.quant.api import calibrate, freeze_bn, quantizers
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Quantizer scales and offsets get no weight decay (it would shrink the ranges)."""
+    qparams = {id(p) for q in quantizers(model) for p in q.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in qparams and p.requires_grad]
+    mine = [p for p in model.parameters() if id(p) in qparams and p.requires_grad]
+    return [{"params": rest, "weight_decay": weight_decay}, {"params": mine, "weight_decay": 0.0}]
+
+
+def fit(model: nn.Module, data: Dataset, epochs: int = 10, lr: float = 5e-3,
+        batch_size: int = 64, seed: int = 0, freeze_bn_after: int | None = None,
+        calibration_batches: int = 4, weight_decay: float = 1e-4,
+        progress: bool = True) -> nn.Module:
+    """Fine-tune a model prepared with ``QATConfig(..., step="prepare")``.
+
+    Activation quantizers are first initialized from ``calibration_batches`` batches; then
+    SGD (momentum 0.9, cosine schedule) trains weights and quantizer parameters. BN
+    statistics freeze after ``freeze_bn_after`` epochs (default: the prepare config's
+    ``freeze_bn_after``; ``None`` never freezes). Returns the model in eval mode.
+    """
+    if freeze_bn_after is None:
+        cfg = getattr(model, "tvmq_qat_config", None)
+        freeze_bn_after = getattr(cfg, "freeze_bn_after", None)
+    calibrate(model, data, max_batches=calibration_batches, progress=False)
+    torch.manual_seed(seed)
+    opt = torch.optim.SGD(_param_groups(model, weight_decay), lr=lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    loss_fn = nn.CrossEntropyLoss()
+    loader = data.loader(batch_size, shuffle=True, seed=seed)
+    for epoch in tqdm(range(epochs), desc="qat", disable=not progress, leave=False):
+        if freeze_bn_after is not None and epoch >= freeze_bn_after:
+            freeze_bn(model)
+        model.train()
+        for xb, yb in loader:
+            opt.zero_grad()
+            loss_fn(model(xb), yb).backward()
+            opt.step()
+        sched.step()
+    return model.eval()
