@@ -2,7 +2,8 @@
 
 Integer expressions are built with ``emit`` (a ``BlockBuilder.emit``) so the rewritten
 program stays in A-normal form. The requantization arithmetic mirrors
-:func:`tvmq.qref.requantize` op for op; see that module for the rounding rule.
+:func:`tvmq.qref.requantize` op for op (float32-rounded multiplier, float32-style rounding
+of the product, all in int64); see that module for the rule.
 """
 from __future__ import annotations
 
@@ -121,13 +122,42 @@ def per_channel_const(values, ndim: int, axis: int, dtype: str) -> Constant:
     return c(values.reshape(channel_shape(values.size, ndim, axis)), dtype)
 
 
-def fixed_point_multiply(emit: Emit, x64, multiplier, ndim: int, axis: int):
-    """``RNE(x * m / 2**n)`` on an int64 expression (``qref.fixed_point_multiply``)."""
+def _rounding_shift_f32(emit: Emit, prod, n_c, half_c, bits: int):
+    """``qref.rounding_shift_f32``, op for op: RNE of ``prod / 2**n`` as float32 rounds it."""
+    i64 = lambda v: c(v, "int64")  # noqa: E731
+    op = relax.op
+    k = emit(op.right_shift(prod, n_c))
+    d = emit(op.subtract(emit(op.subtract(prod, emit(op.left_shift(k, n_c)))), half_c))
+    sign = emit(op.right_shift(k, i64(63)))
+    kk = emit(op.bitwise_xor(k, sign))
+    below_half = emit(op.logical_and(emit(op.equal(kk, i64(0))),
+                                     emit(op.less(emit(op.bitwise_xor(d, sign)), i64(0)))))
+    # a table lookup, not a chain of comparisons: TIR's simplifier chokes on the inlined chain
+    table = c(qref.ulp_shift_table(bits), "int64")
+    shift = emit(op.take(table, kk, axis=0, mode="clip"))  # clip: min(kk, 2**bits), kk >= 0
+    shift = emit(op.add(shift, emit(op.astype(below_half, "int64"))))
+    half_ulp = emit(op.right_shift(emit(op.left_shift(i64(1), n_c)), shift))
+    on_tie = emit(op.logical_and(emit(op.less_equal(d, half_ulp)),
+                                 emit(op.greater_equal(d, emit(op.negative(half_ulp))))))
+    odd = emit(op.equal(emit(op.bitwise_and(k, i64(1))), i64(1)))
+    up = emit(op.where(on_tie, odd, emit(op.greater(d, i64(0)))))
+    return emit(op.add(k, emit(op.astype(up, "int64"))))
+
+
+def fixed_point_multiply(emit: Emit, x64, multiplier, ndim: int, axis: int,
+                         float32_bits: int | None = None):
+    """``RNE(x * m / 2**n)`` on an int64 expression (``qref.fixed_point_multiply``).
+
+    With ``float32_bits``, rounds as float32 would (``qref.rounding_shift_f32``) for
+    quotients below ``2**float32_bits``.
+    """
     m, n = qref.quantize_multiplier(multiplier)
     m_c = per_channel_const(m, ndim, axis, "int64")
     n_c = per_channel_const(n, ndim, axis, "int64")
     half_c = per_channel_const(np.int64(1) << (n - 1), ndim, axis, "int64")
     prod = emit(relax.op.multiply(x64, m_c))
+    if float32_bits:
+        return _rounding_shift_f32(emit, prod, n_c, half_c, float32_bits)
     q = emit(relax.op.right_shift(prod, n_c))
     r = emit(relax.op.subtract(prod, emit(relax.op.left_shift(q, n_c))))
     odd = emit(relax.op.equal(emit(relax.op.bitwise_and(q, c(1, "int64"))), c(1, "int64")))
@@ -138,12 +168,16 @@ def fixed_point_multiply(emit: Emit, x64, multiplier, ndim: int, axis: int):
 
 def requantize(emit: Emit, acc, multiplier, zero_in, zero_out: int, lo: int, hi: int,
                out_dtype: str, ndim: int, axis: int):
-    """Integer ``clamp(RNE((acc - z_in) * M) + z_out, lo, hi)`` cast to ``out_dtype``."""
+    """Integer ``clamp(R((acc - z_in) * M) + z_out, lo, hi)`` cast to ``out_dtype``.
+
+    ``M`` is rounded to float32 and ``R`` rounds as float32 would (``qref.requantize``).
+    """
     x = emit(relax.op.astype(acc, "int64"))
     zero_in = np.asarray(zero_in).reshape(-1)
     if np.any(zero_in != 0):
         x = emit(relax.op.subtract(x, per_channel_const(zero_in, ndim, axis, "int64")))
-    y = fixed_point_multiply(emit, x, multiplier, ndim, axis)
+    y = fixed_point_multiply(emit, x, qref.float32_multiplier(multiplier), ndim, axis,
+                             qref.float32_bits(out_dtype))
     if zero_out:
         y = emit(relax.op.add(y, c(zero_out, "int64")))
     y = emit(relax.op.minimum(emit(relax.op.maximum(y, c(lo, "int64"))), c(hi, "int64")))

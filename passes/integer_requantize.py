@@ -3,10 +3,11 @@
 Rewrites ``quantize([relu|clip](dequantize(a, s_a, z_a)), s_y, z_y)`` with integer ``a``
 (an int32 accumulator from :class:`LowerIntegerConv`/``LowerIntegerAdd``/... or an int8/uint8
 tensor) into ``clamp(RNE((a - z_a) * m / 2**n) + z_y, lo, hi)`` computed in int64, where
-``m / 2**n`` is ``s_a / s_y`` with a 31-bit ``m`` and ``[lo, hi]`` the output range
-intersected with the quantized activation bounds (ReLU: ``z_y``; Clip/ReLU6: the quantized
-clip limits). The rounding rule is round-half-to-even of the exact rational; see
-:mod:`tvmq.qref`, the reference this lowering matches bit for bit. No float op remains.
+``m / 2**n`` is ``float32(s_a / s_y)`` held exactly in a 31-bit ``m`` and ``[lo, hi]`` the
+output range intersected with the quantized activation bounds (ReLU: ``z_y``; Clip/ReLU6: the
+quantized clip limits). The product is rounded as onnxruntime's float32 requantization rounds
+it (to 24 significant bits, then to an integer, half to even both times), emulated in int64;
+see :mod:`tvmq.qref`, the reference this lowering matches bit for bit. No float op remains.
 A ``quantize(dequantize(x))`` with identical parameters becomes ``x`` (or a clamp).
 
 Preconditions: constant scales/zero points; ``s_y`` per-tensor; ``s_a`` per-tensor or
@@ -72,7 +73,8 @@ class _Requantize(relax.PyExprMutator):
         if (src.per_tensor and src.scale[0] == out.scale[0] and src.zero[0] == z_y
                 and q.dtype_of(src.data) == out_dtype):
             return self._clamp_only(src.data, lo, hi, out_dtype)
-        multiplier = src.scale.astype(np.float64) / np.float64(np.float32(s_y))
+        # float32 division: the multiplier onnxruntime uses (qref module docstring)
+        multiplier = (src.scale.astype(np.float32) / np.float32(s_y)).astype(np.float32)
         if np.any(multiplier >= 2.0 ** 30):
             q.skip(_NAME, call, "requantize multiplier >= 2**30")
             return None

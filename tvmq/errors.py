@@ -40,3 +40,7 @@ class ConfigError(TvmqError, ValueError):
 
 class DeviceError(TvmqError):
     """RPC tracker/server unreachable, no free board, session lost."""
+
+
+class QuantizationParamError(TvmqError, ValueError):
+    """Invalid quantization parameters in a model: scale, zero point, axis or their shapes."""

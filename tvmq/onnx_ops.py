@@ -1,6 +1,7 @@
 """ONNX-level canonicalization and op converters tvmq adds to Relax's ONNX frontend.
 
-:func:`canonicalize` runs on the ModelProto before import (``tvmq.frontend.import_onnx``):
+:func:`canonicalize` runs on the ModelProto before import (``tvmq.frontend.import_onnx``),
+after :func:`tvmq.onnx_checks.check_quantization_params` rejected invalid scales/zero points:
 
 * **QOperator -> QDQ.** ``QLinearConv``, ``QLinearMatMul``, ``ConvInteger``, and the
   ``com.microsoft`` ``QGemm``, ``QLinearAdd``, ``QLinearGlobalAveragePool`` are rewritten into
@@ -296,8 +297,16 @@ def _rewrite_nodes(g, fn) -> None:
 
 
 def canonicalize(model):
-    """Rewrite ``model`` (a copy) so Relax's ONNX frontend and tvmq's passes accept it."""
+    """Rewrite ``model`` (a copy) so Relax's ONNX frontend and tvmq's passes accept it.
+
+    Invalid quantization parameters raise :class:`~tvmq.errors.QuantizationParamError`
+    first (:func:`tvmq.onnx_checks.check_quantization_params`).
+    """
     import onnx
+
+    from tvmq.onnx_checks import check_quantization_params
+
+    check_quantization_params(model)
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     for op in model.opset_import:

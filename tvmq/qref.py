@@ -7,18 +7,26 @@ saturate), including per-axis and blocked scales.
 
 Requantization rule (used for every integer rescale: conv/dense outputs, add, concat, pools)
 --------------------------------------------------------------------------------------------
-A real multiplier ``M = s_in / s_out`` is represented as ``m / 2**n`` with a 31-bit integer
-``m`` in ``[2**30, 2**31)`` (``M``'s mantissa rounded half-to-even to 31 significant bits) and
-a right shift ``n`` in ``[1, 62]`` (:func:`quantize_multiplier`). The integer result is::
+The real multiplier is rounded to float32 first, ``M = float32(s_in / s_out)`` with the
+scales float32 too (for conv: ``float32(float32(s_x * s_w) / s_y)``, the order onnxruntime's
+``QLinearConv`` uses). A float32 has a 24-bit mantissa, so ``M`` is represented *exactly* as
+``m / 2**n`` with a 31-bit integer ``m`` in ``[2**30, 2**31)`` and a right shift ``n`` in
+``[1, 62]`` (:func:`quantize_multiplier`). The integer result is::
 
-    y = clamp(RNE(acc * m / 2**n) + z_out, lo, hi)
+    y = clamp(R(acc * m / 2**n) + z_out, lo, hi)
 
-where ``RNE`` rounds the *exact rational* ``acc * m / 2**n`` half to even (computed in int64:
-floor shift, then +1 if the remainder is above half, or equal to half and the floor is odd).
-ONNX ``QuantizeLinear`` rounds ``float32(acc * s_in) / s_out`` half to even; the two agree
-except where ``M``'s 31-bit rounding or float32's 24-bit products move a value across a
-rounding boundary, i.e. by at most one step on rare elements. Multipliers below ``2**-32``
-become ``m = 0`` (every int32 accumulator then rounds to zero exactly); ``M >= 2**30`` is
+where ``R`` is :func:`rounding_shift_f32`: it rounds the exact product to 24 significant bits
+(float32's rounding of ``float32(acc) * M``) and then to an integer, half to even both times.
+That is what onnxruntime (MLAS, ``MlasRequantizeOutput`` and the ConvSym kernels) computes:
+``cvtps2dq(cvtdq2ps(acc) * M)``. It differs from rounding the exact rational once
+(:func:`rounding_shift`) only when the product lies within half a float32 ulp of a
+half-integer ``k + 1/2`` (about one element in 10**5 of a conv output); then the float32
+product *is* ``k + 1/2`` and the tie goes to the even neighbour. Everything is computed in
+int64 (no float op); it is bit-exact against float32 arithmetic for ``|acc| < 2**24`` (a
+float32 holds such an accumulator exactly; larger ones, which onnxruntime would round on
+conversion, are used exactly here) and ``|acc * M| < 2**22`` (larger values saturate any
+output of at most 16 bits). Multipliers below
+``2**-32`` become ``m = 0`` (every int32 accumulator then rounds to zero); ``M >= 2**30`` is
 rejected.
 """
 from __future__ import annotations
@@ -100,16 +108,75 @@ def rounding_shift(prod, n) -> np.ndarray:
     return q + inc.astype(np.int64)
 
 
-def fixed_point_multiply(acc, m, n) -> np.ndarray:
-    """``RNE(acc * m / 2**n)``; ``m``, ``n`` broadcast against ``acc``."""
-    return rounding_shift(np.asarray(acc, dtype=np.int64) * np.asarray(m, np.int64), n)
+def float32_bits(dtype: str) -> int:
+    """Quotient bits :func:`rounding_shift_f32` must treat exactly for outputs of ``dtype``.
+
+    Requantized values beyond ``2**bits`` in magnitude saturate any ``dtype`` output
+    (zero point included), so their rounding does not matter.
+    """
+    lo, hi = dtype_range(dtype)
+    return min(21, (hi - lo).bit_length() + 1)
+
+
+def ulp_shift_table(bits: int) -> np.ndarray:
+    """``24 - floor(log2 kk)`` for ``kk`` in ``[0, 2**bits]`` (25 at 0: ``|p|`` near 1/2)."""
+    kk = np.arange((1 << bits) + 1, dtype=np.int64)
+    return np.where(kk == 0, 25, 24 - np.floor(np.log2(np.maximum(kk, 1))).astype(np.int64))
+
+
+def rounding_shift_f32(prod, n, bits: int = 21) -> np.ndarray:
+    """``RNE(float32(prod / 2**n))`` on int64 ``prod`` (n >= 1), in integers.
+
+    The quotient ``p`` is rounded to an integer half to even, except when it lies within half
+    a float32 ulp of ``k + 1/2`` (``k = floor(p)``): float32 rounds it onto that tie, which
+    then goes to the even of ``k, k + 1``. Half an ulp of ``|p|`` in ``[2**e, 2**(e+1))`` is
+    ``2**(e-24)``, in units of ``2**-n`` that is ``2**n >> (24 - e)``. Near the tie
+    ``floor(log2 |p|)`` is ``floor(log2 kk)`` with ``kk = k`` (``k >= 0``) or ``-k - 1``,
+    read from the table :func:`ulp_shift_table` at ``min(kk, 2**bits)`` (exact for
+    ``|p| < 2**bits``, ``bits <= 21``; beyond, the ulp is underestimated, which only matters
+    for saturated outputs, see :func:`float32_bits`); ``kk = 0`` means ``|p|`` is near 1/2,
+    in ``[1/2, 1)`` (``e = -1``) or ``[1/4, 1/2)`` (``e = -2``). Signed floor arithmetic
+    throughout (no ``abs``), like the lowered graph.
+    """
+    prod = np.asarray(prod, dtype=np.int64)
+    n = np.asarray(n, dtype=np.int64)
+    k = prod >> n
+    d = prod - (k << n) - (np.int64(1) << (n - 1))  # signed distance to k + 1/2, in 2**-n
+    sign = k >> 63  # -1 where p < 0
+    kk = k ^ sign  # k, or -k - 1 for p < 0: floor of |p| near the tie
+    below_half = (kk == 0) & ((d ^ sign) < 0)  # |p| < 1/2
+    shift = ulp_shift_table(bits)[np.minimum(kk, np.int64(1) << bits)] + below_half
+    half_ulp = (np.int64(1) << n) >> shift
+    on_tie = (d <= half_ulp) & (d >= -half_ulp)
+    odd = (k & 1) == 1
+    return k + np.where(on_tie, odd, d > 0).astype(np.int64)
+
+
+def fixed_point_multiply(acc, m, n, float32_bits: int | None = None) -> np.ndarray:
+    """``RNE(acc * m / 2**n)``; ``m``, ``n`` broadcast against ``acc``.
+
+    With ``float32_bits`` the product is rounded as float32 would first
+    (:func:`rounding_shift_f32`, the requantization rule); without, exactly once.
+    """
+    prod = np.asarray(acc, dtype=np.int64) * np.asarray(m, np.int64)
+    if float32_bits:
+        return rounding_shift_f32(prod, n, float32_bits)
+    return rounding_shift(prod, n)
+
+
+def float32_multiplier(multiplier) -> np.ndarray:
+    """The requantization multiplier as onnxruntime holds it: rounded to float32."""
+    return np.asarray(multiplier, np.float64).astype(np.float32).astype(np.float64)
 
 
 def requantize(acc, multiplier, zero_point_in=0, zero_point_out=0, dtype: str = "int8",
                axis: int = 1, lo: int | None = None, hi: int | None = None) -> np.ndarray:
-    """Integer requantization ``clamp(RNE((acc - z_in) * M) + z_out)`` (module docstring)."""
+    """Integer requantization ``clamp(R((acc - z_in) * M) + z_out)`` (module docstring).
+
+    ``multiplier`` is rounded to float32 here (the rule's ``M``).
+    """
     acc = np.asarray(acc, dtype=np.int64)
-    m, n = quantize_multiplier(multiplier)
+    m, n = quantize_multiplier(float32_multiplier(multiplier))
     if m.size > 1:
         m, n = _bcast(m, acc.ndim, axis), _bcast(n, acc.ndim, axis)
     else:
@@ -118,7 +185,7 @@ def requantize(acc, multiplier, zero_point_in=0, zero_point_out=0, dtype: str = 
     qmin, qmax = dtype_range(dtype)
     lo = qmin if lo is None else max(lo, qmin)
     hi = qmax if hi is None else min(hi, qmax)
-    y = fixed_point_multiply(acc - z_in, m, n) + np.int64(zero_point_out)
+    y = fixed_point_multiply(acc - z_in, m, n, float32_bits(dtype)) + np.int64(zero_point_out)
     return np.clip(y, lo, hi)
 
 

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from tvmq.train import accuracy, predict, train
 
     train_set, test_set = _load_data(args.data)
-    model = train(models.create(args.model), train_set, epochs=args.fp32_epochs)
+    model = train(models.create(args.model), train_set, epochs=args.fp32_epochs,
+                  lr=models.train_lr(args.model))
     print(f"fp32 accuracy {accuracy(predict(model, test_set.x), test_set.y):.2f}%")
     base = tq.get_preset(args.preset)
     if args.method == "ptq":

@@ -128,14 +128,20 @@ def _builder(board: Board):
 
 
 def parse_device(url: str | None) -> tuple[str, int, str] | None:
-    """``rpc://HOST:PORT/KEY`` -> (host, port, key); ``None``/``"local"`` -> None."""
-    if url in (None, "", "local"):
+    """``rpc://HOST:PORT/KEY`` -> (host, port, key); ``None``/``"local"`` -> None.
+
+    Missing parts default to ``TVM_TRACKER_HOST`` / ``TVM_TRACKER_PORT`` / ``TVM_TRACKER_KEY``
+    (the device harness's parser).
+    """
+    from tvmq.device.tracker import parse_device as _parse
+
+    if url in (None, ""):
         return None
-    parsed = urlparse(url)
-    key = parsed.path.strip("/")
-    if parsed.scheme != "rpc" or not parsed.hostname or not parsed.port or not key:
-        raise TvmqError(f"bad device {url!r}", "write rpc://HOST:PORT/KEY (tracker) or local")
-    return parsed.hostname, parsed.port, key
+    parsed = _parse(url)
+    if parsed is None:
+        return None
+    addr, key = parsed
+    return addr.host, addr.port, key
 
 
 def _runner(board: Board, device: str | None, number: int, repeat: int):
@@ -156,17 +162,19 @@ def _runner(board: Board, device: str | None, number: int, repeat: int):
 
 
 def _check_tracker(host: str, port: int, key: str) -> None:
-    from tvmq._tvm import rpc
+    """Fail fast (clear error) when the tracker is down or has no server under ``key``."""
+    from tvmq.device.tracker import TrackerAddress, summary
 
-    try:
-        summary = rpc().connect_tracker(host, port).summary()
-    except Exception as err:  # socket errors, TVMError
-        raise TvmqError(f"RPC tracker {host}:{port} unreachable ({type(err).__name__})",
-                        "start it with `tvmq device up` or check --device") from err
-    keys = {k for info in summary.get("server_info", []) for k in [info.get("key", "")]}
-    if not any(k.split(":")[-1] == key or k == f"server:{key}" for k in keys):
+    info = summary(TrackerAddress(host, port))
+    keys = {str(k).split(":")[-1] for k in _server_keys(info)}
+    if key not in keys:
         raise TvmqError(f"no server registered under key {key!r} at {host}:{port}",
                         "start one (tvmq device up [--emulated-arm]) or fix the key")
+
+
+def _server_keys(info) -> list[str]:
+    keys = [s.get("key", "") for s in info.get("server_info", [])]
+    return keys + list(info.get("queue_info", {}).keys())
 
 
 def _space(board: Board):

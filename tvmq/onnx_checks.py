@@ -1,0 +1,135 @@
+"""Checks of a quantized ONNX model's quantization parameters, before import.
+
+:func:`check_quantization_params` runs first in :func:`tvmq.onnx_ops.canonicalize` (so on
+every ``tvmq.frontend.import_onnx``). It looks at the constant parameters of
+``QuantizeLinear`` / ``DequantizeLinear`` and of the QOperator ops, and raises
+:class:`~tvmq.errors.QuantizationParamError` naming the node for: a zero, negative, NaN or
+infinite scale; a zero point outside the range of its integer type; an ``axis`` outside the
+tensor's rank; a per-axis scale whose length is not the size of that axis; scale and zero
+point of different shapes. Parameters that are not initializers are not checked (they are
+only known at run time).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tvmq.errors import QuantizationParamError
+from tvmq.qref import DTYPE_RANGE
+
+_FIX = "re-export or recalibrate the model so every scale is a positive finite float32 and " \
+       "every zero point fits its integer type"
+# op type -> [(scale input, zero-point input, quantized tensor input or None)]
+_QOP_PARAMS = {
+    "QLinearConv": [(1, 2, 0), (4, 5, 3), (6, 7, None)],
+    "QLinearMatMul": [(1, 2, 0), (4, 5, 3), (6, 7, None)],
+    "QLinearAdd": [(1, 2, 0), (4, 5, 3), (6, 7, None)],
+    "QLinearGlobalAveragePool": [(1, 2, 0), (3, 4, None)],
+    "QGemm": [(1, 2, 0), (4, 5, 3), (7, 8, None)],
+}
+
+
+class _Model:
+    def __init__(self, model):
+        from onnx import helper, numpy_helper
+
+        self.inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        self.types = {}
+        for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+            t = vi.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+            dtype = helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else None
+            self.types[vi.name] = (tuple(dims) if t.HasField("shape") else None, dtype)
+
+    def const(self, node, idx):
+        if idx >= len(node.input) or not node.input[idx]:
+            return None
+        return self.inits.get(node.input[idx])
+
+    def shape_dtype(self, name):
+        if name in self.inits:
+            v = self.inits[name]
+            return v.shape, v.dtype.name
+        return self.types.get(name, (None, None))
+
+
+def _fail(node, problem: str):
+    raise QuantizationParamError(f"{node.op_type} node '{node.name or node.output[0]}': {problem}",
+                                 _FIX)
+
+
+def _check_scale(node, scale):
+    s = np.asarray(scale, np.float64).reshape(-1)
+    bad = ~np.isfinite(s) | (s <= 0)
+    if bad.any():
+        _fail(node, f"scale must be positive and finite, got {s[bad][0]}")
+
+
+def _check_zero(node, zero, dtype):
+    lo, hi = DTYPE_RANGE.get(dtype, (None, None))
+    z = np.asarray(zero).astype(np.int64).reshape(-1)
+    if lo is not None and z.size and (z.min() < lo or z.max() > hi):
+        _fail(node, f"zero point {z[(z < lo) | (z > hi)][0]} is out of range [{lo}, {hi}] "
+                    f"for {dtype}")
+
+
+def _check_shapes_agree(node, scale, zero):
+    """Scale and zero point: both single values (scalar or [1]) or the same shape."""
+    if zero is None or (np.size(scale) == 1 and np.size(zero) == 1):
+        return
+    if np.shape(zero) != np.shape(scale):
+        _fail(node, f"scale shape {list(np.shape(scale))} and zero point shape "
+                    f"{list(np.shape(zero))} differ")
+
+
+def _check_axis(node, scale, zero, shape, axis, block_size):
+    _check_shapes_agree(node, scale, zero)
+    if np.size(scale) <= 1 or shape is None:
+        return
+    rank = len(shape)
+    if not -rank <= axis < rank:
+        _fail(node, f"axis {axis} is out of range for a rank-{rank} tensor")
+    channels = shape[axis % rank]
+    if not block_size and channels and np.size(scale) != channels:
+        _fail(node, f"per-axis scale has {np.size(scale)} values but axis {axis} has "
+                    f"{channels} channels")
+
+
+def _check_qdq(m, node):
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    scale, zero = m.const(node, 1), m.const(node, 2)
+    if scale is None:
+        return
+    _check_scale(node, scale)
+    shape, in_dtype = m.shape_dtype(node.input[0])
+    q_dtype = in_dtype if node.op_type == "DequantizeLinear" else \
+        (zero.dtype.name if zero is not None else "uint8")
+    if "output_dtype" in attrs and attrs["output_dtype"]:
+        q_dtype = helper.tensor_dtype_to_np_dtype(attrs["output_dtype"]).name
+    if zero is not None:
+        _check_zero(node, zero, q_dtype)
+    _check_axis(node, scale, zero, shape, int(attrs.get("axis", 1)),
+                int(attrs.get("block_size", 0)))
+
+
+def _check_qoperator(m, node):
+    for s_idx, z_idx, q_idx in _QOP_PARAMS[node.op_type]:
+        scale, zero = m.const(node, s_idx), m.const(node, z_idx)
+        if scale is not None:
+            _check_scale(node, scale)
+        if zero is not None:
+            dtype = m.shape_dtype(node.input[q_idx])[1] if q_idx is not None else None
+            _check_zero(node, zero, dtype or zero.dtype.name)
+        if scale is not None:
+            _check_shapes_agree(node, scale, zero)
+
+
+def check_quantization_params(model) -> None:
+    """Raise :class:`~tvmq.errors.QuantizationParamError` on the first invalid parameter."""
+    m = _Model(model)
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            _check_qdq(m, node)
+        elif node.op_type in _QOP_PARAMS:
+            _check_qoperator(m, node)
