@@ -1,1 +1,29 @@
-"""Hardware-specific schedules, tensor intrinsics and tuned databases (``tvmq.schedules``)."""
+"""Hardware-specific schedules, tensor intrinsics and tuned databases (``tvmq.schedules``).
+
+Entry points for the pipeline (``tvmq.pipeline``):
+
+* :func:`legalize_prelude` -- passes to run before ``LegalizeOps`` (:class:`BlockIntegerOps`);
+* :func:`schedule_passes` -- the schedule phase (:class:`ScheduleIntegerKernels`).
+
+Both pick the board's kernel family with :func:`strategy_for` (x86: AVX-512 VNNI, else AVX2;
+aarch64: sdot with ``+dotprod``, else NEON smull) and do nothing on other targets.
+"""
+from __future__ import annotations
+
+from tvmq.schedules.block_integer_ops import BlockIntegerOps
+from tvmq.schedules.schedule_integer_kernels import ScheduleIntegerKernels
+from tvmq.schedules.strategy import Strategy, strategy_for
+
+
+def legalize_prelude(target) -> list:
+    """Passes to put before ``LegalizeOps`` for ``target`` (a ``tvm.target.Target``)."""
+    return [BlockIntegerOps(strategy_for(target))]
+
+
+def schedule_passes(target) -> list:
+    """The default-schedule passes of the schedule phase for ``target``."""
+    return [ScheduleIntegerKernels(strategy_for(target))]
+
+
+__all__ = ["BlockIntegerOps", "ScheduleIntegerKernels", "Strategy", "strategy_for",
+           "legalize_prelude", "schedule_passes"]

@@ -108,13 +108,9 @@ def _export_cross(rt_mod, compiler: str) -> str:
 
 def _builder_init() -> None:
     # Register tvmq's tensor intrinsics in the worker (MetaSchedule traces refer to them).
-    import importlib
+    from tvmq.schedules.tune import builder_initializer
 
-    for name in ("tvmq.schedules.x86", "tvmq.schedules.arm"):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
+    builder_initializer()
 
 
 def _builder(board: Board):
@@ -178,11 +174,11 @@ def _server_keys(info) -> list[str]:
 
 
 def _space(board: Board):
-    try:
-        from tvmq.schedules import tune_space
-    except ImportError:
-        return "post-order-apply"
-    return tune_space(board) or "post-order-apply"
+    """tvmq's space: its default kernels with sampled tiles, plus TVM's rules with tvmq's
+    tensor intrinsics (``tvmq.schedules.tune``)."""
+    from tvmq.schedules.tune import tune_space
+
+    return tune_space(board.tvm_target()) or "post-order-apply"
 
 
 def _cost_model(db_dir: Path):

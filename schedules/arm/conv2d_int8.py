@@ -1,0 +1,20 @@
+"""aarch64 parameters of the blocked int8 schedules (NEON: 32 q registers, 4 int32 lanes).
+
+The 4x4 intrinsics cover 4 output channels, so a tile takes 4 channel blocks (16 channels,
+one activation broadcast feeding 4 dot products) by up to 6 output pixels: 24 accumulators.
+"""
+from __future__ import annotations
+
+from tvmq.schedules import tiling
+
+
+def schedule_conv(sch, intrin: str, **kw):
+    return tiling.schedule_conv(sch, intrin, **{"max_acc": 24, "max_ow": 6, "min_ob": 4, **kw})
+
+
+def schedule_dense(sch, intrin: str, **kw):
+    return tiling.schedule_dense(sch, intrin, **{"max_acc": 24, **kw})
+
+
+def schedule_depthwise(sch, **kw):
+    return tiling.schedule_depthwise(sch, **{"vec": 8, **kw})

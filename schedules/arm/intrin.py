@@ -1,0 +1,93 @@
+"""aarch64 int8 dot-product tensor intrinsics (``desc``/``impl`` pairs, tvmq names).
+
+Both compute ``C[4] += sum_k s8(A[k]) * s8(B[i, k])`` over ``k < 4``: signed activations, so
+callers shift uint8 activations by -128 and add ``128 * sum(W)``
+(:mod:`tvmq.schedules.blocked`).
+
+* ``tvmq_arm_sdot_4x4``: one ``sdot`` (Armv8.2 dot product; Cortex-A55/A76, ``+dotprod``).
+* ``tvmq_arm_neon_4x4``: Armv8.0 fallback (Cortex-A53/A72): ``smull`` to int16 (exact:
+  ``|a * b| <= 2**14``), pairwise widening adds ``saddlp`` and ``addp``.
+
+They mirror TVM's ``s_tir/tensor_intrin/arm_cpu.py``, registered here so that the 33 s import
+of ``tvm.s_tir.tensor_intrin`` is not needed.
+"""
+from __future__ import annotations
+
+from tvmq._tvm import T, s_tir
+
+SDOT_4x4 = "tvmq_arm_sdot_4x4"
+NEON_4x4 = "tvmq_arm_neon_4x4"
+
+
+@T.prim_func(s_tir=True)
+def dot_4x4_s8s8s32_desc(
+    A: T.Buffer((4,), "int8", offset_factor=1),
+    B: T.Buffer((4, 4), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        for i in T.serial(0, 4):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def dot_4x4_s8s8s32_sdot(
+    A: T.Buffer((4,), "int8", offset_factor=1),
+    B: T.Buffer((4, 4), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        a_i32 = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
+        a_i8x16 = T.reinterpret(T.broadcast(a_i32, 4), dtype="int8x16")
+        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+            C.vload([0], dtype="int32x4"),
+            a_i8x16,
+            B.vload([0, 0], dtype="int8x16"),
+            dtype="int32x4",
+        )
+
+
+@T.prim_func(s_tir=True)
+def dot_4x4_s8s8s32_neon(
+    A: T.Buffer((4,), "int8", offset_factor=1),
+    B: T.Buffer((4, 4), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        a_i32 = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
+        a_i8x8 = T.reinterpret(T.broadcast(a_i32, 2), dtype="int8x8")
+        b = B.vload([0, 0], dtype="int8x16")
+        lo = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                                    a_i8x8, T.vectorlow(b, dtype="int8x8"), dtype="int16x8"),
+            dtype="int32x4")
+        hi = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                                    a_i8x8, T.vectorhigh(b, dtype="int8x8"), dtype="int16x8"),
+            dtype="int32x4")
+        C[T.ramp(T.int32(0), 1, 4)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"), lo, hi, dtype="int32x4")
+
+
+def _register() -> None:
+    TensorIntrin = s_tir().TensorIntrin
+    for name, impl in ((SDOT_4x4, dot_4x4_s8s8s32_sdot), (NEON_4x4, dot_4x4_s8s8s32_neon)):
+        try:
+            TensorIntrin.get(name, allow_missing=False)
+        except Exception:  # noqa: BLE001 - not registered yet in this process
+            TensorIntrin.register(name, dot_4x4_s8s8s32_desc, impl)
+
+
+_register()

@@ -1,0 +1,236 @@
+"""BlockIntegerOps: integer conv2d/matmul -> calls of tvmq's blocked kernels (per target).
+
+Rewrites, for the target's :class:`~tvmq.schedules.strategy.Strategy`:
+
+* ``conv2d(x, W, out_dtype="int32")`` (``x`` int8/uint8 NCHW, ``W`` a constant int8 OIHW,
+  groups 1) into ``pack(x)`` (padded NCHW{ib}c, shifted to the instruction's signedness)
+  and a conv kernel whose weights are packed *now*, at compile time;
+* depthwise ``conv2d`` (groups = C = O) into ``pad(x)`` and a vectorized depthwise kernel;
+* ``matmul(x, W, out_dtype="int32")`` (``x`` 2-D, ``W`` a constant int8 ``[K, N]``) into a
+  dense kernel.
+
+The kernels return NCHW (or ``[M, N]``) int32 like the op they replace, and are marked
+``op_pattern = kOutEWiseFusable``, so ``FuseOps`` fuses the requantization that follows into
+them and :class:`ScheduleIntegerKernels` computes it per register tile. Anything else (int16
+operands, non-constant weights, other layouts) is left for ``LegalizeOps``.
+
+Position: legalize phase, **before** ``LegalizeOps`` (after the integer lowering of
+``tvmq.passes``). Hardware-specific (block sizes, signedness), hence in ``tvmq.schedules``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tvmq._tvm import Constant, const_value, relax, struct_dtype, struct_shape, te, tvm
+from tvmq.schedules import blocked as B
+from tvmq.schedules.strategy import Strategy
+
+OUT_EWISE_FUSABLE = 4  # tvm::relax::OpPatternKind::kOutEWiseFusable
+_INT_ACT = ("int8", "uint8")
+
+
+def _const(mut, expr) -> np.ndarray | None:
+    seen = 0
+    while isinstance(expr, relax.Var) and seen < 8:
+        expr, seen = mut.lookup_binding(expr), seen + 1
+    if isinstance(expr, Constant):
+        return const_value(expr).numpy()
+    return None
+
+
+def _subbyte_weight(mut, expr, depth: int = 0):
+    """int8 values of a weight that ``PackSubByteWeights`` stored packed, else None.
+
+    Follows the unpacking chain (``reshape(sub(xor(astype(...)), 2**(b-1)))``) down to its
+    uint8 constant and decodes it with :func:`tvmq.qref.unpack_subbyte`; the result is
+    re-packed and compared, so an unexpected chain is never misread.
+    """
+    from tvmq import qref
+
+    shape = struct_shape(expr)
+    consts, sign = [], None
+    stack, seen = [expr], 0
+    while stack and seen < 64:
+        e, seen = stack.pop(), seen + 1
+        if isinstance(e, relax.Var):
+            e = mut.lookup_binding(e)
+        if isinstance(e, Constant):
+            consts.append(const_value(e).numpy())
+        elif isinstance(e, relax.Tuple):
+            stack.extend(e.fields)
+        elif isinstance(e, relax.Call):
+            if isinstance(e.op, tvm.ir.Op) and e.op.name == "relax.bitwise_xor":
+                sign = _const(mut, e.args[1])
+            stack.extend(a for a in e.args
+                         if isinstance(a, (relax.Var, Constant, relax.Call, relax.Tuple)))
+    if sign is None or int(sign) not in (2, 8):
+        return None
+    bits, size = 2 if int(sign) == 2 else 4, int(np.prod(shape))
+    for c in consts:
+        if c.dtype == np.uint8 and c.size * (8 // bits) >= size > (c.size - 1) * (8 // bits):
+            w = qref.unpack_subbyte(c, bits, size, signed=True).reshape(shape).astype(np.int8)
+            if np.array_equal(qref.pack_subbyte(w, bits), c.reshape(-1)):
+                return w
+    return None
+
+
+def _pads(attrs) -> tuple[int, int, int, int]:
+    p = [int(v) for v in attrs.padding]
+    return tuple(p) if len(p) == 4 else (p[0], p[1], p[0], p[1])
+
+
+def _absorb_pad(mut, x, pads):
+    """``(x0, pads, value)``: look through a constant spatial ``nn.pad`` feeding the conv.
+
+    The integer lowering pads with the activation zero point explicitly; the pack stage
+    pads anyway, so the separate pass over the activations goes away.
+    """
+    bound = mut.lookup_binding(x) if isinstance(x, relax.Var) else None
+    if not (isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op)
+            and bound.op.name == "relax.nn.pad" and str(bound.attrs.pad_mode) == "constant"):
+        return x, pads, 0
+    pw = [int(v) for v in bound.attrs.pad_width]
+    value = float(bound.attrs.pad_value)
+    if len(pw) != 8 or any(pw[:4]) or value != int(value) or (any(pads) and value != 0):
+        return x, pads, 0
+    pt, pb, pl, pr = pw[4], pw[5], pw[6], pw[7]
+    return bound.args[0], (pads[0] + pt, pads[1] + pl, pads[2] + pb, pads[3] + pr), int(value)
+
+
+def _kernel_func(args, out, name: str):
+    # private (no global_symbol), so FuseOps may fuse the requantization into it
+    func = te.create_prim_func([*args, out]).with_attr("op_pattern", OUT_EWISE_FUSABLE)
+    return func.without_attr("global_symbol") if "global_symbol" in (func.attrs or {}) else func
+
+
+@relax.expr_functor.mutator
+class _Mutator(relax.PyExprMutator):
+    def __init__(self, mod, st: Strategy, unpack_subbyte: bool):
+        super().__init__(mod)
+        self.st = st
+        self.unpack_subbyte = unpack_subbyte
+        self.count = 0
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if not isinstance(call.op, tvm.ir.Op) or call.attrs is None:
+            return call
+        name = call.op.name
+        new = None
+        if name == "relax.nn.conv2d":
+            new = self._conv(call)
+        elif name == "relax.matmul":
+            new = self._matmul(call)
+        return call if new is None else new
+
+    # -- helpers --------------------------------------------------------------------------
+    def _weight(self, expr):
+        w = _const(self, expr)
+        if w is None and self.unpack_subbyte and struct_dtype(expr) == "int8":
+            # sub-byte weights: decoded now, stored as blocked int8 (see BlockIntegerOps)
+            w = _subbyte_weight(self, expr)
+        return w
+
+    def _call_kernel(self, func, args, out_shape, out_dtype="int32"):
+        self.count += 1
+        gv = self.builder_.add_func(func, f"tvmq_kernel{self.count}")
+        # returned, not emitted: the original binding keeps it (an alias would block FuseOps)
+        return relax.call_tir(gv, args, relax.TensorType(out_shape, out_dtype))
+
+    def _emit_pack(self, fn, x, *args, name):
+        return self.builder_.emit_te(fn, x, *args, primfunc_name_hint=name)
+
+    def _conv(self, call):
+        a = call.attrs
+        x, w_expr = call.args
+        if str(a.out_dtype) != "int32" or str(a.data_layout) != "NCHW" \
+                or str(a.kernel_layout) != "OIHW" or str(a.out_layout) not in ("NCHW", ""):
+            return None
+        in_dtype = struct_dtype(x)
+        w = self._weight(w_expr)
+        if in_dtype not in _INT_ACT or w is None or w.dtype != np.int8:
+            return None
+        n, c, h, wd = struct_shape(x)
+        strides = tuple(int(s) for s in a.strides)
+        dil = tuple(int(d) for d in a.dilation)
+        x, pads, pad_value = _absorb_pad(self, x, _pads(a))
+        self.pad_value = pad_value
+        out_shape = struct_shape(call)
+        groups = int(a.groups)
+        if groups == 1:
+            return self._dense_conv(x, w, in_dtype, (n, c, h, wd), strides, pads, dil, out_shape)
+        if groups == c == w.shape[0] and w.shape[1] == 1:
+            return self._depthwise(x, w, in_dtype, (n, c, h, wd), strides, pads, dil, out_shape)
+        return None
+
+    def _dense_conv(self, x, w, in_dtype, x_shape, strides, pads, dil, out_shape):
+        st = self.st
+        xp = self._emit_pack(B.pack_activation, x, st.ib, pads, st.act_dtype, self.pad_value,
+                             name="tvmq_pack_act")
+        wp_np = B.pack_weight(w, st.ob, st.ib)
+        corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
+        xp_t = te.placeholder(B.i64(struct_shape(xp)), st.act_dtype, "xp")
+        wp_t = te.placeholder(B.i64(wp_np.shape), "int8", "w_packed")
+        corr_t = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
+        acc = B.conv2d_blocked(xp_t, wp_t, strides, dil, out_shape[2:])
+        out = B.unpack_nchw(acc, out_shape[1], corr_t)
+        args = [xp_t, wp_t] + ([corr_t] if corr_t is not None else [])
+        rargs = [xp, relax.const(wp_np, "int8")] + (
+            [relax.const(corr_np, "int32")] if corr_np is not None else [])
+        return self._call_kernel(_kernel_func(args, out, "tvmq_conv"), rargs, out_shape)
+
+    def _depthwise(self, x, w, in_dtype, x_shape, strides, pads, dil, out_shape):
+        st = self.st
+        xp = self._emit_pack(B.pad_nchw, x, pads, st.act_dtype, self.pad_value, name="tvmq_pad")
+        corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
+        xp_t = te.placeholder(B.i64(struct_shape(xp)), st.act_dtype, "xp")
+        w_t = te.placeholder(B.i64(w.shape), "int8", "w")
+        corr_t = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
+        out = B.depthwise_nchw(xp_t, w_t, strides, dil, out_shape[2:], corr_t)
+        args = [xp_t, w_t] + ([corr_t] if corr_t is not None else [])
+        rargs = [xp, relax.const(w, "int8")] + (
+            [relax.const(corr_np, "int32")] if corr_np is not None else [])
+        return self._call_kernel(_kernel_func(args, out, "tvmq_dwconv"), rargs, out_shape)
+
+    def _matmul(self, call):
+        x, w_expr = call.args
+        if str(call.attrs.out_dtype) != "int32" or struct_dtype(x) not in _INT_ACT:
+            return None
+        w = self._weight(w_expr)
+        if w is None or w.dtype != np.int8 or w.ndim != 2 or len(struct_shape(x)) != 2:
+            return None
+        st, in_dtype = self.st, struct_dtype(x)
+        xp = self._emit_pack(B.pack_rows, x, st.ib, st.act_dtype, name="tvmq_pack_rows")
+        wp_np = B.pack_dense_weight(w, st.ob, st.ib)
+        corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype), out_axis=1)
+        xp_t = te.placeholder(B.i64(struct_shape(xp)), st.act_dtype, "xp")
+        wp_t = te.placeholder(B.i64(wp_np.shape), "int8", "w_packed")
+        corr_t = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
+        out = B.unpack_rows(B.dense_blocked(xp_t, wp_t), w.shape[1], corr_t)
+        args = [xp_t, wp_t] + ([corr_t] if corr_t is not None else [])
+        rargs = [xp, relax.const(wp_np, "int8")] + (
+            [relax.const(corr_np, "int32")] if corr_np is not None else [])
+        return self._call_kernel(_kernel_func(args, out, "tvmq_dense"), rargs,
+                                 struct_shape(call))
+
+
+def BlockIntegerOps(strategy: Strategy, unpack_subbyte: bool = True) -> tvm.transform.Pass:  # noqa: N802
+    """The pass for ``strategy`` (see the module docstring); identity when it is None.
+
+    ``unpack_subbyte``: weights packed by ``PackSubByteWeights`` (int4/int2 in uint8) are
+    decoded at compile time and stored as blocked int8, so they run on the fast kernels; the
+    artifact then holds them at 8 bits. With False they keep their packing and their conv
+    runs on TVM's default (unscheduled) lowering.
+    """
+
+    @tvm.transform.module_pass(opt_level=0, name="tvmq.BlockIntegerOps")
+    def _pass(mod, _ctx):
+        if strategy is None:
+            return mod
+        mut = _Mutator(mod, strategy, unpack_subbyte)
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mut.builder_.update_func(gv, mut.visit_expr(func))
+        return relax.transform.DeadCodeElimination()(mut.builder_.get())
+
+    return _pass

@@ -1,0 +1,190 @@
+"""Blocked-layout integer conv/dense computes shared by every architecture (TE + NumPy packing).
+
+A dot-product instruction computes ``C[ob] += sum_k A[k] * B[ob, k]`` over ``ib`` reduction
+lanes. The layouts that feed it without shuffles are:
+
+* activations ``[N, C/ib, H, W, ib]`` (NCHW{ib}c), padded spatially by :func:`pack_activation`;
+* weights ``[O/ob, C/ib, KH, KW, ob, ib]``, packed once at compile time (:func:`pack_weight`);
+* accumulators ``[N, O/ob, OH, OW, ob]`` (NCHW{ob}c), unpacked to NCHW in the epilogue
+  block, where the requantization that follows gets inlined.
+
+The operand signedness the instruction wants (x86: u8 activations; Arm sdot/smull: s8) may
+differ from the graph's: :func:`pack_activation` then shifts by ``shift`` (+128 or -128) and the
+epilogue adds ``-shift * sum(W[o])``, which is exact. Block names are the contract with the
+schedules (``BLOCK_*``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tvmq._tvm import te, tir
+
+BLOCK_PACK = "tvmq_pack_act"
+BLOCK_CONV = "tvmq_conv_blocked"
+BLOCK_DENSE = "tvmq_dense_blocked"
+BLOCK_UNPACK = "tvmq_unpack"
+BLOCK_DWCONV = "tvmq_dwconv"
+BLOCK_PAD = "tvmq_pad"
+
+
+def i64(shape) -> list:
+    """Shape as int64 immediates, like ``LegalizeOps`` writes them (``FuseTIR`` compares)."""
+    return [tir.IntImm("int64", int(d)) for d in shape]
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def shift_for(in_dtype: str, act_dtype: str) -> int:
+    """Value added to activations so ``in_dtype`` values fit the instruction's ``act_dtype``."""
+    if in_dtype == act_dtype:
+        return 0
+    return 128 if act_dtype == "uint8" else -128
+
+
+def pack_activation(x: te.Tensor, ib: int, padding, act_dtype: str, pad_value: int = 0,
+                    name: str = BLOCK_PACK):
+    """NCHW ``x`` -> padded ``[N, ceil(C/ib), H+pt+pb, W+pl+pr, ib]`` in ``act_dtype``.
+
+    Spatial padding holds ``pad_value`` (shifted like the data); channels past ``C`` meet zero
+    weights, so their value does not matter.
+    """
+    n, c, h, w = (int(d) for d in x.shape)
+    pt, pl, pb, pr = padding
+    shift = shift_for(str(x.dtype), act_dtype)
+    zero = tir.const(shift + int(pad_value), "int32")
+    shift = tir.const(shift, "int32")
+
+    def f(b, cb, hh, ww, ci):
+        ch = cb * ib + ci
+        inside = tir.all(hh >= pt, hh < h + pt, ww >= pl, ww < w + pl, ch < c)
+        val = x[b, tir.min(ch, c - 1), hh - pt, ww - pl].astype("int32") + shift
+        return tir.if_then_else(inside, val, zero).astype(act_dtype)
+
+    return te.compute(i64((n, ceil_div(c, ib), h + pt + pb, w + pl + pr, ib)), f, name=name)
+
+
+def conv2d_blocked(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, acc="int32"):
+    """``[N, OB, OH, OW, ob]`` accumulators of a blocked conv (block ``BLOCK_CONV``)."""
+    n, cb_n, _, _, ib = (int(d) for d in xp.shape)
+    ob_n, _, kh_n, kw_n, ob, _ = (int(d) for d in wp.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    cb = te.reduce_axis((0, tir.IntImm("int64", cb_n)), "cb")
+    kh = te.reduce_axis((0, tir.IntImm("int64", kh_n)), "kh")
+    kw = te.reduce_axis((0, tir.IntImm("int64", kw_n)), "kw")
+    ci = te.reduce_axis((0, tir.IntImm("int64", ib)), "ci")
+    return te.compute(
+        i64((n, ob_n, *out_hw, ob)),
+        lambda b, o, y, x_, oi: te.sum(
+            xp[b, cb, y * sh + kh * dh, x_ * sw + kw * dw, ci].astype(acc)
+            * wp[o, cb, kh, kw, oi, ci].astype(acc), axis=[cb, kh, kw, ci]),
+        name=BLOCK_CONV)
+
+
+def unpack_nchw(acc: te.Tensor, channels: int, corr: te.Tensor | None):
+    """NCHW{ob}c accumulators -> NCHW int32, plus the per-channel shift correction."""
+    n, _, oh, ow, ob = (int(d) for d in acc.shape)
+
+    def f(b, o, y, x_):
+        v = acc[b, o // ob, y, x_, o % ob]
+        return v + corr[o] if corr is not None else v
+
+    return te.compute(i64((n, channels, oh, ow)), f, name=BLOCK_UNPACK)
+
+
+def dense_blocked(xp: te.Tensor, wp: te.Tensor, acc="int32"):
+    """``[M, NB, ob]`` accumulators of ``x[M, Kp] @ W`` with ``wp = [NB, Kp/ib, ob, ib]``."""
+    m = int(xp.shape[0])
+    nb_n, kb_n, ob, ib = (int(d) for d in wp.shape)
+    kb = te.reduce_axis((0, tir.IntImm("int64", kb_n)), "kb")
+    ki = te.reduce_axis((0, tir.IntImm("int64", ib)), "ki")
+    return te.compute(
+        i64((m, nb_n, ob)),
+        lambda i, j, jj: te.sum(xp[i, kb * ib + ki].astype(acc) * wp[j, kb, jj, ki].astype(acc),
+                                axis=[kb, ki]),
+        name=BLOCK_DENSE)
+
+
+def pack_rows(x: te.Tensor, ib: int, act_dtype: str):
+    """``[M, K]`` -> ``[M, ceil(K/ib)*ib]`` in ``act_dtype`` (zero-padded, shifted)."""
+    m, k = (int(d) for d in x.shape)
+    shift = tir.const(shift_for(str(x.dtype), act_dtype), "int32")
+    kp = ceil_div(k, ib) * ib
+    return te.compute(
+        i64((m, kp)),
+        lambda i, j: tir.if_then_else(j < k, x[i, tir.min(j, k - 1)].astype("int32") + shift,
+                                      shift).astype(act_dtype),
+        name=BLOCK_PACK)
+
+
+def unpack_rows(acc: te.Tensor, cols: int, corr: te.Tensor | None):
+    m, _, ob = (int(d) for d in acc.shape)
+
+    def f(i, j):
+        v = acc[i, j // ob, j % ob]
+        return v + corr[j] if corr is not None else v
+
+    return te.compute(i64((m, cols)), f, name=BLOCK_UNPACK)
+
+
+def pad_nchw(x: te.Tensor, padding, act_dtype: str, pad_value: int = 0):
+    """Spatially padded NCHW copy in ``act_dtype`` (depthwise input), padding ``pad_value``."""
+    n, c, h, w = (int(d) for d in x.shape)
+    pt, pl, pb, pr = padding
+    shift = tir.const(shift_for(str(x.dtype), act_dtype), "int32")
+    fill = tir.const(shift_for(str(x.dtype), act_dtype) + int(pad_value), "int32")
+
+    def f(b, ch, hh, ww):
+        inside = tir.all(hh >= pt, hh < h + pt, ww >= pl, ww < w + pl)
+        val = x[b, ch, hh - pt, ww - pl].astype("int32") + shift
+        return tir.if_then_else(inside, val, fill).astype(act_dtype)
+
+    return te.compute(i64((n, c, h + pt + pb, w + pl + pr)), f, name=BLOCK_PAD)
+
+
+def depthwise_nchw(xp: te.Tensor, w: te.Tensor, strides, dilation, out_hw, corr=None):
+    """Depthwise conv (multiplier 1) on a padded NCHW input, int32 (block ``BLOCK_DWCONV``)."""
+    n, c = (int(d) for d in xp.shape[:2])
+    _, _, kh_n, kw_n = (int(d) for d in w.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    kh = te.reduce_axis((0, tir.IntImm("int64", kh_n)), "kh")
+    kw = te.reduce_axis((0, tir.IntImm("int64", kw_n)), "kw")
+    out = te.compute(
+        i64((n, c, *out_hw)),
+        lambda b, ch, y, x_: te.sum(
+            xp[b, ch, y * sh + kh * dh, x_ * sw + kw * dw].astype("int32")
+            * w[ch, 0, kh, kw].astype("int32"), axis=[kh, kw]),
+        name=BLOCK_DWCONV)
+    if corr is None:
+        return out
+    return te.compute(out.shape, lambda b, ch, y, x_: out[b, ch, y, x_] + corr[ch],
+                      name=BLOCK_UNPACK)
+
+
+# ---- compile-time weight packing (NumPy) --------------------------------------------------
+def pack_weight(w: np.ndarray, ob: int, ib: int) -> np.ndarray:
+    """OIHW int8 -> ``[O/ob, C/ib, KH, KW, ob, ib]`` (zero-padded to whole blocks)."""
+    o, c, kh, kw = w.shape
+    op, cp = ceil_div(o, ob) * ob, ceil_div(c, ib) * ib
+    full = np.zeros((op, cp, kh, kw), w.dtype)
+    full[:o, :c] = w
+    return np.ascontiguousarray(
+        full.reshape(op // ob, ob, cp // ib, ib, kh, kw).transpose(0, 2, 4, 5, 1, 3))
+
+
+def pack_dense_weight(w_kn: np.ndarray, ob: int, ib: int) -> np.ndarray:
+    """``[K, N]`` int8 -> ``[N/ob, K/ib, ob, ib]`` (zero-padded)."""
+    k, n = w_kn.shape
+    kp, np_ = ceil_div(k, ib) * ib, ceil_div(n, ob) * ob
+    full = np.zeros((kp, np_), w_kn.dtype)
+    full[:k, :n] = w_kn
+    return np.ascontiguousarray(full.reshape(kp // ib, ib, np_ // ob, ob).transpose(2, 0, 3, 1))
+
+
+def shift_correction(w: np.ndarray, shift: int, out_axis: int = 0) -> np.ndarray | None:
+    """``-shift * sum(W)`` per output channel (int32), or None when ``shift == 0``."""
+    if shift == 0:
+        return None
+    axes = tuple(i for i in range(w.ndim) if i != out_axis)
+    return (-shift * w.astype(np.int64).sum(axis=axes)).astype(np.int32)

@@ -1,0 +1,90 @@
+"""Schedule helpers shared by the per-architecture kernels (target-independent).
+
+Kernels are PrimFuncs made of tvmq's named blocks (:mod:`tvmq.schedules.blocked`) plus whatever
+elementwise epilogue ``FuseOps``/``FuseTIR`` merged after them (requantization, bias, ReLU,
+clip, cast). :func:`inline_epilogue` collapses that epilogue into the single block that
+writes the function's output, so it can run on each register tile while it is in cache.
+"""
+from __future__ import annotations
+
+from tvmq.schedules.blocked import BLOCK_PACK, BLOCK_PAD
+
+PACK_BLOCKS = (BLOCK_PACK, BLOCK_PAD)
+
+
+def block_names(sch) -> list[str]:
+    return [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))] \
+        if _has_root(sch) else []
+
+
+def _has_root(sch) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:  # noqa: BLE001 - PrimFuncs without a root block
+        return False
+
+
+def child_blocks(sch):
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _is_spatial_block(sch, blk) -> bool:
+    return all(int(iv.iter_type) == 0 for iv in sch.get(blk).iter_vars)
+
+
+def inline_epilogue(sch, anchor_names: tuple[str, ...]) -> list:
+    """Inline every block but the anchors and pack blocks; return the remaining output blocks.
+
+    Only spatial blocks with consumers are tried (a failing primitive renders the whole IR
+    into its error message, which is slow on big fused functions). Blocks are inlined
+    producer-first, so a chain ``unpack -> mul -> shift -> clip -> cast`` ends as one block
+    reading the anchor's accumulators.
+    """
+    keep = set(anchor_names) | set(PACK_BLOCKS)
+    for blk in child_blocks(sch):
+        name = sch.get(blk).name_hint
+        if name in keep or not sch.get_consumers(blk) or not _is_spatial_block(sch, blk):
+            continue
+        try:
+            sch.compute_inline(blk)
+        except Exception:  # noqa: BLE001 - e.g. a block reading its own output: stays
+            continue
+    return [b for b in child_blocks(sch)
+            if sch.get(b).name_hint not in keep and not sch.get_consumers(b)]
+
+
+def schedule_injective(sch, blk, vec: int = 16, parallel_extent: int = 64) -> None:
+    """Parallelize the outer loops and vectorize the innermost one of a spatial block."""
+    loops = sch.get_loops(blk)
+    if not loops:
+        return
+    last = _extent(sch, loops[-1]) or 0
+    if last > vec and last % vec == 0:
+        outer_last, inner = sch.split(loops[-1], [None, vec])
+        loops = [*sch.get_loops(blk)[:-2], outer_last]
+    else:
+        inner, loops = loops[-1], loops[:-1]
+    if 1 < (_extent(sch, inner) or 0) <= 64:
+        sch.vectorize(inner)
+    outer, total = [], 1
+    for lp in loops:
+        outer.append(lp)
+        total *= _extent(sch, lp) or 1
+        if total >= parallel_extent:
+            break
+    if outer and total > 1:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def _extent(sch, loop) -> int | None:
+    ext = sch.get(loop).extent
+    return int(ext) if hasattr(ext, "value") or isinstance(ext, int) else None
+
+
+def divisor_at_most(n: int, cap: int) -> int:
+    """Largest divisor of ``n`` not above ``cap``."""
+    for d in range(min(n, cap), 0, -1):
+        if n % d == 0:
+            return d
+    return 1

@@ -1,0 +1,103 @@
+"""Standalone integer kernels (one PrimFunc each), for tests, benchmarks and tuning tasks.
+
+The same computes are what :class:`tvmq.schedules.BlockIntegerOps` emits inside a model;
+here each is built alone with NCHW int8/uint8 input, compile-time packed weights and NCHW
+int32 output, so it can be checked against :func:`tvmq.qref.conv2d_int` bit for bit.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tvmq._tvm import s_tir, te, tvm
+from tvmq.schedules import blocked as B
+from tvmq.schedules.strategy import Strategy, strategy_for
+
+
+def _out_hw(h, w, k, strides, padding, dilation):
+    (kh, kw), (sh, sw), (dh, dw) = k, strides, dilation
+    pt, pl, pb, pr = padding
+    return ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1,
+            (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+
+
+def conv_func(x_shape, w: np.ndarray, in_dtype: str, st: Strategy, strides=(1, 1),
+              padding=(0, 0, 0, 0), dilation=(1, 1)):
+    """(PrimFunc, packed weight, correction or None) of a dense (groups=1) int conv."""
+    x = te.placeholder(B.i64(x_shape), in_dtype, "x")
+    wp_np = B.pack_weight(w, st.ob, st.ib)
+    corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
+    wp = te.placeholder(B.i64(wp_np.shape), "int8", "w_packed")
+    corr = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
+    xp = B.pack_activation(x, st.ib, padding, st.act_dtype)
+    hw = _out_hw(x_shape[2], x_shape[3], w.shape[2:], strides, padding, dilation)
+    acc = B.conv2d_blocked(xp, wp, strides, dilation, hw)
+    out = B.unpack_nchw(acc, w.shape[0], corr)
+    args = [x, wp] + ([corr] if corr is not None else []) + [out]
+    return te.create_prim_func(args), wp_np, corr_np
+
+
+def depthwise_func(x_shape, w: np.ndarray, in_dtype: str, st: Strategy, strides=(1, 1),
+                   padding=(0, 0, 0, 0), dilation=(1, 1)):
+    """(PrimFunc, weight, correction or None) of a depthwise (multiplier 1) int conv."""
+    x = te.placeholder(B.i64(x_shape), in_dtype, "x")
+    corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
+    wt = te.placeholder(B.i64(w.shape), "int8", "w")
+    corr = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
+    xp = B.pad_nchw(x, padding, st.act_dtype)
+    hw = _out_hw(x_shape[2], x_shape[3], w.shape[2:], strides, padding, dilation)
+    out = B.depthwise_nchw(xp, wt, strides, dilation, hw, corr)
+    args = [x, wt] + ([corr] if corr is not None else []) + [out]
+    return te.create_prim_func(args), w, corr_np
+
+
+def dense_func(m: int, w_kn: np.ndarray, in_dtype: str, st: Strategy):
+    """(PrimFunc, packed weight, correction or None) of ``x[m, K] @ w_kn`` in int32."""
+    k, n = w_kn.shape
+    x = te.placeholder(B.i64((m, k)), in_dtype, "x")
+    wp_np = B.pack_dense_weight(w_kn, st.ob, st.ib)
+    corr_np = B.shift_correction(w_kn, B.shift_for(in_dtype, st.act_dtype), out_axis=1)
+    wp = te.placeholder(B.i64(wp_np.shape), "int8", "w_packed")
+    corr = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
+    acc = B.dense_blocked(B.pack_rows(x, st.ib, st.act_dtype), wp)
+    out = B.unpack_rows(acc, n, corr)
+    args = [x, wp] + ([corr] if corr is not None else []) + [out]
+    return te.create_prim_func(args), wp_np, corr_np
+
+
+def schedule(func, st: Strategy):
+    """Schedule a kernel PrimFunc built here (or by the Relax rewrite) with ``st``."""
+    sch = s_tir().Schedule(func)
+    names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    if B.BLOCK_CONV in names:
+        st.schedule_conv(sch, st.intrin)
+    elif B.BLOCK_DENSE in names:
+        st.schedule_dense(sch, st.intrin)
+    elif B.BLOCK_DWCONV in names:
+        st.schedule_depthwise(sch)
+    return sch.mod["main"]
+
+
+def build(func, target, st: Strategy | None = None):
+    """Schedule and compile one kernel PrimFunc for ``target``."""
+    target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
+    st = st or strategy_for(target)
+    return tvm.compile(tvm.IRModule({"main": schedule(func, st)}), target=target)
+
+
+def build_conv_kernel(x_shape, w, in_dtype, target, **conv):
+    """Compiled conv kernel plus its packed weight and correction (see :func:`conv_func`)."""
+    st = strategy_for(target)
+    func, wp, corr = conv_func(x_shape, w, in_dtype, st, **conv)
+    return build(func, target, st), wp, corr
+
+
+def build_depthwise_kernel(x_shape, w, in_dtype, target, **conv):
+    st = strategy_for(target)
+    func, wt, corr = depthwise_func(x_shape, w, in_dtype, st, **conv)
+    return build(func, target, st), wt, corr
+
+
+def build_dense_kernel(m, w_kn, in_dtype, target):
+    st = strategy_for(target)
+    func, wp, corr = dense_func(m, w_kn, in_dtype, st)
+    return build(func, target, st), wp, corr

@@ -1,0 +1,141 @@
+"""Default (untuned) CPU schedules for tvmq's blocked int8 kernels, parameterized per target.
+
+Each function takes a ``tvm.s_tir.Schedule`` of a PrimFunc built from
+:mod:`tvmq.schedules.blocked` computes (possibly with a fused elementwise epilogue) and
+schedules it in place:
+
+* conv / dense: register tile of ``ow_tile x ob_tile`` accumulator vectors (output pixels or
+  matrix rows, times channel blocks) fed by the target's dot-product intrinsic, outer tiles
+  in parallel, the epilogue computed per tile; ``max_acc`` bounds the accumulator registers
+  (x86: 24 of 32 zmm; aarch64: 24 of 32 q registers);
+* depthwise: no dot-product instruction fits (one input channel per output), so the output
+  row is vectorized 16 wide with int32 widening multiply-adds.
+
+The per-architecture modules (``tvmq.schedules.x86.conv2d_int8``, ``...arm.conv2d_int8``)
+only choose the parameters.
+"""
+from __future__ import annotations
+
+from tvmq.schedules.blocked import BLOCK_CONV, BLOCK_DENSE, BLOCK_DWCONV
+from tvmq.schedules.common import (PACK_BLOCKS, child_blocks, divisor_at_most,
+                                   inline_epilogue, schedule_injective)
+
+EPILOGUE_CHANNEL_INNER = False
+MAX_ACC_REGS = 24  # of 32 zmm: the rest hold weights and broadcasts
+
+
+def _schedule_packs(sch) -> None:
+    for blk in child_blocks(sch):
+        if sch.get(blk).name_hint in PACK_BLOCKS:
+            schedule_injective(sch, blk)
+
+
+def _finish_epilogue(sch, outs, at_loop, channel_inner: bool = False) -> None:
+    """Attach the epilogue under ``at_loop``; vectorize it along the channel block when
+    ``channel_inner`` (contiguous accumulators and per-channel parameters), else along W."""
+    for out in outs:
+        sch.reverse_compute_at(out, at_loop)
+        inner = _loops_after(sch, out, at_loop)
+        if channel_inner and len(inner) >= 2:
+            sch.reorder(*inner[1:], inner[0])
+            inner = _loops_after(sch, out, at_loop)
+        if inner and _const_extent(sch, inner[-1]) <= 64:
+            sch.vectorize(inner[-1])
+
+
+def _loops_after(sch, blk, at_loop):
+    loops = sch.get_loops(blk)
+    idx = [i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(at_loop))]
+    return loops[idx[0] + 1:] if idx else loops
+
+
+def _const_extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _tile_factor(sch, extent: int, cap: int, fixed: int | None, sample: bool):
+    """A split factor: ``fixed``, the largest divisor of ``extent`` up to ``cap``, or (for
+    MetaSchedule) a sampled divisor, which its search then mutates."""
+    if fixed:
+        return fixed
+    if not sample:
+        return divisor_at_most(extent, cap)
+    cands = [d for d in range(1, min(extent, cap) + 1) if extent % d == 0]
+    best = divisor_at_most(extent, cap)
+    probs = [0.5 if d == best else 0.5 / max(1, len(cands) - 1) for d in cands]
+    if len(cands) == 1:
+        return cands[0]
+    return sch.sample_categorical(candidates=cands, probs=probs)
+
+
+def schedule_conv(sch, intrin: str, ob_tile: int | None = None, ow_tile: int | None = None,
+                  max_acc: int = MAX_ACC_REGS, max_ow: int = 16, min_ob: int = 1,
+                  sample: bool = False):
+    """Tensorize ``BLOCK_CONV`` with ``intrin`` and fuse the epilogue per tile.
+
+    ``sample=True`` draws the register tile with ``sample_categorical`` (a MetaSchedule
+    design space around this default; see :func:`tvmq.schedules.tune_space`).
+    """
+    conv = sch.get_sblock(BLOCK_CONV)
+    _schedule_packs(sch)
+    outs = inline_epilogue(sch, (BLOCK_CONV,))
+    b, o, y, x, oi, cb, kh, kw, ci = sch.get_loops(conv)
+    n_o, n_x = _const_extent(sch, o), _const_extent(sch, x)
+    ow_fix = ow_tile or divisor_at_most(n_x, max_ow)
+    ob_cap = max(min_ob, max_acc // ow_fix) if ow_fix < 8 else min_ob
+    ow_tile = _tile_factor(sch, n_x, max_ow, ow_tile, sample)
+    ob_tile = _tile_factor(sch, n_o, max(ob_cap, 4) if sample else ob_cap, ob_tile, sample)
+    o_o, o_i = sch.split(o, [None, ob_tile])
+    x_o, x_i = sch.split(x, [None, ow_tile])
+    sch.reorder(b, o_o, y, x_o, cb, kh, kw, o_i, x_i, oi, ci)
+    tile = sch.fuse(b, o_o, y, x_o)
+    sch.parallel(tile)
+    _finish_epilogue(sch, outs, tile, channel_inner=EPILOGUE_CHANNEL_INNER)
+    init = sch.decompose_reduction(conv, cb)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(oi, intrin)
+    sch.unroll(x_i)
+    sch.unroll(o_i)
+    return sch
+
+
+def schedule_dense(sch, intrin: str, m_tile: int | None = None, max_acc: int = MAX_ACC_REGS):
+    """Tensorize ``BLOCK_DENSE`` (``[M, NB, 16]`` accumulators) with ``intrin``."""
+    dense = sch.get_sblock(BLOCK_DENSE)
+    _schedule_packs(sch)
+    outs = inline_epilogue(sch, (BLOCK_DENSE,))
+    i, j, jj, kb, ki = sch.get_loops(dense)
+    n_i, n_j = _const_extent(sch, i), _const_extent(sch, j)
+    m_tile = m_tile or divisor_at_most(n_i, 8)
+    j_tile = divisor_at_most(n_j, max(1, max_acc // m_tile // 2))
+    i_o, i_i = sch.split(i, [None, m_tile])
+    j_o, j_i = sch.split(j, [None, j_tile])
+    sch.reorder(i_o, j_o, kb, j_i, i_i, jj, ki)
+    tile = sch.fuse(i_o, j_o)
+    sch.parallel(tile)
+    _finish_epilogue(sch, outs, tile)
+    init = sch.decompose_reduction(dense, kb)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(jj, intrin)
+    sch.unroll(i_i)
+    sch.unroll(j_i)
+    return sch
+
+
+def schedule_depthwise(sch, vec: int = 16):
+    """Vectorize ``BLOCK_DWCONV`` along the output row; epilogue per row tile."""
+    dw = sch.get_sblock(BLOCK_DWCONV)
+    _schedule_packs(sch)
+    outs = inline_epilogue(sch, (BLOCK_DWCONV,))
+    b, c, y, x, kh, kw = sch.get_loops(dw)
+    x_o, x_i = sch.split(x, [None, divisor_at_most(_const_extent(sch, x), vec)])
+    sch.reorder(b, c, y, x_o, kh, kw, x_i)
+    tile = sch.fuse(b, c, y)
+    sch.parallel(tile)
+    sch.vectorize(x_i)  # before decompose_reduction: after it the update is not "complete"
+    sch.unroll(kw)
+    _finish_epilogue(sch, outs, tile)
+    init = sch.decompose_reduction(dw, kh)
+    sch.vectorize(sch.get_loops(init)[-1])
+    return sch
+

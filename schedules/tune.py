@@ -1,0 +1,94 @@
+"""MetaSchedule design spaces around tvmq's default kernels (for the tuning issue).
+
+:func:`tune_space` returns a space generator that unions
+
+* tvmq's own schedule of the blocked kernels with the register tile *sampled*
+  (``sample_categorical``), so the evolutionary search explores around the default; and
+* TVM's ``PostOrderApply`` with the x86/Arm rule list rebuilt so that
+  ``MultiLevelTilingWithIntrin`` uses tvmq's intrinsic (the shipped VNNI rule hard-codes
+  ``dot_16x4_vnni``, which LLVM 22 rejects), plus ``RewriteTensorize``.
+
+Builders must register tvmq's intrinsics in their worker processes: pass
+:func:`builder_initializer` as ``LocalBuilder(initializer=...)``.
+"""
+from __future__ import annotations
+
+from tvmq._tvm import meta_schedule
+from tvmq.schedules.strategy import strategy_for
+
+SAMPLE_TILES = False
+
+
+def builder_initializer() -> None:
+    """Register tvmq's tensor intrinsics (run in each MetaSchedule builder process)."""
+    import tvmq.schedules.arm.intrin  # noqa: F401
+    import tvmq.schedules.x86.intrin  # noqa: F401
+
+
+def _kernel_space_fn(st):
+    from tvmq.schedules import blocked as B
+    from tvmq.schedules import tiling
+
+    def fn(sch):
+        names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+        if B.BLOCK_CONV in names:
+            # the arch module's parameters, with the register tile sampled
+            st.schedule_conv(sch, st.intrin, sample=SAMPLE_TILES)
+        elif B.BLOCK_DENSE in names:
+            st.schedule_dense(sch, st.intrin)
+        elif B.BLOCK_DWCONV in names:
+            st.schedule_depthwise(sch)
+        else:
+            for out in tiling.inline_epilogue(sch, ()):
+                tiling.schedule_injective(sch, out)
+        return sch
+
+    return fn
+
+
+def schedule_rules(intrin: str) -> list:
+    """TVM's llvm rule list with ``MultiLevelTilingWithIntrin(intrin)`` ahead of tiling."""
+    ms = meta_schedule()
+    sr = ms.schedule_rule
+    return [
+        sr.ApplyCustomRule(),
+        sr.InlineConstantScalars(),
+        sr.AutoInline(into_producer=False, into_consumer=True, inline_const_tensor=True,
+                      disallow_if_then_else=True, require_injective=True, require_ordered=True,
+                      disallow_op=["tirx.exp"]),
+        sr.AddRFactor(max_jobs_per_core=16, max_innermost_factor=64),
+        sr.MultiLevelTilingWithIntrin(
+            intrin, structure="SSRSRS", tile_binds=None, max_innermost_factor=64,
+            vector_load_lens=None, reuse_read=None,
+            reuse_write=sr.ReuseType(req="may", levels=[1, 2], scope="global")),
+        sr.MultiLevelTiling(
+            structure="SSRSRS", tile_binds=None, max_innermost_factor=64, vector_load_lens=None,
+            reuse_read=None, reuse_write=sr.ReuseType(req="may", levels=[1, 2], scope="global")),
+        sr.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64,
+                                      unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
+        sr.RandomComputeLocation(),
+    ]
+
+
+def postprocs() -> list:
+    ms = meta_schedule()
+    pp = ms.postproc
+    return [pp.DisallowDynamicLoop(), pp.RewriteParallelVectorizeUnroll(),
+            pp.RewriteReductionBlock(), pp.RewriteTensorize(vectorize_init_loop=True),
+            pp.RewriteLayout()]
+
+
+def tune_space(target):
+    """Space generator for ``ms.tune_tir``/``tune_relax(space=...)`` on ``target``.
+
+    Returns None when tvmq has no integer kernels for the target (use TVM's defaults).
+    """
+    st = strategy_for(target)
+    if st is None:
+        return None
+    ms = meta_schedule()
+    own = ms.space_generator.ScheduleFn(_kernel_space_fn(st), sch_rules=[], postprocs=[],
+                                        mutator_probs="llvm")
+    rules = ms.space_generator.PostOrderApply(sch_rules=schedule_rules(st.intrin),
+                                              postprocs=postprocs(), mutator_probs="llvm")
+    return ms.space_generator.SpaceGeneratorUnion([own, rules])

@@ -1,0 +1,109 @@
+"""x86 int8 dot-product tensor intrinsics (``desc``/``impl`` pairs, registered under tvmq names).
+
+All intrinsics here share one description: ``C[16] += sum_k u8(A[k]) * s8(B[i, k])`` over
+``k < 4`` (16 int32 lanes, 4-deep reduction). The activation operand is *unsigned*: x86's
+instructions multiply u8 by s8, so callers shift signed activations by +128 and subtract
+``128 * sum(W)`` (see :mod:`tvmq.schedules.blocked`).
+
+* ``tvmq_x86_vnni_16x4``: one ``vpdpbusd`` (AVX-512 VNNI). TVM's shipped ``dot_16x4_vnni``
+  passes ``<16 x i32>`` operands, which LLVM 22 rejects; this one passes ``<64 x i8>``.
+* ``tvmq_x86_avx2_16x4``: AVX2 fallback, zero/sign-extends to int16 and uses ``vpmaddwd``
+  (4 per call). ``vpmaddubsw`` would be one instruction shorter but saturates pairs at
+  ``2 * 255 * 128 > 32767``, so it is not exact; this one is.
+"""
+from __future__ import annotations
+
+from tvmq._tvm import T, s_tir, target_has_features
+
+VNNI_16x4 = "tvmq_x86_vnni_16x4"
+AVX2_16x4 = "tvmq_x86_avx2_16x4"
+LANES, DEPTH = 16, 4
+
+
+@T.prim_func(s_tir=True)
+def dot_16x4_u8s8s32_desc(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for i in T.serial(0, 16):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def dot_16x4_u8s8s32_vnni(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            C.vload([0], dtype="int32x16"),
+            a_u8x64,
+            B.vload([0, 0], dtype="int8x64"),
+            dtype="int32x16",
+        )
+
+
+@T.prim_func(s_tir=True)
+def dot_16x4_u8s8s32_avx2(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_u8 = T.reinterpret(T.broadcast(a_i32, 4), dtype="uint8x16")
+        a16 = T.Cast("int16x16", a_u8)
+        b0 = B.vload([0, 0], "int8x16")
+        b1 = B.vload([4, 0], "int8x16")
+        b2 = B.vload([8, 0], "int8x16")
+        b3 = B.vload([12, 0], "int8x16")
+        # p_q lane 2j / 2j+1: output 4q+j, depth pair (0,1) / (2,3)
+        p0 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                                      a16, T.Cast("int16x16", b0), dtype="int32x8")
+        p1 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                                      a16, T.Cast("int16x16", b1), dtype="int32x8")
+        p2 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                                      a16, T.Cast("int16x16", b2), dtype="int32x8")
+        p3 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                                      a16, T.Cast("int16x16", b3), dtype="int32x8")
+        even = T.Shuffle([p0, p1, p2, p3], [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                             28, 30])
+        odd = T.Shuffle([p0, p1, p2, p3], [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27,
+                                            29, 31])
+        C[T.ramp(T.int32(0), 1, 16)] = C.vload([0], dtype="int32x16") + even + odd
+
+
+def _register() -> None:
+    TensorIntrin = s_tir().TensorIntrin
+    for name, impl in ((VNNI_16x4, dot_16x4_u8s8s32_vnni), (AVX2_16x4, dot_16x4_u8s8s32_avx2)):
+        try:
+            TensorIntrin.get(name, allow_missing=False)
+        except Exception:  # noqa: BLE001 - not registered yet in this process
+            TensorIntrin.register(name, dot_16x4_u8s8s32_desc, impl)
+
+
+_register()
+
+
+def select_intrin(target) -> str | None:
+    """The best exact 16x4 u8*s8 intrinsic for ``target`` (a ``tvm.target.Target``), or None."""
+    if target_has_features(target, "avx512vnni"):
+        return VNNI_16x4
+    if target_has_features(target, "avx2"):
+        return AVX2_16x4
+    return None

@@ -1,0 +1,100 @@
+"""Tuned vs default schedules on the zoo's int8 models, and a tuning curve (issue: tuning).
+
+For each model: onnxruntime ``quantize_static`` QDQ graph -> ``tvmq.compile`` twice, with the
+board's shipped database (``tvmq/schedules/<board>/``, or ``--db``) and without it
+(default schedules); outputs must be identical; both timed alternately in the same process
+(batch 1, 2 threads, medians). Writes JSON and a plot.
+
+    python scripts/bench_tuned.py --models resnet18 mobilenet_v2 -o out/bench_tuned.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tvmq
+from tvmq.onnx_tools import export_float, ort_quantize_static
+
+
+def _alternate(fns: dict, rounds: int, inner: int = 5) -> dict[str, float]:
+    samples = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / inner * 1e3)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def bench(name: str, board: str, db: str | None, rounds: int, tmp: Path) -> dict:
+    shape = tvmq.models.input_shape(name)
+    fp32 = export_float(tvmq.models.create(name), shape, tmp / f"{name}.onnx")
+    qdq = ort_quantize_static(fp32, tmp / f"{name}.qdq.onnx")
+    default = tvmq.compile(qdq, board=board,
+                           options=tvmq.PipelineOptions(use_shipped_database=False))
+    tuned = tvmq.compile(qdq, board=board, options=tvmq.PipelineOptions(database=db))
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    same = all(np.array_equal(a, b) for a, b in zip(default.run(x), tuned.run(x)))
+    times = _alternate({"default": lambda: default.run(x), "tuned": lambda: tuned.run(x)},
+                       rounds)
+    return {"model": name, "latency_ms": times, "speedup": times["default"] / times["tuned"],
+            "outputs_identical": same, "tuned_funcs": tuned.meta["schedules"]["tuned_funcs"],
+            "database": tuned.meta["schedules"]["database"]}
+
+
+def _plot(rows, curve, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    names = [r["model"] for r in rows]
+    for i, kind in enumerate(("default", "tuned")):
+        axes[0].bar(np.arange(len(rows)) + i * 0.4, [r["latency_ms"][kind] for r in rows], 0.4,
+                    label=kind)
+    axes[0].set_xticks(np.arange(len(rows)) + 0.2, names)
+    axes[0].set_ylabel("median latency (ms)")
+    axes[0].legend()
+    if curve:
+        axes[1].plot([c[0] for c in curve], [c[1] / 1e3 for c in curve])
+        axes[1].set_xlabel("trials")
+        axes[1].set_ylabel("estimated model latency (ms)")
+        axes[1].set_title("tuning curve")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["resnet20", "resnet18", "mobilenet_v2"])
+    ap.add_argument("--board", default="host")
+    ap.add_argument("--db", help="database directory (default: the board's shipped one)")
+    ap.add_argument("--curve", help="tune_report.json with the tuning curve to plot")
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("-o", "--output", default="out/bench_tuned.json")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [bench(m, args.board, args.db, args.rounds, Path(tmp)) for m in args.models]
+    curve = json.loads(Path(args.curve).read_text())["curve"] if args.curve else []
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"board": args.board, "rows": rows, "curve": curve}, indent=2))
+    _plot(rows, curve, out.with_suffix(".png"))
+    for r in rows:
+        print(f"{r['model']:<14} default {r['latency_ms']['default']:8.3f} ms  tuned "
+              f"{r['latency_ms']['tuned']:8.3f} ms  x{r['speedup']:.2f}  "
+              f"identical={r['outputs_identical']}  tuned kernels={len(r['tuned_funcs'])}")
+
+
+if __name__ == "__main__":
+    main()

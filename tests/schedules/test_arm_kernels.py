@@ -1,0 +1,105 @@
+"""aarch64 int8 kernels: sdot / NEON smull tensorization, cross-compiled; exact under qemu."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tvmq import qref
+from tvmq._tvm import cc
+from tvmq.boards import get_board
+from tvmq.schedules import kernels, strategy_for
+
+pytestmark = pytest.mark.build
+ROOT = Path(os.environ.get("TVMQ_BOARD_ROOT", Path.home() / ".cache/tvmq/boards/arm64"))
+CROSS = "aarch64-linux-gnu-gcc"
+
+
+def _rand(rng, shape, dtype):
+    lo, hi = qref.dtype_range(dtype)
+    return rng.integers(lo, hi + 1, shape).astype(dtype)
+
+
+@pytest.mark.parametrize("board,intrin,instr", [("rpi5", "tvmq_arm_sdot_4x4", "sdot"),
+                                                ("a55", "tvmq_arm_sdot_4x4", "sdot"),
+                                                ("rasp3b", "tvmq_arm_neon_4x4", "smull"),
+                                                ("rasp4b", "tvmq_arm_neon_4x4", "smull")])
+def test_board_picks_intrinsic_and_asm_has_it(rng, board, intrin, instr):
+    target = get_board(board).tvm_target()
+    assert strategy_for(target).intrin == intrin
+    w = _rand(rng, (8, 8, 3, 3), "int8")
+    lib, _, _ = kernels.build_conv_kernel((1, 8, 6, 6), w, "uint8", target, padding=(1,) * 4)
+    asm = lib.mod.inspect_source("asm")
+    assert instr in asm
+    if instr == "smull":
+        assert "sdot" not in asm  # A53/A72 have no dot product instructions
+
+
+def _cases(rng):
+    """(name, board, builder args, reference) of a small exactness sweep."""
+    out = []
+    for board in ("rpi5", "rasp3b"):
+        x, w = _rand(rng, (2, 13, 9, 9), "uint8"), _rand(rng, (20, 13, 3, 3), "int8")
+        out.append((f"{board}_conv", board, ("conv", x, w, dict(strides=(2, 2), padding=(1,) * 4)),
+                    qref.conv2d_int(x, w, strides=(2, 2), padding=(1,) * 4)))
+        x, w = _rand(rng, (1, 6, 7, 7), "int8"), _rand(rng, (9, 6, 1, 1), "int8")
+        out.append((f"{board}_conv1x1", board, ("conv", x, w, {}), qref.conv2d_int(x, w)))
+        x, w = _rand(rng, (1, 12, 8, 8), "uint8"), _rand(rng, (12, 1, 3, 3), "int8")
+        out.append((f"{board}_dw", board, ("dw", x, w, dict(padding=(1,) * 4)),
+                    qref.conv2d_int(x, w, padding=(1,) * 4, groups=12)))
+        x, w = _rand(rng, (5, 37), "uint8"), _rand(rng, (37, 11), "int8")
+        out.append((f"{board}_dense", board, ("dense", x, w, {}),
+                    x.astype(np.int64) @ w.astype(np.int64)))
+    return out
+
+
+def _export(work: Path, name, board, spec, ref):
+    kind, x, w, conv = spec
+    target = get_board(board).tvm_target()
+    if kind == "conv":
+        lib, wp, corr = kernels.build_conv_kernel(x.shape, w, str(x.dtype), target, **conv)
+    elif kind == "dw":
+        lib, wp, corr = kernels.build_depthwise_kernel(x.shape, w, str(x.dtype), target, **conv)
+    else:
+        lib, wp, corr = kernels.build_dense_kernel(x.shape[0], w, str(x.dtype), target)
+    lib.export_library(str(work / f"{name}.so"), fcompile=cc.cross_compiler(CROSS))
+    arrays = [x, wp] + ([corr] if corr is not None else []) + [np.zeros(ref.shape, "int32")]
+    np.savez(work / f"{name}.npz", *arrays)
+
+
+_RUNNER = '''
+import sys, numpy as np, tvm
+d = sys.argv[1]
+for name in sys.argv[2:]:
+    data = np.load(f"{d}/{name}.npz")
+    args = [tvm.runtime.tensor(data[f"arr_{i}"]) for i in range(len(data.files))]
+    tvm.runtime.load_module(f"{d}/{name}.so")["main"](*args)
+    np.save(f"{d}/{name}.out.npy", args[-1].numpy())
+'''
+
+
+@pytest.mark.board
+def test_kernels_exact_under_qemu(rng):
+    if not (ROOT / ".tvmq-ready").exists() or os.geteuid() != 0 or shutil.which(CROSS) is None:
+        pytest.skip("emulated aarch64 board not built (scripts/emulated-board.sh build)")
+    work = ROOT / "tmp" / f"tvmq-kernels-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        cases = _cases(rng)
+        for case in cases:
+            _export(work, *case)
+        (work / "run.py").write_text(_RUNNER)
+        inside = "/" + str(work.relative_to(ROOT))
+        proc = subprocess.run(["chroot", str(ROOT), "/opt/tvm-venv/bin/python",
+                               f"{inside}/run.py", inside, *[c[0] for c in cases]],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        for name, _, _, ref in cases:
+            got = np.load(work / f"{name}.out.npy")
+            assert np.array_equal(got, ref), f"{name}: max |diff| {np.abs(got - ref).max()}"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,138 @@
+"""BlockIntegerOps + ScheduleIntegerKernels on integer Relax graphs: structure and exactness.
+
+The reference is the same module built without tvmq's kernels (TVM's default legalization),
+and for the QDQ case onnxruntime itself.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import assert_well_formed
+from tvmq import qref
+from tvmq._tvm import relax, tensor, tvm
+from tvmq import schedules as S
+
+pytestmark = pytest.mark.build
+TARGET = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}
+
+
+def _graph(x_shape, in_dtype, w, *, dense=False, pad_value=None, **conv):
+    """``x -> [pad] -> conv2d/matmul(int32) -> requantize -> uint8``, like tvmq.passes emit."""
+    o = w.shape[1] if dense else w.shape[0]
+    m, n = qref.quantize_multiplier(np.linspace(3e-4, 9e-4, o))
+    cshape = (1, o) if dense else (1, o, 1, 1)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(x_shape, in_dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            data = x
+            if pad_value is not None:
+                data = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 1, 1, 1, 1], pad_value=pad_value))
+            if dense:
+                acc = bb.emit(relax.op.matmul(data, relax.const(w), out_dtype="int32"))
+            else:
+                acc = bb.emit(relax.op.nn.conv2d(data, relax.const(w), out_dtype="int32", **conv))
+            a64 = bb.emit(relax.op.astype(acc, "int64"))
+            prod = bb.emit(relax.op.multiply(a64, relax.const(m.reshape(cshape), "int64")))
+            y = bb.emit(relax.op.right_shift(prod, relax.const(n.reshape(cshape), "int64")))
+            out = bb.emit_output(relax.op.astype(relax.op.clip(y, 0, 255), "uint8"))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _lower(mod, ours: bool):
+    target = tvm.target.Target(TARGET)
+    seq = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+           relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    if ours:
+        seq = S.legalize_prelude(target) + seq + S.schedule_passes(target)
+    with target, tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential(seq)(mod)
+
+
+def _run(mod, x):
+    ex = tvm.compile(mod, tvm.target.Target(TARGET))
+    return relax.VirtualMachine(ex, tvm.cpu())["main"](tensor(x)).numpy()
+
+
+def _call_tir_callees(mod) -> list[str]:
+    names = []
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            if isinstance(b.value, relax.Call) and b.value.op.name == "relax.call_tir":
+                names.append(b.value.args[0].name_hint)
+    return names
+
+
+def test_conv_becomes_pack_plus_fused_kernel(rng):
+    w = rng.integers(-128, 128, (32, 16, 3, 3)).astype("int8")
+    mod = _graph((1, 16, 8, 8), "uint8", w, padding=1)
+    out = S.BlockIntegerOps(S.strategy_for(tvm.target.Target(TARGET)))(mod)
+    assert_well_formed(out)
+    assert _call_tir_callees(out) == ["tvmq_pack_act", "tvmq_kernel1"]
+    assert all("conv2d" not in str(b.value.op) for blk in out["main"].body.blocks
+               for b in blk.bindings if isinstance(b.value, relax.Call))
+    lowered = _lower(mod, True)
+    callees = _call_tir_callees(lowered)
+    assert len(callees) == 2 and callees[1].startswith("fused_tvmq_kernel1")  # requant fused
+    assert all(lowered[gv].attrs.get("tirx.is_scheduled") for gv in lowered.functions
+               if gv.name_hint != "main")
+
+
+def test_non_constant_weight_is_left_alone(rng):
+    x = relax.Var("x", relax.TensorType((1, 4, 5, 5), "uint8"))
+    w = relax.Var("w", relax.TensorType((8, 4, 1, 1), "int8"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.conv2d(x, w, out_dtype="int32"))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    out = S.BlockIntegerOps(S.strategy_for(tvm.target.Target(TARGET)))(mod)
+    tvm.ir.assert_structural_equal(out["main"], mod["main"])
+
+
+@pytest.mark.parametrize("x_shape,in_dtype,w_shape,conv,pad_value", [
+    ((1, 16, 10, 10), "uint8", (32, 16, 3, 3), dict(padding=1), None),
+    ((2, 5, 9, 9), "int8", (17, 5, 3, 3), dict(strides=2, padding=1), None),
+    ((1, 8, 7, 7), "uint8", (24, 8, 1, 1), {}, None),
+    ((1, 12, 8, 8), "uint8", (12, 1, 3, 3), dict(groups=12), 128.0),   # depthwise, zp pad
+    ((1, 16, 6, 6), "uint8", (16, 16, 3, 3), {}, 128.0),               # absorbed zp pad
+    ((1, 16, 6, 6), "int8", (8, 16, 3, 3), {}, -3.0),
+])
+def test_conv_graph_exact(rng, x_shape, in_dtype, w_shape, conv, pad_value):
+    w = rng.integers(-128, 128, w_shape).astype("int8")
+    mod = _graph(x_shape, in_dtype, w, pad_value=pad_value, **conv)
+    lo, hi = qref.dtype_range(in_dtype)
+    x = rng.integers(lo, hi + 1, x_shape).astype(in_dtype)
+    ours, ref = _lower(mod, True), _lower(mod, False)
+    assert "tvmq_kernel1" in " ".join(gv.name_hint for gv in ours.functions)
+    np.testing.assert_array_equal(_run(ours, x), _run(ref, x))
+
+
+def test_matmul_graph_exact(rng):
+    w = rng.integers(-128, 128, (50, 24)).astype("int8")
+    mod = _graph((3, 50), "int8", w, dense=True)
+    x = rng.integers(-128, 128, (3, 50)).astype("int8")
+    np.testing.assert_array_equal(_run(_lower(mod, True), x), _run(_lower(mod, False), x))
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_subbyte_packed_weight_runs_on_blocked_kernel(rng, bits):
+    from tvmq.passes.pack_sub_byte_weights import unpack_expr
+
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    w = rng.integers(lo, hi + 1, (20, 7, 3, 3)).astype("int8")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 7, 6, 6), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            wexpr = unpack_expr(bb.emit, qref.pack_subbyte(w, bits), bits, w.shape)
+            out = bb.emit_output(relax.op.nn.conv2d(x, wexpr, padding=1, out_dtype="int32"))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    xin = rng.integers(0, 256, (1, 7, 6, 6)).astype("uint8")
+    ours = _lower(mod, True)
+    assert "tvmq_kernel1" in " ".join(gv.name_hint for gv in ours.functions)
+    np.testing.assert_array_equal(_run(ours, xin), qref.conv2d_int(xin, w, padding=(1,) * 4))
