@@ -167,17 +167,18 @@ def fixed_point_multiply(emit: Emit, x64, multiplier, ndim: int, axis: int,
 
 
 def requantize(emit: Emit, acc, multiplier, zero_in, zero_out: int, lo: int, hi: int,
-               out_dtype: str, ndim: int, axis: int):
+               out_dtype: str, ndim: int, axis: int, float32_rounding: bool = False):
     """Integer ``clamp(R((acc - z_in) * M) + z_out, lo, hi)`` cast to ``out_dtype``.
 
-    ``M`` is rounded to float32 and ``R`` rounds as float32 would (``qref.requantize``).
+    ``M`` is rounded to float32; ``R`` rounds the exact product half to even, or, with
+    ``float32_rounding``, as onnxruntime's float32 product would (``qref.requantize``).
     """
     x = emit(relax.op.astype(acc, "int64"))
     zero_in = np.asarray(zero_in).reshape(-1)
     if np.any(zero_in != 0):
         x = emit(relax.op.subtract(x, per_channel_const(zero_in, ndim, axis, "int64")))
-    y = fixed_point_multiply(emit, x, qref.float32_multiplier(multiplier), ndim, axis,
-                             qref.float32_bits(out_dtype))
+    bits = qref.float32_bits(out_dtype) if float32_rounding else None
+    y = fixed_point_multiply(emit, x, qref.float32_multiplier(multiplier), ndim, axis, bits)
     if zero_out:
         y = emit(relax.op.add(y, c(zero_out, "int64")))
     y = emit(relax.op.minimum(emit(relax.op.maximum(y, c(lo, "int64"))), c(hi, "int64")))

@@ -21,59 +21,12 @@ import numpy as np
 import torch
 
 import tvmq
+from tvmq.onnx_tools import export_float, ort_quantize_static, requantize_weights
 
 
 def _export(name: str, workdir: Path):
     net, shape = tvmq.models.create(name).eval(), tvmq.models.input_shape(name)
-    fp32 = workdir / f"{name}.onnx"
-    torch.onnx.export(net, torch.randn(*shape), str(fp32), dynamo=False, opset_version=17,
-                      input_names=["x"])
-    return net, shape, fp32
-
-
-def _quantize(fp32: Path, shape, out: Path) -> Path:
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
-
-    rng = np.random.RandomState(0)
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"x": rng.randn(*shape).astype(np.float32)} for _ in range(4)])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    quantize_static(str(fp32), str(out), _Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8)
-    return out
-
-
-def _int4_weights(qdq: Path, out: Path) -> Path:
-    """Re-quantize int8 conv/dense weights to the int4 range (int8 container, new scales)."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(qdq))
-    inits = {i.name: i for i in model.graph.initializer}
-    for node in model.graph.node:
-        w = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
-        if w is None or w.data_type != onnx.TensorProto.INT8 or len(w.dims) not in (2, 4):
-            continue
-        q = numpy_helper.to_array(w).astype(np.float32)
-        s = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-        axis = [a.i for a in node.attribute if a.name == "axis"] or [1]
-        shp = [-1 if i == axis[0] % q.ndim else 1 for i in range(q.ndim)] if s.size > 1 else ()
-        real = q * s.reshape(shp)
-        red = tuple(i for i in range(q.ndim) if s.size == 1 or i != axis[0] % q.ndim)
-        s4 = np.maximum(np.abs(real).max(axis=red), 1e-12) / 7.0
-        q4 = np.clip(np.rint(real / s4.reshape(shp)), -8, 7).astype(np.int8)
-        w.CopyFrom(numpy_helper.from_array(q4, w.name))
-        inits[node.input[1]].CopyFrom(numpy_helper.from_array(
-            s4.astype(np.float32).reshape(s.shape), node.input[1]))
-    onnx.save(model, str(out))
-    return out
+    return net, shape, export_float(net, shape, workdir / f"{name}.onnx")
 
 
 def _size(art, workdir: Path, tag: str) -> int:
@@ -98,8 +51,8 @@ def bench_model(name: str, workdir: Path, repeats: int) -> dict:
 
     torch.set_num_threads(2)
     net, shape, fp32 = _export(name, workdir)
-    qdq = _quantize(fp32, shape, workdir / f"{name}_qdq.onnx")
-    int4 = _int4_weights(qdq, workdir / f"{name}_int4.onnx")
+    qdq = ort_quantize_static(fp32, workdir / f"{name}_qdq.onnx")
+    int4 = requantize_weights(qdq, workdir / f"{name}_int4.onnx", bits=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         arts = {tag: tvmq.compile(str(p)) for tag, p in

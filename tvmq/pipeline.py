@@ -32,6 +32,10 @@ class PipelineOptions:
     ----------
     integer : bool
         Run the integer-lowering phase (a no-op on float graphs).
+    match_onnxruntime : bool
+        Requantize with onnxruntime's float32 product rounding (bit-identical conv/dense
+        layers, slower: the longer chain does not fuse into the kernels); default rounds the
+        exact rational half to even (``tvmq.qref`` module docstring).
     dump_dir : path or None
         Write the IR after each phase there.
     database : path or None
@@ -42,6 +46,7 @@ class PipelineOptions:
     dump_dir: str | None = None
     database: str | None = None
     use_shipped_database: bool = True
+    match_onnxruntime: bool = False
     stats: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
@@ -64,9 +69,10 @@ def quantize_passes(board: Board, opts: PipelineOptions) -> list:
 
     if not opts.integer:
         return []
+    f32 = opts.match_onnxruntime
     return [P.LowerIntegerConv(), P.LowerIntegerAdd(), P.LowerIntegerConcat(),
-            P.LowerIntegerPool(), P.SinkDequantize(), P.IntegerRequantize(),
-            P.SinkDequantize(), P.IntegerRequantize(),
+            P.LowerIntegerPool(), P.SinkDequantize(), P.IntegerRequantize(f32),
+            P.SinkDequantize(), P.IntegerRequantize(f32),
             relax.transform.FoldConstant(), relax.transform.DeadCodeElimination(),
             P.PackSubByteWeights()]
 

@@ -15,7 +15,10 @@ scales float32 too (for conv: ``float32(float32(s_x * s_w) / s_y)``, the order o
 
     y = clamp(R(acc * m / 2**n) + z_out, lo, hi)
 
-where ``R`` is :func:`rounding_shift_f32`: it rounds the exact product to 24 significant bits
+where ``R`` is, by default, :func:`rounding_shift`: the exact rational rounded once, half to
+even (an elementwise shift/compare chain that fuses into the conv epilogue). With
+``float32_rounding=True`` (``PipelineOptions(match_onnxruntime=True)``), ``R`` is
+:func:`rounding_shift_f32`: it rounds the exact product to 24 significant bits
 (float32's rounding of ``float32(acc) * M``) and then to an integer, half to even both times.
 That is what onnxruntime (MLAS, ``MlasRequantizeOutput`` and the ConvSym kernels) computes:
 ``cvtps2dq(cvtdq2ps(acc) * M)``. It differs from rounding the exact rational once
@@ -170,10 +173,13 @@ def float32_multiplier(multiplier) -> np.ndarray:
 
 
 def requantize(acc, multiplier, zero_point_in=0, zero_point_out=0, dtype: str = "int8",
-               axis: int = 1, lo: int | None = None, hi: int | None = None) -> np.ndarray:
+               axis: int = 1, lo: int | None = None, hi: int | None = None,
+               float32_rounding: bool = False) -> np.ndarray:
     """Integer requantization ``clamp(R((acc - z_in) * M) + z_out)`` (module docstring).
 
-    ``multiplier`` is rounded to float32 here (the rule's ``M``).
+    ``multiplier`` is rounded to float32 here (the rule's ``M``); ``float32_rounding``
+    selects ``R = rounding_shift_f32`` (onnxruntime's float32 product) over the exact
+    ``rounding_shift``.
     """
     acc = np.asarray(acc, dtype=np.int64)
     m, n = quantize_multiplier(float32_multiplier(multiplier))
@@ -185,7 +191,8 @@ def requantize(acc, multiplier, zero_point_in=0, zero_point_out=0, dtype: str = 
     qmin, qmax = dtype_range(dtype)
     lo = qmin if lo is None else max(lo, qmin)
     hi = qmax if hi is None else min(hi, qmax)
-    y = fixed_point_multiply(acc - z_in, m, n, float32_bits(dtype)) + np.int64(zero_point_out)
+    bits = float32_bits(dtype) if float32_rounding else None
+    y = fixed_point_multiply(acc - z_in, m, n, bits) + np.int64(zero_point_out)
     return np.clip(y, lo, hi)
 
 

@@ -94,7 +94,8 @@ def _output_steps(model) -> dict[str, float]:
     return steps
 
 
-def verify(artifact_or_model, reference_onnx, inputs, board: str = "host") -> dict[str, Any]:
+def verify(artifact_or_model, reference_onnx, inputs, board: str = "host",
+           options=None) -> dict[str, Any]:
     """Compare a tvmq build with onnxruntime, per quantized layer.
 
     Parameters
@@ -106,6 +107,8 @@ def verify(artifact_or_model, reference_onnx, inputs, board: str = "host") -> di
         The model onnxruntime runs (usually the same QDQ/QOperator file).
     inputs : array, list of arrays or dict name -> array
         One input set.
+    options : PipelineOptions, optional
+        Compile options, e.g. ``PipelineOptions(match_onnxruntime=True)``.
     board : str
         Board to compile for when ``artifact_or_model`` is a model (must run here).
 
@@ -127,7 +130,7 @@ def verify(artifact_or_model, reference_onnx, inputs, board: str = "host") -> di
     else:
         names = [o.name for o in reference.graph.output] + _quantized_tensors(reference)
         model = _with_outputs(_load(artifact_or_model), names)
-        art = tvmq_compile(model, board=board)
+        art = tvmq_compile(model, board=board, options=options)
         ref = _ort_run(_with_outputs(reference, names), feeds)
     got = art.run([feeds[s["name"]] if s["name"] in feeds else list(feeds.values())[i]
                    for i, s in enumerate(art.input_specs)])

@@ -13,4 +13,5 @@ def schedule_dense(sch, intrin: str, **kw):
 
 
 def schedule_depthwise(sch, **kw):
-    return tiling.schedule_depthwise(sch, **{"vec": 16, **kw})
+    # a whole output row per vector loop: measured 1.9x faster than 16 lanes (56-wide rows)
+    return tiling.schedule_depthwise(sch, **{"vec": 64, **kw})
