@@ -15,9 +15,12 @@ from tvmq.schedules.schedule_integer_kernels import ScheduleIntegerKernels
 from tvmq.schedules.strategy import Strategy, strategy_for
 
 
-def legalize_prelude(target) -> list:
-    """Passes to put before ``LegalizeOps`` for ``target`` (a ``tvm.target.Target``)."""
-    return [BlockIntegerOps(strategy_for(target))]
+def legalize_prelude(target, unpack_subbyte: bool = True) -> list:
+    """Passes to put before ``LegalizeOps`` for ``target`` (a ``tvm.target.Target``).
+
+    ``unpack_subbyte=False`` leaves packed int4/int2 weights packed (see BlockIntegerOps).
+    """
+    return [BlockIntegerOps(strategy_for(target), unpack_subbyte=unpack_subbyte)]
 
 
 def schedule_passes(target) -> list:

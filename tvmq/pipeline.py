@@ -36,6 +36,10 @@ class PipelineOptions:
         Requantize with onnxruntime's float32 product rounding (bit-identical conv/dense
         layers, slower: the longer chain does not fuse into the kernels); default rounds the
         exact rational half to even (``tvmq.qref`` module docstring).
+    keep_subbyte_packed : bool
+        Keep int4/int2 weights packed 2/4 per byte in the artifact (smallest artifact; those
+        layers then run on generic, unscheduled kernels). Default: decode them to int8 at
+        compile time so they run on the fast int8 kernels (artifact as large as int8).
     dump_dir : path or None
         Write the IR after each phase there.
     database : path or None
@@ -47,6 +51,7 @@ class PipelineOptions:
     database: str | None = None
     use_shipped_database: bool = True
     match_onnxruntime: bool = False
+    keep_subbyte_packed: bool = False
     stats: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
@@ -84,7 +89,9 @@ def legalize_passes(board: Board, opts: PipelineOptions) -> list:
     # tvmq.schedules: integer conv/matmul -> the board's blocked kernels (weights packed now)
     from tvmq import schedules
 
-    return [*schedules.legalize_prelude(board.tvm_target()), relax.transform.LegalizeOps(),
+    prelude = schedules.legalize_prelude(board.tvm_target(),
+                                         unpack_subbyte=not opts.keep_subbyte_packed)
+    return [*prelude, relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(), *fold,
             relax.transform.FuseOps(), relax.transform.FuseTIR()]
 
