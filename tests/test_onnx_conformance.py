@@ -26,10 +26,7 @@ SKIP = {
 }
 
 # Known failures, with the reason (kept visible as xfail, not hidden).
-XFAIL = {
-    "test_qlinearmatmul_2D_uint8_float16": "float16 scales: the ONNX reference multiplies the "
-    "scales in float16; tvmq forms s_a*s_b in float32, one element lands one step apart",
-    "test_qlinearmatmul_3D_uint8_float16": "same as test_qlinearmatmul_2D_uint8_float16",
+XFAIL: dict[str, str] = {
 }
 
 

@@ -105,10 +105,24 @@ def _per_axis(g, scale_name) -> bool:
     return v is not None and v.size > 1
 
 
+def _float16_matmul_scales(g, i: list) -> list:
+    """QLinearMatMul with float16 scales: ONNX forms ``M = s_a * s_b / s_y`` in float16
+    arithmetic. Fold that exact float16 ``M`` into the weight scale (``s_a = s_y = 1``) so the
+    integer requantization uses the same multiplier (exact in float32)."""
+    sa, sb, sy = (g.value(i[k]) for k in (1, 4, 6))
+    if any(v is None or v.dtype != np.float16 for v in (sa, sb, sy)):
+        return i
+    m16 = (sa.astype(np.float16) * sb.astype(np.float16)) / sy.astype(np.float16)
+    one = g.const(np.float32(1.0), "one")
+    return [i[0], one, i[2], i[3], g.const(m16.astype(np.float32), "m16"), i[5], one, i[7]]
+
+
 def _qoperator_to_qdq(g, node) -> list | None:
     i, name, op = list(node.input), node.name or node.op_type, node.op_type
     a = _attrs(node)
     nodes = []
+    if op == "QLinearMatMul":
+        i = _float16_matmul_scales(g, i)
     if op in ("QLinearConv", "QLinearMatMul", "QGemm"):
         wi = 3
         x_dq, x = _dq(g, i[0], i[1], i[2], name)

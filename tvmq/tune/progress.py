@@ -25,7 +25,9 @@ class TuneProgress(ms.measure_callback.PyMeasureCallback):
         self.trials = offset
         self.curve: list[tuple[int, float]] = []
         self.deadline = deadline
-        self.bar = tqdm(total=total, initial=offset, desc="tune", unit="trial", disable=not show)
+        # A time budget without a trial count has no meaningful total: count up instead.
+        self.bar = tqdm(total=total if total < 1_000_000 else None, initial=offset, desc="tune",
+                        unit="trial", disable=not show)
 
     def estimated_us(self) -> float | None:
         known = [w * b for w, b in zip(self.weights, self.best_us) if b is not None]
