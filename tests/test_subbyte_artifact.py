@@ -1,0 +1,53 @@
+"""int4 weights stay packed in the artifact with ``keep_subbyte_packed`` (and run exactly)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import tvmq
+from tvmq.onnx_tools import export_float, ort_quantize_static, requantize_weights
+
+pytestmark = pytest.mark.build
+
+
+class _Wide(torch.nn.Module):
+    """Weight-dominated: 512x512 int8 weights (256 KiB) dwarf the generated code."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(512, 512)
+        self.fc2 = torch.nn.Linear(512, 16)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wide")
+    torch.manual_seed(0)
+    fp32 = export_float(_Wide(), (1, 512), tmp / "w.onnx")
+    int8 = ort_quantize_static(fp32, tmp / "w8.onnx")
+    return int8, requantize_weights(int8, tmp / "w4.onnx", bits=4)
+
+
+def test_packed_int4_artifact_is_smaller(models, tmp_path):
+    int8, int4 = models
+    packed = tvmq.PipelineOptions(keep_subbyte_packed=True)
+    a8 = tvmq.compile(int8).save(tmp_path / "a8")
+    a4 = tvmq.compile(int4, options=packed).save(tmp_path / "a4")
+    size8, size4 = ((p / "lib.so").stat().st_size for p in (a8, a4))
+    saved = size8 - size4
+    # 512*512 + 512*16 weights: packing two per byte saves ~135 KB, minus the unpack code
+    # (measured: 110 KB saved, 350 KB -> 240 KB)
+    ideal = (512 * 512 + 512 * 16) / 2
+    assert saved > 0.7 * ideal, f"int8 {size8} B, int4 packed {size4} B, saved {saved} B"
+
+
+def test_packed_and_decoded_int4_agree(models):
+    _, int4 = models
+    x = np.random.default_rng(0).standard_normal((1, 512)).astype(np.float32)
+    fast = tvmq.compile(int4).run(x)[0]
+    packed = tvmq.compile(int4, options=tvmq.PipelineOptions(keep_subbyte_packed=True)).run(x)[0]
+    np.testing.assert_array_equal(fast, packed)
