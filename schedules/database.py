@@ -65,8 +65,10 @@ def open_database(path: str | Path, target: dict[str, Any], tvm_version: str,
                   create: bool = False):
     """Open the JSON database at ``path`` if it fits ``target``; warn and return None if not."""
     from tvmq._tvm import meta_schedule
+    from tvmq.schedules.tune import builder_initializer
 
     ms = meta_schedule()
+    builder_initializer()  # records' traces name tvmq's tensor intrinsics: register them first
     path = Path(path)
     if create and not (path / WORKLOAD_FILE).exists():
         path.mkdir(parents=True, exist_ok=True)

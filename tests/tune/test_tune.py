@@ -94,3 +94,13 @@ def test_tune_resume_and_apply(tmp_path):
     with torch.no_grad():
         ref = model(x).numpy()
     np.testing.assert_allclose(art.run(x.numpy())[0], ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.tuning
+def test_time_budget_stops_cleanly(tmp_path):
+    """A tiny time budget ends the run after the first measured batch, without error, and
+    what was measured is kept."""
+    model, x = _Dense().eval(), torch.randn(1, 64)
+    report = tvmq.tune.tune(model, "host", example_inputs=x, trials=1000, db=tmp_path / "db",
+                            trials_per_iter=2, time_budget_min=0.001, progress=False)
+    assert 0 < report.trials_run < 1000

@@ -10,7 +10,7 @@ def cmd_tune(args) -> int:
     trials = args.trials or (1_000_000 if args.time_budget else 64)
     report = tune(args.model, args.board, trials=trials, time_budget_min=args.time_budget,
                   db=args.db, device=args.device, trials_per_iter=args.trials_per_iter,
-                  progress=not args.quiet)
+                  progress=not args.quiet, max_tasks=args.tasks)
     est = report.estimated_ms
     print(f"tuned {len(report.tasks)} task(s): {report.trials_run} new trial(s), "
           f"{report.trials_before + report.trials_run} in {report.db}; "
@@ -18,7 +18,8 @@ def cmd_tune(args) -> int:
           f"tuned {len(report.tasks)} task(s): no successful measurement yet")
     for task in report.tasks:
         best = f"{task['best_us']:.1f} us" if task["best_us"] is not None else "-"
-        print(f"  {task['name']:<40} x{task['weight']:<3} {task['records']:>5} records  {best}")
+        name = task["name"] if len(task["name"]) <= 48 else task["name"][:45] + "..."
+        print(f"  {name:<48} x{task['weight']:<3} {task['records']:>5} records  {best}")
     if args.export_db:
         print(f"exported to {export_database(args.db, args.board)}")
     if args.json:
@@ -38,6 +39,7 @@ def add_parsers(sub) -> None:
     budget.add_argument("--time-budget", type=float, metavar="MIN", help="stop after MIN minutes")
     p.add_argument("--db", default="tune-db", help="database directory (resumable)")
     p.add_argument("--trials-per-iter", type=int, default=16)
+    p.add_argument("--tasks", type=int, metavar="N", help="tune only the N heaviest tasks")
     p.add_argument("--export-db", action="store_true",
                    help="copy the database into the package's schedules/<board>/")
     p.add_argument("--json", action="store_true")

@@ -49,8 +49,9 @@ class TuneProgress(ms.measure_callback.PyMeasureCallback):
                                  f"model~{(est or 0) / 1e3:.3f}ms")
         self.bar.update(len(runner_results))
         if self.deadline is not None and time.monotonic() > self.deadline:
-            for i in range(len(self.names)):
-                task_scheduler.terminate_task(i)
+            for i, record in enumerate(task_scheduler.tasks_):
+                if not record.is_terminated:
+                    task_scheduler.terminate_task(i)
 
     def close(self) -> None:
         self.bar.close()

@@ -49,7 +49,7 @@ class TuneReport:
         return {**dataclasses.asdict(self), "estimated_ms": self.estimated_ms}
 
 
-def _tasks(model, board: Board, example_inputs, input_shapes):
+def _tasks(model, board: Board, example_inputs, input_shapes, max_tasks: int | None = None):
     ms = meta_schedule()
     if isinstance(model, (str, Path)) and (Path(model) / "meta.json").is_file():
         model = _artifact_source(Path(model))
@@ -57,7 +57,7 @@ def _tasks(model, board: Board, example_inputs, input_shapes):
     mod = run_phases(imported.bind_params(), board, PipelineOptions(), until="legalize")
     tasks = ms.relax_integration.extract_tasks(mod, board.tvm_target())
     tasks = [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled")]
-    return _worth_tuning(tasks)
+    return _worth_tuning(tasks)[:max_tasks]
 
 
 def _worth_tuning(tasks, min_share: float = 0.005):
@@ -196,7 +196,8 @@ def _cost_model(db_dir: Path):
 def tune(model, board: str | Board = "host", *, example_inputs=None, input_shapes=None,
          trials: int = 64, time_budget_min: float | None = None, db: str | Path = "tune-db",
          device: str | None = None, trials_per_iter: int = 16, number: int = 3,
-         repeat: int = 3, progress: bool = True, seed: int = 0) -> TuneReport:
+         repeat: int = 3, progress: bool = True, seed: int = 0,
+         max_tasks: int | None = None) -> TuneReport:
     """Tune ``model``'s tasks for ``board``; records accumulate in the database ``db``.
 
     Parameters
@@ -211,6 +212,8 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
         Database directory (MetaSchedule JSON files + meta.json + cost model).
     device : str, optional
         ``rpc://HOST:PORT/KEY`` to measure on a board through a tracker; default local.
+    max_tasks : int, optional
+        Tune only the ``max_tasks`` tasks with the most (weighted) FLOPs.
     """
     ms = meta_schedule()
     board = get_board(board)
@@ -222,7 +225,7 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
         raise TvmqError(f"{db_dir} holds a database for another TVM version or target",
                         "pass a new --db directory")
     dbmod.write_meta(db_dir, board.target, TVM_VERSION, board.name)
-    tasks = _tasks(model, board, example_inputs, input_shapes)
+    tasks = _tasks(model, board, example_inputs, input_shapes, max_tasks)
     existing = _existing(database, tasks)
     before = sum(n for n, _ in existing)
     remaining = max(trials - before, 0)
