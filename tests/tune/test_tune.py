@@ -89,7 +89,10 @@ def test_tune_resume_and_apply(tmp_path):
     assert (db / "cost_model.tar").is_file()
     report = json.loads((db / "tune_report.json").read_text())
     assert report["board"] == "host"
-    art = tvmq.compile(model, x, options=tvmq.PipelineOptions(database=str(db)))
+    shipped = tvmq.tune.export_database(db, "host", dest=tmp_path / "shipped")
+    assert len((shipped / "database_workload.json").read_text().splitlines()) <= \
+        len((db / "database_workload.json").read_text().splitlines())
+    art = tvmq.compile(model, x, options=tvmq.PipelineOptions(database=str(shipped)))
     assert art.meta["schedules"]["tuned_funcs"], art.meta["schedules"]
     with torch.no_grad():
         ref = model(x).numpy()

@@ -7,6 +7,7 @@ XGBModel scores randomly until it has ``num_warmup_samples`` measurements).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -234,9 +235,10 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
     weights = [float(t.weight) for t in tasks]
     cb = None
     if remaining > 0:
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            tasks, str(db_dir / "logs"), space=_space(board), seed=seed, num_threads=board.cores
-            if not board.is_cross else 1)
+        with _unnamed_log_handlers_detached():
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                tasks, str(db_dir / "logs"), space=_space(board), seed=seed,
+                num_threads=board.cores if not board.is_cross else 1)
         deadline = t0 + time_budget_min * 60 if time_budget_min else None
         cb = TuneProgress(names, weights, before + remaining, deadline, progress, before)
         cb.best_us = [b for _, b in existing]
@@ -260,6 +262,24 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
     return report
 
 
+@contextlib.contextmanager
+def _unnamed_log_handlers_detached():
+    """MetaSchedule rebuilds its logging config (``dictConfig``) from the *names* of its
+    logger's handlers and fails on an unnamed one (pytest's capture handler, an app's):
+    detach those while it does, then put them back."""
+    import logging
+
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    foreign = [h for h in logger.handlers if h.get_name() is None]
+    for handler in foreign:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in foreign:
+            logger.addHandler(handler)
+
+
 def _save_cost_model(model, fileobj) -> None:
     import tempfile
 
@@ -278,11 +298,23 @@ def export_database(db: str | Path, board: str | Board, dest: str | Path | None 
         raise TvmqError(f"cannot export {src}: {reason}", "tune for this board first")
     dest = Path(dest) if dest else dbmod.shipped_dir(board.name)
     dest.mkdir(parents=True, exist_ok=True)
-    for name in (dbmod.WORKLOAD_FILE, dbmod.RECORD_FILE, dbmod.META_FILE):
-        tmp = dest / f".{name}.tmp"
-        shutil.copyfile(src / name, tmp)
-        tmp.replace(dest / name)
+    workloads, records = _pruned(src)
+    for name, lines in ((dbmod.WORKLOAD_FILE, workloads), (dbmod.RECORD_FILE, records)):
+        atomic_write(dest / name, lambda f, lines=lines: f.write("".join(
+            line + "\n" for line in lines).encode()))
+    shutil.copyfile(src / dbmod.META_FILE, dest / dbmod.META_FILE)
     return dest
+
+
+def _pruned(src: Path) -> tuple[list[str], list[str]]:
+    """Workloads that have records (re-indexed) and the records: what is worth shipping."""
+    workloads = (src / dbmod.WORKLOAD_FILE).read_text().splitlines()
+    records = [json.loads(line) for line in
+               (src / dbmod.RECORD_FILE).read_text().splitlines() if line.strip()]
+    used = sorted({rec[0] for rec in records})
+    index = {old: new for new, old in enumerate(used)}
+    return ([workloads[i] for i in used],
+            [json.dumps([index[rec[0]], rec[1]]) for rec in records])
 
 
 from tvmq.tune.progress import TuneProgress  # noqa: E402  (after meta_schedule import)
