@@ -83,8 +83,9 @@ def main(args) -> int:
                f"tvm_{PRESET}_integer": _latency_ms(q.run, x1)}
     sizes = {"tvm_fp32": fp32.meta["sizes"]["lib_bytes"],
              f"tvm_{PRESET}_integer": q.meta["sizes"]["lib_bytes"]}
-    integer = [f"{l['op']}:{l.get('precision')}" for l in q.meta["layers"]
-               if l["op"] in ("conv2d", "matmul", "dense")]
+    integer = [f"{l['op']}:{l.get('precision')}" + (f"/w{l['weight_bits']}"
+                                                      if l.get("weight_bits") else "")
+               for l in q.meta["layers"] if l["op"] in ("conv2d", "matmul", "dense")]
     report = {"model": "digits_cnn", "preset": PRESET, "epochs": args.epochs,
               "accuracy_percent": acc, "latency_ms_median_batch1": lat, "artifact_bytes": sizes,
               "integer_layers": integer}
