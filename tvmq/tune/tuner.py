@@ -175,7 +175,8 @@ def _server_keys(info) -> list[str]:
 
 
 def _space(board: Board):
-    """tvmq's space: its default kernels with sampled tiles, plus TVM's rules with tvmq's
+    """tvmq's space: its default kernel schedules (tiles fixed: sampling them breaks trace
+    replay in 0.27, see ``schedules/tune.py``), plus TVM's rules with tvmq's
     tensor intrinsics (``tvmq.schedules.tune``)."""
     from tvmq.schedules.tune import tune_space
 
