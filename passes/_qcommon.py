@@ -194,6 +194,12 @@ def to_common_scale(emit: Emit, q, p: QParams, s_acc: float):
     return emit(relax.op.astype(y, "int32"))
 
 
+def to_common_scale_all(emit: Emit, params) -> tuple[list, float]:
+    """Every add/concat input at the shared accumulator scale (``qref.common_scale``)."""
+    s_acc = qref.common_scale([p.scale[0] for p in params])
+    return [to_common_scale(emit, p.data, p, s_acc) for p in params], s_acc
+
+
 def int_dequantize(acc, scale, ndim: int, axis: int):
     """``dequantize(acc_int32, scale, 0)``: the hand-off to :class:`IntegerRequantize`."""
     scale = np.asarray(scale, np.float32).reshape(-1)

@@ -12,7 +12,6 @@ Preconditions: constant per-tensor quantization parameters. Position: quantize p
 """
 from __future__ import annotations
 
-from tvmq import qref
 from tvmq._tvm import Constant, relax, tvm
 from tvmq.passes import _qcommon as q
 
@@ -47,8 +46,7 @@ class _Lower(relax.PyExprMutator):
         params = quantized_inputs(self, call.args)
         if params is None:
             return call
-        s_acc = qref.common_scale([p.scale[0] for p in params])
-        a, b = (q.to_common_scale(self.builder_.emit, p.data, p, s_acc) for p in params)
+        (a, b), s_acc = q.to_common_scale_all(self.builder_.emit, params)
         acc = self.builder_.emit(relax.op.add(a, b))
         return q.int_dequantize(acc, s_acc, len(q.shape_of(call)), 0)
 

@@ -12,7 +12,6 @@ Preconditions: constant per-tensor parameters. Position: quantize phase, before
 """
 from __future__ import annotations
 
-from tvmq import qref
 from tvmq._tvm import relax, tvm
 from tvmq.passes import _qcommon as q
 from tvmq.passes.lower_integer_add import quantized_inputs
@@ -47,8 +46,7 @@ class _Lower(relax.PyExprMutator):
             cat = self.builder_.emit(relax.op.concat([p.data for p in params], axis))
             return relax.op.dequantize(cat, q.c(first.scale[0], "float32"),
                                        q.c(first.zero[0], q.dtype_of(first.data)), axis=0)
-        s_acc = qref.common_scale([p.scale[0] for p in params])
-        parts = [q.to_common_scale(self.builder_.emit, p.data, p, s_acc) for p in params]
+        parts, s_acc = q.to_common_scale_all(self.builder_.emit, params)
         cat = self.builder_.emit(relax.op.concat(parts, axis))
         return q.int_dequantize(cat, s_acc, len(q.shape_of(call)), 0)
 

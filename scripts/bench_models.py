@@ -24,31 +24,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see scripts/bench_kernels
 
 
 def qdq_model(name: str, tmp: Path) -> tuple[Path, object, tuple]:
-    import torch
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
-
     from tvmq import models
+    from tvmq.onnx_tools import export_float, ort_quantize_static
 
     net, shape = models.create(name), models.input_shape(name)
-    fp32 = tmp / f"{name}.fp32.onnx"
-    torch.onnx.export(net, (torch.randn(*shape),), str(fp32), input_names=["x"],
-                      output_names=["y"], opset_version=17, dynamo=False)
-    rng = np.random.default_rng(0)
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"x": rng.standard_normal(shape).astype(np.float32)}
-                               for _ in range(4)])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    qdq = tmp / f"{name}.qdq.onnx"
-    quantize_static(str(fp32), str(qdq), _Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    per_channel=True)
-    return qdq, net, shape
+    fp32 = export_float(net, shape, tmp / f"{name}.fp32.onnx")
+    return ort_quantize_static(fp32, tmp / f"{name}.qdq.onnx"), net, shape
 
 
 def _timed(fn, inner: int) -> float:

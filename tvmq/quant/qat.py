@@ -1,12 +1,11 @@
 """A QAT training loop: calibrate activation ranges, train, freeze BN on schedule."""
 from __future__ import annotations
 
-import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from tvmq.data import Dataset
 from tvmq.quant.api import calibrate, freeze_bn, quantizers
+from tvmq.train import sgd_loop
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -32,18 +31,10 @@ def fit(model: nn.Module, data: Dataset, epochs: int = 10, lr: float = 5e-3,
         cfg = getattr(model, "tvmq_qat_config", None)
         freeze_bn_after = getattr(cfg, "freeze_bn_after", None)
     calibrate(model, data, max_batches=calibration_batches, progress=False)
-    torch.manual_seed(seed)
-    opt = torch.optim.SGD(_param_groups(model, weight_decay), lr=lr, momentum=0.9)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
-    loss_fn = nn.CrossEntropyLoss()
-    loader = data.loader(batch_size, shuffle=True, seed=seed)
-    for epoch in tqdm(range(epochs), desc="qat", disable=not progress, leave=False):
+
+    def _freeze(epoch: int) -> None:
         if freeze_bn_after is not None and epoch >= freeze_bn_after:
             freeze_bn(model)
-        model.train()
-        for xb, yb in loader:
-            opt.zero_grad()
-            loss_fn(model(xb), yb).backward()
-            opt.step()
-        sched.step()
-    return model.eval()
+
+    return sgd_loop(model, data, _param_groups(model, weight_decay), epochs, lr, batch_size,
+                    seed, progress, desc="qat", before_epoch=_freeze)
