@@ -15,12 +15,12 @@ from tvmq.schedules.schedule_integer_kernels import ScheduleIntegerKernels
 from tvmq.schedules.strategy import Strategy, strategy_for
 
 
-def legalize_prelude(target, unpack_subbyte: bool = True) -> list:
+def legalize_prelude(target, subbyte_in_kernel: bool = True) -> list:
     """Passes to put before ``LegalizeOps`` for ``target`` (a ``tvm.target.Target``).
 
-    ``unpack_subbyte=False`` leaves packed int4/int2 weights packed (see BlockIntegerOps).
+    ``subbyte_in_kernel=False`` stores int4/int2 weights as int8 (see BlockIntegerOps).
     """
-    return [BlockIntegerOps(strategy_for(target), unpack_subbyte=unpack_subbyte)]
+    return [BlockIntegerOps(strategy_for(target), subbyte_in_kernel=subbyte_in_kernel)]
 
 
 def schedule_passes(target) -> list:

@@ -39,7 +39,7 @@ def _const(mut, expr) -> np.ndarray | None:
 
 
 def _subbyte_weight(mut, expr, depth: int = 0):
-    """int8 values of a weight that ``PackSubByteWeights`` stored packed, else None.
+    """``(int8 values, bits)`` of a weight that ``PackSubByteWeights`` stored packed, else None.
 
     Follows the unpacking chain (``reshape(sub(xor(astype(...)), 2**(b-1)))``) down to its
     uint8 constant and decodes it with :func:`tvmq.qref.unpack_subbyte`; the result is
@@ -70,7 +70,7 @@ def _subbyte_weight(mut, expr, depth: int = 0):
         if c.dtype == np.uint8 and c.size * (8 // bits) >= size > (c.size - 1) * (8 // bits):
             w = qref.unpack_subbyte(c, bits, size, signed=True).reshape(shape).astype(np.int8)
             if np.array_equal(qref.pack_subbyte(w, bits), c.reshape(-1)):
-                return w
+                return w, bits
     return None
 
 
@@ -105,10 +105,10 @@ def _kernel_func(args, out, name: str):
 
 @relax.expr_functor.mutator
 class _Mutator(relax.PyExprMutator):
-    def __init__(self, mod, st: Strategy, unpack_subbyte: bool):
+    def __init__(self, mod, st: Strategy, subbyte_in_kernel: bool):
         super().__init__(mod)
         self.st = st
-        self.unpack_subbyte = unpack_subbyte
+        self.subbyte_in_kernel = subbyte_in_kernel
         self.count = 0
 
     def visit_call_(self, call):
@@ -125,11 +125,20 @@ class _Mutator(relax.PyExprMutator):
 
     # -- helpers --------------------------------------------------------------------------
     def _weight(self, expr):
+        """``(int8 weight values, bits to store them at)``, or ``(None, 8)``."""
         w = _const(self, expr)
-        if w is None and self.unpack_subbyte and struct_dtype(expr) == "int8":
-            # sub-byte weights: decoded now, stored as blocked int8 (see BlockIntegerOps)
-            w = _subbyte_weight(self, expr)
-        return w
+        if w is not None or struct_dtype(expr) != "int8":
+            return w, 8
+        found = _subbyte_weight(self, expr)
+        if found is None:
+            return None, 8
+        w, bits = found
+        return w, (bits if self.subbyte_in_kernel else 8)
+
+    def _weight_args(self, wp_np, bits):
+        """(placeholder, int8 tensor the kernel reads, Relax constant) of blocked weights."""
+        stored, arg, wt = B.weight_operand(wp_np, self.st.ob, bits)
+        return arg, wt, relax.const(stored, "int8")
 
     def _call_kernel(self, func, args, out_shape, out_dtype="int32"):
         self.count += 1
@@ -147,7 +156,7 @@ class _Mutator(relax.PyExprMutator):
                 or str(a.kernel_layout) != "OIHW" or str(a.out_layout) not in ("NCHW", ""):
             return None
         in_dtype = struct_dtype(x)
-        w = self._weight(w_expr)
+        w, bits = self._weight(w_expr)
         if in_dtype not in _INT_ACT or w is None or w.dtype != np.int8:
             return None
         n, c, h, wd = struct_shape(x)
@@ -158,24 +167,24 @@ class _Mutator(relax.PyExprMutator):
         out_shape = struct_shape(call)
         groups = int(a.groups)
         if groups == 1:
-            return self._dense_conv(x, w, in_dtype, (n, c, h, wd), strides, pads, dil, out_shape)
-        if groups == c == w.shape[0] and w.shape[1] == 1:
+            return self._dense_conv(x, w, in_dtype, (n, c, h, wd), strides, pads, dil,
+                                    out_shape, bits)
+        if groups == c == w.shape[0] and w.shape[1] == 1:  # tiny weights: stored as int8
             return self._depthwise(x, w, in_dtype, (n, c, h, wd), strides, pads, dil, out_shape)
         return None
 
-    def _dense_conv(self, x, w, in_dtype, x_shape, strides, pads, dil, out_shape):
+    def _dense_conv(self, x, w, in_dtype, x_shape, strides, pads, dil, out_shape, bits):
         st = self.st
         xp = self._emit_pack(B.pack_activation, x, st.ib, pads, st.act_dtype, self.pad_value,
                              name="tvmq_pack_act")
-        wp_np = B.pack_weight(w, st.ob, st.ib)
+        wp_arg, wp_t, wp_const = self._weight_args(B.pack_weight(w, st.ob, st.ib), bits)
         corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
         xp_t = te.placeholder(B.i64(struct_shape(xp)), st.act_dtype, "xp")
-        wp_t = te.placeholder(B.i64(wp_np.shape), "int8", "w_packed")
         corr_t = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
         acc = B.conv2d_blocked(xp_t, wp_t, strides, dil, out_shape[2:])
         out = B.unpack_nchw(acc, out_shape[1], corr_t)
-        args = [xp_t, wp_t] + ([corr_t] if corr_t is not None else [])
-        rargs = [xp, relax.const(wp_np, "int8")] + (
+        args = [xp_t, wp_arg] + ([corr_t] if corr_t is not None else [])
+        rargs = [xp, wp_const] + (
             [relax.const(corr_np, "int32")] if corr_np is not None else [])
         return self._call_kernel(_kernel_func(args, out, "tvmq_conv"), rargs, out_shape)
 
@@ -196,38 +205,39 @@ class _Mutator(relax.PyExprMutator):
         x, w_expr = call.args
         if str(call.attrs.out_dtype) != "int32" or struct_dtype(x) not in _INT_ACT:
             return None
-        w = self._weight(w_expr)
+        w, bits = self._weight(w_expr)
         if w is None or w.dtype != np.int8 or w.ndim != 2 or len(struct_shape(x)) != 2:
             return None
         st, in_dtype = self.st, struct_dtype(x)
         xp = self._emit_pack(B.pack_rows, x, st.ib, st.act_dtype, name="tvmq_pack_rows")
-        wp_np = B.pack_dense_weight(w, st.ob, st.ib)
+        wp_arg, wp_t, wp_const = self._weight_args(B.pack_dense_weight(w, st.ob, st.ib), bits)
         corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype), out_axis=1)
         xp_t = te.placeholder(B.i64(struct_shape(xp)), st.act_dtype, "xp")
-        wp_t = te.placeholder(B.i64(wp_np.shape), "int8", "w_packed")
         corr_t = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
         out = B.unpack_rows(B.dense_blocked(xp_t, wp_t), w.shape[1], corr_t)
-        args = [xp_t, wp_t] + ([corr_t] if corr_t is not None else [])
-        rargs = [xp, relax.const(wp_np, "int8")] + (
+        args = [xp_t, wp_arg] + ([corr_t] if corr_t is not None else [])
+        rargs = [xp, wp_const] + (
             [relax.const(corr_np, "int32")] if corr_np is not None else [])
         return self._call_kernel(_kernel_func(args, out, "tvmq_dense"), rargs,
                                  struct_shape(call))
 
 
-def BlockIntegerOps(strategy: Strategy, unpack_subbyte: bool = True) -> tvm.transform.Pass:  # noqa: N802
+def BlockIntegerOps(strategy: Strategy, subbyte_in_kernel: bool = True) -> tvm.transform.Pass:  # noqa: N802
     """The pass for ``strategy`` (see the module docstring); identity when it is None.
 
-    ``unpack_subbyte``: weights packed by ``PackSubByteWeights`` (int4/int2 in uint8) are
-    decoded at compile time and stored as blocked int8, so they run on the fast kernels; the
-    artifact then holds them at 8 bits. With False they keep their packing and their conv
-    runs on TVM's default (unscheduled) lowering.
+    Weights packed by ``PackSubByteWeights`` (int4/int2 in uint8) are re-packed into the
+    blocked layout *at their width* (``per = 8 // bits`` values a byte,
+    :func:`tvmq.schedules.blocked.pack_subbyte_blocked`) and decoded inside the conv/dense
+    kernel, per register tile (``subbyte_in_kernel=True``, default): the artifact holds
+    them packed and they run as fast as int8. ``subbyte_in_kernel=False`` stores them as
+    blocked int8 instead (for comparison). Depthwise weights are always stored as int8.
     """
 
     @tvm.transform.module_pass(opt_level=0, name="tvmq.BlockIntegerOps")
     def _pass(mod, _ctx):
         if strategy is None:
             return mod
-        mut = _Mutator(mod, strategy, unpack_subbyte)
+        mut = _Mutator(mod, strategy, subbyte_in_kernel)
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
                 mut.builder_.update_func(gv, mut.visit_expr(func))

@@ -25,6 +25,7 @@ BLOCK_DENSE = "tvmq_dense_blocked"
 BLOCK_UNPACK = "tvmq_unpack"
 BLOCK_DWCONV = "tvmq_dwconv"
 BLOCK_PAD = "tvmq_pad"
+BLOCK_DECODE_W = "tvmq_decode_w"
 
 
 def i64(shape) -> list:
@@ -80,6 +81,44 @@ def conv2d_blocked(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, acc=
             xp[b, cb, y * sh + kh * dh, x_ * sw + kw * dw, ci].astype(acc)
             * wp[o, cb, kh, kw, oi, ci].astype(acc), axis=[cb, kh, kw, ci]),
         name=BLOCK_CONV)
+
+
+def decode_subbyte_weight(wq: te.Tensor, bits: int, ob: int):
+    """Blocked weights stored ``bits`` wide (see :func:`pack_subbyte_blocked`) -> int8.
+
+    ``wq`` is ``[..., ob/per, ib]`` int8 with ``per = 8 // bits`` values a byte; the result is
+    the ``[..., ob, ib]`` tensor the dot-product kernels read (block ``BLOCK_DECODE_W``).
+    Value ``oi`` sits in byte ``oi % g`` (``g = ob / per``) at bit ``bits * (oi // g)``;
+    it is sign-extended by shifting it to the top of the byte and arithmetically back.
+    The schedules compute this block per register tile, inside the reduction loop
+    (:func:`tvmq.schedules.tiling.schedule_decode`), so the int8 weights never exist whole.
+    """
+    *lead, g, ib = (int(d) for d in wq.shape)
+    if ob % (8 // bits) or g != ob // (8 // bits):
+        raise ValueError(f"{bits}-bit blocked weights need ob % {8 // bits} == 0, got ob={ob}")
+
+    def f(*idx):
+        *outer, oi, ci = idx
+        byte = wq[(*outer, tir.floormod(oi, g), ci)]
+        left = (tir.const(8 - bits, "int64") - tir.const(bits, "int64") * tir.floordiv(oi, g))
+        return tir.shift_right(tir.shift_left(byte, left.astype("int8")),
+                               tir.const(8 - bits, "int8"))
+
+    return te.compute(i64((*lead, ob, ib)), f, name=BLOCK_DECODE_W)
+
+
+def weight_operand(wp_np: np.ndarray, ob: int, bits: int = 8):
+    """(stored array, placeholder, int8 tensor the kernel reads) of blocked weights.
+
+    ``bits < 8``: stored ``bits`` wide (:func:`pack_subbyte_blocked`)
+    and decoded inside the kernel; else stored as is.
+    """
+    if bits >= 8:
+        wp = te.placeholder(i64(wp_np.shape), "int8", "w_packed")
+        return wp_np, wp, wp
+    stored = pack_subbyte_blocked(wp_np, bits)
+    wq = te.placeholder(i64(stored.shape), "int8", f"w_int{bits}")
+    return stored, wq, decode_subbyte_weight(wq, bits, ob)
 
 
 def unpack_nchw(acc: te.Tensor, channels: int, corr: te.Tensor | None):
@@ -171,6 +210,28 @@ def pack_weight(w: np.ndarray, ob: int, ib: int) -> np.ndarray:
     full[:o, :c] = w
     return np.ascontiguousarray(
         full.reshape(op // ob, ob, cp // ib, ib, kh, kw).transpose(0, 2, 4, 5, 1, 3))
+
+
+def pack_subbyte_blocked(wp: np.ndarray, bits: int) -> np.ndarray:
+    """Blocked int8 weights ``[..., ob, ib]`` holding ``bits``-wide values -> ``[..., ob/per, ib]``.
+
+    Byte ``(j, ci)`` holds ``w[h * g + j, ci]`` in bits ``[bits*h, bits*(h+1))`` for
+    ``h < per = 8 // bits``, ``g = ob / per``: a vector of ``g * ib`` bytes decodes into ``per``
+    contiguous vectors with two shifts each (:func:`decode_subbyte_weight`).
+    """
+    per = 8 // bits
+    *lead, ob, ib = wp.shape
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if ob % per:
+        raise ValueError(f"{bits}-bit blocked weights need ob % {per} == 0, got ob={ob}")
+    if wp.min(initial=0) < lo or wp.max(initial=0) > hi:
+        raise ValueError(f"weights outside the int{bits} range [{lo}, {hi}]")
+    g = ob // per
+    u = (wp.astype(np.int16) & ((1 << bits) - 1)).reshape(*lead, per, g, ib)
+    out = np.zeros((*lead, g, ib), np.int16)
+    for h in range(per):
+        out |= u[..., h, :, :] << (bits * h)
+    return np.ascontiguousarray(out.astype(np.uint8).view(np.int8))
 
 
 def pack_dense_weight(w_kn: np.ndarray, ob: int, ib: int) -> np.ndarray:

@@ -7,9 +7,11 @@ writes the function's output, so it can run on each register tile while it is in
 """
 from __future__ import annotations
 
-from tvmq.schedules.blocked import BLOCK_PACK, BLOCK_PAD
+from tvmq.schedules.blocked import BLOCK_DECODE_W, BLOCK_PACK, BLOCK_PAD
 
 PACK_BLOCKS = (BLOCK_PACK, BLOCK_PAD)
+#: blocks the kernel schedules place themselves (never inlined into the kernel)
+KEEP_BLOCKS = (*PACK_BLOCKS, BLOCK_DECODE_W)
 
 
 def block_names(sch) -> list[str]:
@@ -34,14 +36,14 @@ def _is_spatial_block(sch, blk) -> bool:
 
 
 def inline_epilogue(sch, anchor_names: tuple[str, ...]) -> list:
-    """Inline every block but the anchors and pack blocks; return the remaining output blocks.
+    """Inline every block but the anchors and ``KEEP_BLOCKS``; return the remaining output blocks.
 
     Only spatial blocks with consumers are tried (a failing primitive renders the whole IR
     into its error message, which is slow on big fused functions). Blocks are inlined
     producer-first, so a chain ``unpack -> mul -> shift -> clip -> cast`` ends as one block
     reading the anchor's accumulators.
     """
-    keep = set(anchor_names) | set(PACK_BLOCKS)
+    keep = set(anchor_names) | set(KEEP_BLOCKS)
     for blk in child_blocks(sch):
         name = sch.get(blk).name_hint
         if name in keep or not sch.get_consumers(blk) or not _is_spatial_block(sch, blk):

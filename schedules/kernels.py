@@ -21,18 +21,20 @@ def _out_hw(h, w, k, strides, padding, dilation):
 
 
 def conv_func(x_shape, w: np.ndarray, in_dtype: str, st: Strategy, strides=(1, 1),
-              padding=(0, 0, 0, 0), dilation=(1, 1)):
-    """(PrimFunc, packed weight, correction or None) of a dense (groups=1) int conv."""
+              padding=(0, 0, 0, 0), dilation=(1, 1), bits: int = 8):
+    """(PrimFunc, packed weight, correction or None) of a dense (groups=1) int conv.
+
+    ``bits`` (8, 4 or 2): width the weights are stored at (decoded inside the kernel).
+    """
     x = te.placeholder(B.i64(x_shape), in_dtype, "x")
-    wp_np = B.pack_weight(w, st.ob, st.ib)
+    wp_np, wp_arg, wp = B.weight_operand(B.pack_weight(w, st.ob, st.ib), st.ob, bits)
     corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
-    wp = te.placeholder(B.i64(wp_np.shape), "int8", "w_packed")
     corr = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
     xp = B.pack_activation(x, st.ib, padding, st.act_dtype)
     hw = _out_hw(x_shape[2], x_shape[3], w.shape[2:], strides, padding, dilation)
     acc = B.conv2d_blocked(xp, wp, strides, dilation, hw)
     out = B.unpack_nchw(acc, w.shape[0], corr)
-    args = [x, wp] + ([corr] if corr is not None else []) + [out]
+    args = [x, wp_arg] + ([corr] if corr is not None else []) + [out]
     return te.create_prim_func(args), wp_np, corr_np
 
 
@@ -50,17 +52,16 @@ def depthwise_func(x_shape, w: np.ndarray, in_dtype: str, st: Strategy, strides=
     return te.create_prim_func(args), w, corr_np
 
 
-def dense_func(m: int, w_kn: np.ndarray, in_dtype: str, st: Strategy):
+def dense_func(m: int, w_kn: np.ndarray, in_dtype: str, st: Strategy, bits: int = 8):
     """(PrimFunc, packed weight, correction or None) of ``x[m, K] @ w_kn`` in int32."""
     k, n = w_kn.shape
     x = te.placeholder(B.i64((m, k)), in_dtype, "x")
-    wp_np = B.pack_dense_weight(w_kn, st.ob, st.ib)
+    wp_np, wp_arg, wp = B.weight_operand(B.pack_dense_weight(w_kn, st.ob, st.ib), st.ob, bits)
     corr_np = B.shift_correction(w_kn, B.shift_for(in_dtype, st.act_dtype), out_axis=1)
-    wp = te.placeholder(B.i64(wp_np.shape), "int8", "w_packed")
     corr = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
     acc = B.dense_blocked(B.pack_rows(x, st.ib, st.act_dtype), wp)
     out = B.unpack_rows(acc, n, corr)
-    args = [x, wp] + ([corr] if corr is not None else []) + [out]
+    args = [x, wp_arg] + ([corr] if corr is not None else []) + [out]
     return te.create_prim_func(args), wp_np, corr_np
 
 
@@ -97,7 +98,7 @@ def build_depthwise_kernel(x_shape, w, in_dtype, target, **conv):
     return build(func, target, st), wt, corr
 
 
-def build_dense_kernel(m, w_kn, in_dtype, target):
+def build_dense_kernel(m, w_kn, in_dtype, target, bits: int = 8):
     st = strategy_for(target)
-    func, wp, corr = dense_func(m, w_kn, in_dtype, st)
+    func, wp, corr = dense_func(m, w_kn, in_dtype, st, bits=bits)
     return build(func, target, st), wp, corr

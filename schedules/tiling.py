@@ -16,7 +16,7 @@ only choose the parameters.
 """
 from __future__ import annotations
 
-from tvmq.schedules.blocked import BLOCK_CONV, BLOCK_DENSE, BLOCK_DWCONV
+from tvmq.schedules.blocked import BLOCK_CONV, BLOCK_DECODE_W, BLOCK_DENSE, BLOCK_DWCONV
 from tvmq.schedules.common import (PACK_BLOCKS, child_blocks, divisor_at_most,
                                    inline_epilogue, schedule_injective)
 
@@ -41,6 +41,28 @@ def _finish_epilogue(sch, outs, at_loop, channel_inner: bool = False) -> None:
             inner = _loops_after(sch, out, at_loop)
         if inner and _const_extent(sch, inner[-1]) <= 64:
             sch.vectorize(inner[-1])
+
+
+def schedule_decode(sch, at_loop) -> None:
+    """Decode sub-byte weights (block ``BLOCK_DECODE_W``, if any) under ``at_loop``.
+
+    Placed inside the reduction loop, it decodes just the weight blocks the register tile
+    needs next (a few hundred bytes, in L1) instead of a dense int8 copy: the inner
+    ``g * ib`` bytes of a block are one vector load, shifted ``per`` times (``per`` unrolled).
+    """
+    names = {sch.get(b).name_hint for b in child_blocks(sch)}
+    if BLOCK_DECODE_W not in names:
+        return
+    dec = sch.get_sblock(BLOCK_DECODE_W)
+    sch.compute_at(dec, at_loop, preserve_unit_loops=False)
+    loops = _loops_after(sch, dec, at_loop)
+    oi, ci = loops[-2], loops[-1]
+    g = int(sch.get(dec).reads[0].source.shape[-2])  # bytes per ``ib`` column: ob / per
+    h, j = sch.split(oi, [None, g])
+    sch.reorder(h, j, ci)
+    sch.vectorize(sch.fuse(j, ci))
+    for lp in [*loops[:-2], h]:
+        sch.unroll(lp)
 
 
 def _loops_after(sch, blk, at_loop):
@@ -88,6 +110,7 @@ def schedule_conv(sch, intrin: str, ob_tile: int | None = None, ow_tile: int | N
     o_o, o_i = sch.split(o, [None, ob_tile])
     x_o, x_i = sch.split(x, [None, ow_tile])
     sch.reorder(b, o_o, y, x_o, cb, kh, kw, o_i, x_i, oi, ci)
+    schedule_decode(sch, kw)
     tile = sch.fuse(b, o_o, y, x_o)
     sch.parallel(tile)
     _finish_epilogue(sch, outs, tile, channel_inner=EPILOGUE_CHANNEL_INNER)
@@ -111,6 +134,7 @@ def schedule_dense(sch, intrin: str, m_tile: int | None = None, max_acc: int = M
     i_o, i_i = sch.split(i, [None, m_tile])
     j_o, j_i = sch.split(j, [None, j_tile])
     sch.reorder(i_o, j_o, kb, j_i, i_i, jj, ki)
+    schedule_decode(sch, kb)
     tile = sch.fuse(i_o, j_o)
     sch.parallel(tile)
     _finish_epilogue(sch, outs, tile)

@@ -1,4 +1,4 @@
-"""int4 weights stay packed in the artifact with ``keep_subbyte_packed`` (and run exactly)."""
+"""int4 weights stay packed in the artifact (decoded inside the kernels) and run exactly."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,22 +32,24 @@ def models(tmp_path_factory):
     return int8, requantize_weights(int8, tmp / "w4.onnx", bits=4)
 
 
-def test_packed_int4_artifact_is_smaller(models, tmp_path):
+def test_int4_artifact_holds_weights_at_half_size(models, tmp_path):
     int8, int4 = models
-    packed = tvmq.PipelineOptions(keep_subbyte_packed=True)
     a8 = tvmq.compile(int8).save(tmp_path / "a8")
-    a4 = tvmq.compile(int4, options=packed).save(tmp_path / "a4")
+    a4 = tvmq.compile(int4).save(tmp_path / "a4")
     size8, size4 = ((p / "lib.so").stat().st_size for p in (a8, a4))
     saved = size8 - size4
-    # 512*512 + 512*16 weights: packing two per byte saves ~135 KB, minus the unpack code
-    # (measured: 110 KB saved, 350 KB -> 240 KB)
+    # 512*512 + 512*16 weights: two per byte saves ~135 KB; the in-kernel decode adds a few
+    # instructions (measured: 349,560 B -> 214,816 B, 134,744 B saved)
     ideal = (512 * 512 + 512 * 16) / 2
-    assert saved > 0.7 * ideal, f"int8 {size8} B, int4 packed {size4} B, saved {saved} B"
+    assert saved > 0.95 * ideal, f"int8 {size8} B, int4 {size4} B, saved {saved} B"
 
 
-def test_packed_and_decoded_int4_agree(models):
+def test_packed_and_decoded_int4_agree(models, tmp_path):
     _, int4 = models
     x = np.random.default_rng(0).standard_normal((1, 512)).astype(np.float32)
-    fast = tvmq.compile(int4).run(x)[0]
-    packed = tvmq.compile(int4, options=tvmq.PipelineOptions(keep_subbyte_packed=True)).run(x)[0]
-    np.testing.assert_array_equal(fast, packed)
+    packed = tvmq.compile(int4)
+    decoded = tvmq.compile(int4, options=tvmq.PipelineOptions(keep_subbyte_packed=False))
+    np.testing.assert_array_equal(packed.run(x)[0], decoded.run(x)[0])
+    sizes = [(a.save(tmp_path / n) / "lib.so").stat().st_size
+             for n, a in (("p", packed), ("d", decoded))]
+    assert sizes[0] < sizes[1]

@@ -37,9 +37,9 @@ class PipelineOptions:
         layers, slower: the longer chain does not fuse into the kernels); default rounds the
         exact rational half to even (``tvmq.qref`` module docstring).
     keep_subbyte_packed : bool
-        Keep int4/int2 weights packed 2/4 per byte in the artifact (smallest artifact; those
-        layers then run on generic, unscheduled kernels). Default: decode them to int8 at
-        compile time so they run on the fast int8 kernels (artifact as large as int8).
+        Keep int4/int2 conv/dense weights packed 2/4 per byte in the artifact and decode
+        them inside the kernels, per register tile (default). False decodes them to int8 at
+        compile time (artifact as large as int8; for comparison).
     dump_dir : path or None
         Write the IR after each phase there.
     database : path or None
@@ -51,7 +51,7 @@ class PipelineOptions:
     database: str | None = None
     use_shipped_database: bool = True
     match_onnxruntime: bool = False
-    keep_subbyte_packed: bool = False
+    keep_subbyte_packed: bool = True
     stats: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
@@ -90,7 +90,7 @@ def legalize_passes(board: Board, opts: PipelineOptions) -> list:
     from tvmq import schedules
 
     prelude = schedules.legalize_prelude(board.tvm_target(),
-                                         unpack_subbyte=not opts.keep_subbyte_packed)
+                                         subbyte_in_kernel=opts.keep_subbyte_packed)
     return [*prelude, relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(), *fold,
             relax.transform.FuseOps(), relax.transform.FuseTIR()]

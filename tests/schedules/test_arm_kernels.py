@@ -20,8 +20,9 @@ CROSS = "aarch64-linux-gnu-gcc"
 
 
 def _rand(rng, shape, dtype):
+    """Random values over ``dtype``'s whole range (``int4``/``int2``: held in int8)."""
     lo, hi = qref.dtype_range(dtype)
-    return rng.integers(lo, hi + 1, shape).astype(dtype)
+    return rng.integers(lo, hi + 1, shape).astype(dtype if dtype[-1] in "68" else "int8")
 
 
 @pytest.mark.parametrize("board,intrin,instr", [("rpi5", "tvmq_arm_sdot_4x4", "sdot"),
@@ -54,6 +55,13 @@ def _cases(rng):
         x, w = _rand(rng, (5, 37), "uint8"), _rand(rng, (37, 11), "int8")
         out.append((f"{board}_dense", board, ("dense", x, w, {}),
                     x.astype(np.int64) @ w.astype(np.int64)))
+        # sub-byte weights stored packed, decoded inside the kernel
+        x, w = _rand(rng, (1, 10, 7, 7), "int8"), _rand(rng, (12, 10, 3, 3), "int4")
+        out.append((f"{board}_conv_int4", board, ("conv", x, w, dict(padding=(1,) * 4, bits=4)),
+                    qref.conv2d_int(x, w, padding=(1,) * 4)))
+        x, w = _rand(rng, (3, 21), "uint8"), _rand(rng, (21, 9), "int2")
+        out.append((f"{board}_dense_int2", board, ("dense", x, w, dict(bits=2)),
+                    x.astype(np.int64) @ w.astype(np.int64)))
     return out
 
 
@@ -65,7 +73,7 @@ def _export(work: Path, name, board, spec, ref):
     elif kind == "dw":
         lib, wp, corr = kernels.build_depthwise_kernel(x.shape, w, str(x.dtype), target, **conv)
     else:
-        lib, wp, corr = kernels.build_dense_kernel(x.shape[0], w, str(x.dtype), target)
+        lib, wp, corr = kernels.build_dense_kernel(x.shape[0], w, str(x.dtype), target, **conv)
     lib.export_library(str(work / f"{name}.so"), fcompile=cc.cross_compiler(CROSS))
     arrays = [x, wp] + ([corr] if corr is not None else []) + [np.zeros(ref.shape, "int32")]
     np.savez(work / f"{name}.npz", *arrays)

@@ -6,7 +6,7 @@ import pytest
 
 from tvmq import qref
 from tvmq._tvm import tensor, tvm
-from tvmq.schedules import kernels
+from tvmq.schedules import blocked, kernels
 from tvmq.schedules.x86 import AVX2_16x4, VNNI_16x4, select_intrin
 
 pytestmark = pytest.mark.build
@@ -27,8 +27,9 @@ needs_avx2 = pytest.mark.skipif(not _host_has("avx2"), reason="host lacks AVX2")
 
 
 def _rand(rng, shape, dtype):
+    """Random values over ``dtype``'s whole range (``int4``/``int2``: held in int8)."""
     lo, hi = qref.dtype_range(dtype)
-    return rng.integers(lo, hi + 1, shape).astype(dtype)
+    return rng.integers(lo, hi + 1, shape).astype(dtype if dtype[-1] in "68" else "int8")
 
 
 def _run(lib, *arrays, out_shape):
@@ -37,12 +38,14 @@ def _run(lib, *arrays, out_shape):
     return args[-1].numpy()
 
 
-def _check_conv(rng, target, n, c, h, w, o, k, stride, pad, in_dtype, dilation=1):
-    x, wt = _rand(rng, (n, c, h, w), in_dtype), _rand(rng, (o, c, k, k), "int8")
+def _check_conv(rng, target, n, c, h, w, o, k, stride, pad, in_dtype, dilation=1, bits=8):
+    x, wt = _rand(rng, (n, c, h, w), in_dtype), _rand(rng, (o, c, k, k), f"int{bits}")
     pads = (pad,) * 4
     lib, wp, corr = kernels.build_conv_kernel(x.shape, wt, in_dtype, tvm.target.Target(target),
                                               strides=(stride, stride), padding=pads,
-                                              dilation=(dilation, dilation))
+                                              dilation=(dilation, dilation), bits=bits)
+    # sub-byte weights are stored 8 // bits per byte
+    assert wp.nbytes == blocked.pack_weight(wt, 16, 4).nbytes * bits // 8
     ref = qref.conv2d_int(x, wt, strides=(stride, stride), padding=pads,
                           dilation=(dilation, dilation))
     got = _run(lib, x, wp, corr, out_shape=ref.shape)
@@ -90,6 +93,52 @@ def test_dense_vnni_exact(rng, m, k, n, in_dtype):
     lib, wp, corr = kernels.build_dense_kernel(m, wt, in_dtype, tvm.target.Target(ZNVER4))
     got = _run(lib, x, wp, corr, out_shape=(m, n))
     assert np.array_equal(got, x.astype(np.int64) @ wt.astype(np.int64))
+
+
+@needs_vnni
+@pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.parametrize("n,c,h,w,o,k,stride,pad,in_dtype", [
+    (1, 16, 8, 8, 16, 3, 1, 1, "uint8"),
+    (2, 13, 9, 9, 33, 1, 2, 0, "int8"),        # batch 2, partial blocks, stride 2
+    (1, 5, 15, 15, 20, 7, 2, 3, "uint8"),      # 7x7, OW=8
+])
+def test_conv_subbyte_weights_decoded_in_kernel_exact(rng, bits, n, c, h, w, o, k, stride, pad,
+                                                      in_dtype):
+    lib = _check_conv(rng, ZNVER4, n, c, h, w, o, k, stride, pad, in_dtype, bits=bits)
+    assert "vpdpbusd" in lib.mod.inspect_source("asm")
+
+
+@needs_avx2
+def test_conv_int4_avx2_exact(rng):
+    _check_conv(rng, HASWELL, 1, 7, 9, 9, 18, 3, 1, 1, "int8", bits=4)
+
+
+@needs_vnni
+@pytest.mark.parametrize("bits,m,k,n", [(4, 1, 64, 16), (4, 7, 37, 40), (2, 3, 100, 33)])
+def test_dense_subbyte_exact(rng, bits, m, k, n):
+    x, wt = _rand(rng, (m, k), "uint8"), _rand(rng, (k, n), f"int{bits}")
+    lib, wp, corr = kernels.build_dense_kernel(m, wt, "uint8", tvm.target.Target(ZNVER4),
+                                               bits=bits)
+    got = _run(lib, x, wp, corr, out_shape=(m, n))
+    assert np.array_equal(got, x.astype(np.int64) @ wt.astype(np.int64))
+
+
+@pytest.mark.parametrize("bits,ob", [(4, 16), (2, 16), (4, 4), (2, 4)])
+def test_pack_subbyte_blocked_round_trips(rng, bits, ob):
+    """NumPy decode of the stored bytes (the rule the kernel implements) gives back W."""
+    wp = _rand(rng, (3, 2, ob, 4), f"int{bits}")
+    stored = blocked.pack_subbyte_blocked(wp, bits)
+    per, g = 8 // bits, ob // (8 // bits)
+    assert stored.shape == (3, 2, g, 4) and stored.dtype == np.int8
+    u = stored.view(np.uint8).astype(np.int16)
+    got = np.concatenate([((u >> (bits * h)) & ((1 << bits) - 1)) for h in range(per)], axis=-2)
+    got = np.where(got >= 1 << (bits - 1), got - (1 << bits), got)
+    np.testing.assert_array_equal(got, wp)
+
+
+def test_pack_subbyte_blocked_rejects_out_of_range():
+    with pytest.raises(ValueError, match=r"outside the int4 range \[-8, 7\]"):
+        blocked.pack_subbyte_blocked(np.full((1, 16, 4), 8, np.int8), 4)
 
 
 @needs_vnni
