@@ -190,7 +190,8 @@ class _Mutator(relax.PyExprMutator):
 
     def _depthwise(self, x, w, in_dtype, x_shape, strides, pads, dil, out_shape):
         st = self.st
-        xp = self._emit_pack(B.pad_nchw, x, pads, st.act_dtype, self.pad_value, name="tvmq_pad")
+        xp = self._emit_pack(B.pad_nchw, x, pads, st.act_dtype, self.pad_value,
+                             B.dw_split(strides, dil), name="tvmq_pad")
         corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
         xp_t = te.placeholder(B.i64(struct_shape(xp)), st.act_dtype, "xp")
         w_t = te.placeholder(B.i64(w.shape), "int8", "w")

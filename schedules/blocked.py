@@ -167,33 +167,59 @@ def unpack_rows(acc: te.Tensor, cols: int, corr: te.Tensor | None):
     return te.compute(i64((m, cols)), f, name=BLOCK_UNPACK)
 
 
-def pad_nchw(x: te.Tensor, padding, act_dtype: str, pad_value: int = 0):
-    """Spatially padded NCHW copy in ``act_dtype`` (depthwise input), padding ``pad_value``."""
+def dw_split(strides, dilation) -> int:
+    """De-interleave factor of a depthwise input: the W stride when it is > 1 (undilated)."""
+    return int(strides[1]) if int(strides[1]) > 1 and int(dilation[1]) == 1 else 1
+
+
+def pad_nchw(x: te.Tensor, padding, act_dtype: str, pad_value: int = 0, split_w: int = 1):
+    """Spatially padded NCHW copy in ``act_dtype`` (depthwise input), padding ``pad_value``.
+
+    ``split_w > 1`` (the conv's horizontal stride) stores the padded rows de-interleaved,
+    ``[N, C, Hp, split_w, ceil(Wp / split_w)]`` with ``[.., p, j] = row[j * split_w + p]``, so
+    a strided conv reads each kernel tap's inputs contiguously (no gathers).
+    """
     n, c, h, w = (int(d) for d in x.shape)
     pt, pl, pb, pr = padding
     shift = tir.const(shift_for(str(x.dtype), act_dtype), "int32")
     fill = tir.const(shift_for(str(x.dtype), act_dtype) + int(pad_value), "int32")
+    wp = w + pl + pr
 
-    def f(b, ch, hh, ww):
+    def value(b, ch, hh, ww):
         inside = tir.all(hh >= pt, hh < h + pt, ww >= pl, ww < w + pl)
-        val = x[b, ch, hh - pt, ww - pl].astype("int32") + shift
+        val = x[b, ch, hh - pt, tir.min(ww, w + pl - 1) - pl].astype("int32") + shift
         return tir.if_then_else(inside, val, fill).astype(act_dtype)
 
-    return te.compute(i64((n, c, h + pt + pb, w + pl + pr)), f, name=BLOCK_PAD)
+    if split_w <= 1:
+        return te.compute(i64((n, c, h + pt + pb, wp)), value, name=BLOCK_PAD)
+    return te.compute(i64((n, c, h + pt + pb, split_w, ceil_div(wp, split_w))),
+                      lambda b, ch, hh, p, j: value(b, ch, hh, j * split_w + p), name=BLOCK_PAD)
 
 
 def depthwise_nchw(xp: te.Tensor, w: te.Tensor, strides, dilation, out_hw, corr=None):
-    """Depthwise conv (multiplier 1) on a padded NCHW input, int32 (block ``BLOCK_DWCONV``)."""
+    """Depthwise conv (multiplier 1) on a padded NCHW input, int32 (block ``BLOCK_DWCONV``).
+
+    ``xp`` may be de-interleaved along W (5-D, see :func:`pad_nchw` ``split_w``; needs
+    ``split_w`` equal to the stride and no horizontal dilation).
+    """
     n, c = (int(d) for d in xp.shape[:2])
     _, _, kh_n, kw_n = (int(d) for d in w.shape)
     (sh, sw), (dh, dw) = strides, dilation
     kh = te.reduce_axis((0, tir.IntImm("int64", kh_n)), "kh")
     kw = te.reduce_axis((0, tir.IntImm("int64", kw_n)), "kw")
+    if len(xp.shape) == 5:
+        if int(xp.shape[3]) != sw or dw != 1:
+            raise ValueError("a W-de-interleaved input needs split_w == stride and dilation 1")
+
+        def tap(b, ch, y, x_):
+            return xp[b, ch, y * sh + kh * dh, tir.floormod(kw, sw), x_ + tir.floordiv(kw, sw)]
+    else:
+        def tap(b, ch, y, x_):
+            return xp[b, ch, y * sh + kh * dh, x_ * sw + kw * dw]
     out = te.compute(
         i64((n, c, *out_hw)),
         lambda b, ch, y, x_: te.sum(
-            xp[b, ch, y * sh + kh * dh, x_ * sw + kw * dw].astype("int32")
-            * w[ch, 0, kh, kw].astype("int32"), axis=[kh, kw]),
+            tap(b, ch, y, x_).astype("int32") * w[ch, 0, kh, kw].astype("int32"), axis=[kh, kw]),
         name=BLOCK_DWCONV)
     if corr is None:
         return out

@@ -45,7 +45,7 @@ def depthwise_func(x_shape, w: np.ndarray, in_dtype: str, st: Strategy, strides=
     corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
     wt = te.placeholder(B.i64(w.shape), "int8", "w")
     corr = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
-    xp = B.pad_nchw(x, padding, st.act_dtype)
+    xp = B.pad_nchw(x, padding, st.act_dtype, split_w=B.dw_split(strides, dilation))
     hw = _out_hw(x_shape[2], x_shape[3], w.shape[2:], strides, padding, dilation)
     out = B.depthwise_nchw(xp, wt, strides, dilation, hw, corr)
     args = [x, wt] + ([corr] if corr is not None else []) + [out]

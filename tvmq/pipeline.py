@@ -33,9 +33,10 @@ class PipelineOptions:
     integer : bool
         Run the integer-lowering phase (a no-op on float graphs).
     match_onnxruntime : bool
-        Requantize with onnxruntime's float32 product rounding (bit-identical conv/dense
-        layers, slower: the longer chain does not fuse into the kernels); default rounds the
-        exact rational half to even (``tvmq.qref`` module docstring).
+        Reproduce onnxruntime bit for bit: requantize with its float32 product rounding
+        (conv/dense; slower, the longer chain does not fuse into the kernels) and residual
+        adds as its QLinearAdd float32 FMA chain (a 256x256 lookup table per add, built at
+        compile time); default rounds the exact rational half to even (``tvmq.qref``).
     keep_subbyte_packed : bool
         Keep int4/int2 conv/dense weights packed 2/4 per byte in the artifact and decode
         them inside the kernels, per register tile (default). False decodes them to int8 at
@@ -75,7 +76,7 @@ def quantize_passes(board: Board, opts: PipelineOptions) -> list:
     if not opts.integer:
         return []
     f32 = opts.match_onnxruntime
-    return [P.LowerIntegerConv(), P.LowerIntegerAdd(), P.LowerIntegerConcat(),
+    return [P.LowerIntegerConv(), P.LowerIntegerAdd(f32), P.LowerIntegerConcat(),
             P.LowerIntegerPool(), P.SinkDequantize(), P.IntegerRequantize(f32),
             P.SinkDequantize(), P.IntegerRequantize(f32),
             relax.transform.FoldConstant(), relax.transform.DeadCodeElimination(),

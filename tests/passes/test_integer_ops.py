@@ -50,6 +50,22 @@ def test_residual_add_relu(rng):
 
 
 @pytest.mark.build
+def test_add_onnxruntime_table(rng):
+    """``match_onnxruntime``: add -> quantize becomes one lookup in onnxruntime's QLinearAdd
+    table (structure: a ``take`` of a 65,536-entry uint8 constant, no float op)."""
+    def build(bb, a, b):
+        return _q(bb.emit(relax.op.add(_dq(bb, a, S_A, Z_A), _dq(bb, b, S_B, Z_B))), S_Y, Z_Y)
+
+    mod = function([("a", (1, 4, 5, 5), "uint8"), ("b", (1, 4, 5, 5), "uint8")], build)
+    mod = apply(LowerIntegerAdd(match_onnxruntime=True), mod)
+    text = mod.script(show_meta=False)
+    assert "R.take(" in text and "float32" not in text and "quantize" not in text
+    a, b = (rng.randint(0, 256, (1, 4, 5, 5)).astype("uint8") for _ in range(2))
+    table = qref.ort_add_table(S_A, Z_A, S_B, Z_B, S_Y, Z_Y, "uint8")
+    np.testing.assert_array_equal(run_relax(mod, a, b), table[a, b])
+
+
+@pytest.mark.build
 def test_concat_mixed_scales(rng):
     def build(bb, a, b):
         y = bb.emit(relax.op.concat([_dq(bb, a, S_A, Z_A), _dq(bb, b, S_B, Z_B)], axis=1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from tvmq import qref
@@ -112,3 +113,46 @@ def test_conv_reference_matches_float():
     ref = torch.nn.functional.conv2d(torch.tensor(x - 7.0, dtype=torch.float64),
                                      torch.tensor(w, dtype=torch.float64), padding=1, groups=2)
     np.testing.assert_array_equal(acc, ref.numpy().astype(np.int64))
+
+
+def _ort_qlinear_add(dtype, a, b, sa, za, sb, zb, sc, zc):
+    """onnxruntime's own QLinearAdd on ``a``, ``b`` (the fused form of DQ -> Add -> Q)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    t = TensorProto.UINT8 if dtype == "uint8" else TensorProto.INT8
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, [], [v]) for n, v in
+             (("sa", sa), ("sb", sb), ("sc", sc))]
+    inits += [helper.make_tensor(n, t, [], [v]) for n, v in (("za", za), ("zb", zb), ("zc", zc))]
+    node = helper.make_node("QLinearAdd", ["A", "sa", "za", "B", "sb", "zb", "sc", "zc"], ["C"],
+                            domain="com.microsoft")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", t, list(a.shape)),
+                                            helper.make_tensor_value_info("B", t, list(b.shape))],
+                              [helper.make_tensor_value_info("C", t, None)], inits)
+    model = helper.make_model(graph, ir_version=9, opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"A": a, "B": b})[0]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("seed", range(4))
+def test_ort_add_table_matches_onnxruntime_on_every_pair(dtype, seed):
+    rng = np.random.default_rng(seed)
+    lo, hi = qref.dtype_range(dtype)
+    sa, sb, sc = (float(np.float32(10 ** rng.uniform(-3, 0))) for _ in range(3))
+    za, zb, zc = (int(rng.integers(lo, hi + 1)) for _ in range(3))
+    vals = np.arange(lo, hi + 1).astype(dtype)
+    a, b = np.repeat(vals, vals.size), np.tile(vals, vals.size)  # all 65,536 pairs
+    got = qref.ort_add_table(sa, za, sb, zb, sc, zc, dtype)
+    ref = _ort_qlinear_add(dtype, a, b, sa, za, sb, zb, sc, zc).reshape(got.shape)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_fma_f32_rounds_once():
+    # 1 + 2**-24 is a float32 tie; the separately rounded product would lose the 2**-48 term
+    a = np.float32(1 + 2 ** -23)
+    b = np.float32(1 + 2 ** -23)  # a*b = 1 + 2**-22 + 2**-46
+    c = np.float32(-1)
+    assert qref.fma_f32(a, b, c) == np.float32(2 ** -22 + 2 ** -46)
+    assert np.float32(a * b) + c == np.float32(2 ** -22)  # unfused: the 2**-46 term is lost
