@@ -120,7 +120,7 @@ class _Lower(relax.PyExprMutator):
         xp, (w, sw, zw) = ops
         data, w_c, zx = self._int_input(xp, (w, sw, zw))
         padding = [int(v) for v in attrs.padding]
-        if zx:
+        if zx and any(padding):
             top, left, bottom, right = padding
             data = self.builder_.emit(relax.op.nn.pad(
                 data, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zx)))

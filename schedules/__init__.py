@@ -11,16 +11,22 @@ aarch64: sdot with ``+dotprod``, else NEON smull) and do nothing on other target
 from __future__ import annotations
 
 from tvmq.schedules.block_integer_ops import BlockIntegerOps
+from tvmq.schedules.blocked_activation_layout import BlockedActivationLayout
 from tvmq.schedules.schedule_integer_kernels import ScheduleIntegerKernels
 from tvmq.schedules.strategy import Strategy, strategy_for
 
 
-def legalize_prelude(target, subbyte_in_kernel: bool = True) -> list:
+def legalize_prelude(target, subbyte_in_kernel: bool = True, blocked_layout: bool = True) -> list:
     """Passes to put before ``LegalizeOps`` for ``target`` (a ``tvm.target.Target``).
 
-    ``subbyte_in_kernel=False`` stores int4/int2 weights as int8 (see BlockIntegerOps).
+    ``blocked_layout``: integer layers exchange activations in ``NCHW{ob}c``
+    (:class:`BlockedActivationLayout`), so layout transforms happen at the graph's edges,
+    not around every conv. ``subbyte_in_kernel=False`` stores int4/int2 weights as int8
+    (see :class:`BlockIntegerOps`).
     """
-    return [BlockIntegerOps(strategy_for(target), subbyte_in_kernel=subbyte_in_kernel)]
+    st = strategy_for(target)
+    layout = [BlockedActivationLayout(st)] if blocked_layout and st is not None else []
+    return [*layout, BlockIntegerOps(st, subbyte_in_kernel=subbyte_in_kernel)]
 
 
 def schedule_passes(target) -> list:
@@ -28,5 +34,5 @@ def schedule_passes(target) -> list:
     return [ScheduleIntegerKernels(strategy_for(target))]
 
 
-__all__ = ["BlockIntegerOps", "ScheduleIntegerKernels", "Strategy", "strategy_for",
+__all__ = ["BlockIntegerOps", "BlockedActivationLayout", "ScheduleIntegerKernels", "Strategy", "strategy_for",
            "legalize_prelude", "schedule_passes"]

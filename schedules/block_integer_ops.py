@@ -91,9 +91,10 @@ def _absorb_pad(mut, x, pads):
         return x, pads, 0
     pw = [int(v) for v in bound.attrs.pad_width]
     value = float(bound.attrs.pad_value)
-    if len(pw) != 8 or any(pw[:4]) or value != int(value) or (any(pads) and value != 0):
+    if len(pw) not in (8, 10) or any(pw[:4]) or any(pw[8:]) or value != int(value) \
+            or (any(pads) and value != 0):
         return x, pads, 0
-    pt, pb, pl, pr = pw[4], pw[5], pw[6], pw[7]
+    pt, pb, pl, pr = pw[4], pw[5], pw[6], pw[7]  # NCHW or NCHW{ob}c: H and W are axes 2, 3
     return bound.args[0], (pads[0] + pt, pads[1] + pl, pads[2] + pb, pads[3] + pr), int(value)
 
 
@@ -152,7 +153,10 @@ class _Mutator(relax.PyExprMutator):
     def _conv(self, call):
         a = call.attrs
         x, w_expr = call.args
-        if str(a.out_dtype) != "int32" or str(a.data_layout) != "NCHW" \
+        layout = str(a.data_layout)
+        if layout == B.blocked_layout(self.st.ob):
+            return self._conv_blocked(call)
+        if str(a.out_dtype) != "int32" or layout != "NCHW" \
                 or str(a.kernel_layout) != "OIHW" or str(a.out_layout) not in ("NCHW", ""):
             return None
         in_dtype = struct_dtype(x)
@@ -172,6 +176,79 @@ class _Mutator(relax.PyExprMutator):
         if groups == c == w.shape[0] and w.shape[1] == 1:  # tiny weights: stored as int8
             return self._depthwise(x, w, in_dtype, (n, c, h, wd), strides, pads, dil, out_shape)
         return None
+
+    # -- whole-network blocked layout -------------------------------------------------------
+    def _conv_blocked(self, call):
+        """A conv ``ConvertLayout`` put in ``NCHW{ob}c``: blocked kernels in and out, or
+        (anything they do not cover: float, odd shapes) the NCHW path between transforms."""
+        a, st = call.attrs, self.st
+        x, w_expr = call.args
+        in_dtype = struct_dtype(x)
+        w, bits = self._weight(w_expr)
+        ok = (str(a.out_dtype) == "int32" and str(a.kernel_layout) == "OIHW"
+              and str(a.out_layout) == str(a.data_layout) and in_dtype in _INT_ACT
+              and w is not None and w.dtype == np.int8 and len(struct_shape(x)) == 5)
+        if ok:
+            n, cb, h, wd, blk = struct_shape(x)
+            o, ci, kh, kw = w.shape
+            groups = int(a.groups)
+            out_shape = struct_shape(call)
+            strides = tuple(int(v) for v in a.strides)
+            dil = tuple(int(v) for v in a.dilation)
+            dense_ok = groups == 1 and ci == cb * blk and o % blk == 0
+            dw_ok = groups == cb * blk == o and ci == 1
+            if dense_ok or dw_ok:
+                xs, pads, pad_value = _absorb_pad(self, x, _pads(a))
+                self.pad_value = pad_value
+                if dense_ok:
+                    return self._dense_conv_blocked(xs, w, in_dtype, strides, pads, dil,
+                                                    out_shape, bits)
+                return self._depthwise_blocked(xs, w, in_dtype, strides, pads, dil, out_shape)
+        return self._via_nchw(call)
+
+    def _via_nchw(self, call):
+        ib, a = self.st.ob, call.attrs  # the layout's channel block
+        x = self.builder_.emit(relax.op.layout_transform(
+            call.args[0], index_map=lambda n, c, h, w, i: (n, c * ib + i, h, w)))
+        conv = relax.op.nn.conv2d(x, call.args[1], strides=a.strides, padding=a.padding,
+                                  dilation=a.dilation, groups=a.groups, data_layout="NCHW",
+                                  kernel_layout=str(a.kernel_layout), out_layout="NCHW",
+                                  out_dtype=str(a.out_dtype) or None)
+        conv = self.builder_.normalize(conv)
+        new = self._conv(conv)
+        y = self.builder_.emit(conv if new is None else new)
+        return relax.op.layout_transform(
+            y, index_map=lambda n, c, h, w: (n, c // ib, h, w, c % ib))
+
+    def _dense_conv_blocked(self, x, w, in_dtype, strides, pads, dil, out_shape, bits):
+        st = self.st
+        if any(pads) or B.shift_for(in_dtype, st.act_dtype):
+            x = self._emit_pack(B.pad_blocked, x, pads, st.act_dtype, self.pad_value,
+                                name="tvmq_pack_act")
+        wp_arg, wp_t, wp_const = self._weight_args(B.pack_weight(w, st.ob, st.ib), bits)
+        corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
+        xp_t = te.placeholder(B.i64(struct_shape(x)), st.act_dtype, "xp")
+        corr_t = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
+        acc = B.conv2d_blocked(xp_t, wp_t, strides, dil, out_shape[2:4])
+        out = B.unpack_blocked(acc, w.shape[0], corr_t)
+        args = [xp_t, wp_arg] + ([corr_t] if corr_t is not None else [])
+        rargs = [x, wp_const] + ([relax.const(corr_np, "int32")] if corr_np is not None else [])
+        return self._call_kernel(_kernel_func(args, out, "tvmq_conv"), rargs, out_shape)
+
+    def _depthwise_blocked(self, x, w, in_dtype, strides, pads, dil, out_shape):
+        st = self.st
+        xp = self._emit_pack(B.pad_blocked, x, pads, st.act_dtype, self.pad_value,
+                             B.dw_split(strides, dil), B.BLOCK_PAD, name="tvmq_pad")
+        w_np = B.pack_depthwise_weight(w, st.ob, B.depthwise_pixels(out_shape[3], st.dw_pixels))
+        corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
+        xp_t = te.placeholder(B.i64(struct_shape(xp)), st.act_dtype, "xp")
+        w_t = te.placeholder(B.i64(w_np.shape), "int8", "w")
+        corr_t = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
+        out = B.depthwise_nchwc(xp_t, w_t, strides, dil, out_shape[2:4], corr_t)
+        args = [xp_t, w_t] + ([corr_t] if corr_t is not None else [])
+        rargs = [xp, relax.const(w_np, "int8")] + (
+            [relax.const(corr_np, "int32")] if corr_np is not None else [])
+        return self._call_kernel(_kernel_func(args, out, "tvmq_dwconv"), rargs, out_shape)
 
     def _dense_conv(self, x, w, in_dtype, x_shape, strides, pads, dil, out_shape, bits):
         st = self.st

@@ -67,19 +67,34 @@ def pack_activation(x: te.Tensor, ib: int, padding, act_dtype: str, pad_value: i
 
 
 def conv2d_blocked(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, acc="int32"):
-    """``[N, OB, OH, OW, ob]`` accumulators of a blocked conv (block ``BLOCK_CONV``)."""
-    n, cb_n, _, _, ib = (int(d) for d in xp.shape)
-    ob_n, _, kh_n, kw_n, ob, _ = (int(d) for d in wp.shape)
+    """``[N, OB, OH, OW, ob]`` accumulators of a blocked conv (block ``BLOCK_CONV``).
+
+    ``xp`` is ``[N, C/xb, Hp, Wp, xb]`` with ``xb`` the intrinsic depth ``ib`` (packed from
+    NCHW) or a multiple of it (the network's blocked layout, ``xb = ob``). Reduction axes
+    ``cb[, kh, kw][, cs], ci``: ``kh, kw`` only for kernels larger than 1x1, ``cs`` (the
+    ``xb / ib`` sub-blocks) only when ``xb > ib``; unit axes would trip TVM 0.27's
+    ``compute_at`` (it binds them to an int32 constant).
+    """
+    n, cb_n, _, _, xb = (int(d) for d in xp.shape)
+    ob_n, _, kh_n, kw_n, ob, ib = (int(d) for d in wp.shape)
     (sh, sw), (dh, dw) = strides, dilation
-    cb = te.reduce_axis((0, tir.IntImm("int64", cb_n)), "cb")
-    kh = te.reduce_axis((0, tir.IntImm("int64", kh_n)), "kh")
-    kw = te.reduce_axis((0, tir.IntImm("int64", kw_n)), "kw")
-    ci = te.reduce_axis((0, tir.IntImm("int64", ib)), "ci")
+    i64c = lambda v: tir.IntImm("int64", v)  # noqa: E731
+    cb = te.reduce_axis((0, i64c(cb_n)), "cb")
+    ci = te.reduce_axis((0, i64c(ib)), "ci")
+    axes = [cb]
+    kh = kw = cs = i64c(0)
+    if (kh_n, kw_n) != (1, 1):
+        kh = te.reduce_axis((0, i64c(kh_n)), "kh")
+        kw = te.reduce_axis((0, i64c(kw_n)), "kw")
+        axes += [kh, kw]
+    if xb > ib:
+        cs = te.reduce_axis((0, i64c(xb // ib)), "cs")
+        axes.append(cs)
     return te.compute(
         i64((n, ob_n, *out_hw, ob)),
         lambda b, o, y, x_, oi: te.sum(
-            xp[b, cb, y * sh + kh * dh, x_ * sw + kw * dw, ci].astype(acc)
-            * wp[o, cb, kh, kw, oi, ci].astype(acc), axis=[cb, kh, kw, ci]),
+            xp[b, cb, y * sh + kh * dh, x_ * sw + kw * dw, cs * ib + ci].astype(acc)
+            * wp[o, cb * (xb // ib) + cs, kh, kw, oi, ci].astype(acc), axis=[*axes, ci]),
         name=BLOCK_CONV)
 
 
@@ -224,6 +239,100 @@ def depthwise_nchw(xp: te.Tensor, w: te.Tensor, strides, dilation, out_hw, corr=
     if corr is None:
         return out
     return te.compute(out.shape, lambda b, ch, y, x_: out[b, ch, y, x_] + corr[ch],
+                      name=BLOCK_UNPACK)
+
+
+# ---- whole-network blocked layout (NCHW{ob}c between layers) ------------------------------
+def blocked_layout(ob: int) -> str:
+    """The activation layout integer layers exchange: ``NCHW{ob}c``, ``ob`` the kernels'
+    output block (one accumulator vector), so a conv's epilogue stores whole vectors."""
+    return f"NCHW{ob}c"
+
+
+def pad_blocked(x: te.Tensor, padding, act_dtype: str, pad_value: int = 0, split_w: int = 1,
+                name: str = BLOCK_PACK):
+    """``[N, CB, H, W, blk]`` -> spatially padded (and shifted to ``act_dtype``) copy.
+
+    The cheap counterpart of :func:`pack_activation` when the activations are already
+    blocked: contiguous rows, no transpose. ``split_w > 1`` de-interleaves W like
+    :func:`pad_nchw` (``[N, CB, Hp, split_w, ceil(Wp / split_w), ib]``).
+    """
+    n, cb, h, w, ib = (int(d) for d in x.shape)
+    pt, pl, pb, pr = padding
+    shift = tir.const(shift_for(str(x.dtype), act_dtype), "int32")
+    fill = tir.const(shift_for(str(x.dtype), act_dtype) + int(pad_value), "int32")
+    wp = w + pl + pr
+
+    def value(b, c, hh, ww, ci):
+        inside = tir.all(hh >= pt, hh < h + pt, ww >= pl, ww < w + pl)
+        val = x[b, c, hh - pt, tir.min(ww, w + pl - 1) - pl, ci].astype("int32") + shift
+        return tir.if_then_else(inside, val, fill).astype(act_dtype)
+
+    if split_w <= 1:
+        return te.compute(i64((n, cb, h + pt + pb, wp, ib)), value, name=name)
+    return te.compute(i64((n, cb, h + pt + pb, split_w, ceil_div(wp, split_w), ib)),
+                      lambda b, c, hh, p, j, ci: value(b, c, hh, j * split_w + p, ci), name=name)
+
+
+def unpack_blocked(acc: te.Tensor, channels: int, corr: te.Tensor | None):
+    """Accumulators ``[N, O/ob, OH, OW, ob]`` as the blocked output (``O % ob == 0``), plus the
+    per-channel shift correction: the requantization that follows reads them in place."""
+    ob = int(acc.shape[-1])
+    if channels % ob:
+        raise ValueError(f"blocked output needs channels % {ob} == 0, got {channels}")
+
+    def f(b, o, y, x_, oi):
+        v = acc[b, o, y, x_, oi]
+        return v + corr[o * ob + oi] if corr is not None else v
+
+    return te.compute(acc.shape, f, name=BLOCK_UNPACK)
+
+
+def depthwise_pixels(ow: int, cap: int) -> int:
+    """Output pixels one depthwise vector covers: the largest divisor of ``ow`` up to ``cap``."""
+    return max(d for d in range(1, min(ow, cap) + 1) if ow % d == 0)
+
+
+def pack_depthwise_weight(w: np.ndarray, ib: int, pixels: int) -> np.ndarray:
+    """``[C, 1, KH, KW]`` -> ``[C/blk, KH, KW, pixels * blk]`` (``ib`` here: the layout's
+    channel block): each tap's channel weights repeated for ``pixels`` pixels, so one
+    contiguous load feeds a ``(pixel, channel)`` vector."""
+    c, _, kh, kw = w.shape
+    blk = w[:, 0].reshape(c // ib, ib, kh, kw).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(np.tile(blk, (1, 1, 1, pixels)))
+
+
+def depthwise_nchwc(xp: te.Tensor, w_rep: te.Tensor, strides, dilation, out_hw, corr=None):
+    """Depthwise conv on padded ``[N, C/blk, Hp, Wp, blk]`` (or W-de-interleaved) activations.
+
+    ``w_rep`` from :func:`pack_depthwise_weight`; block ``BLOCK_DWCONV`` with loops
+    ``b, cb, y, x, ci, kh, kw``; its schedule vectorizes ``(x mod pixels, ci)``: every
+    operand is then one contiguous vector (stride-2 inputs come de-interleaved).
+    """
+    n, cb_n = (int(d) for d in xp.shape[:2])
+    ib = int(xp.shape[-1])
+    _, kh_n, kw_n, lanes = (int(d) for d in w_rep.shape)
+    pixels = lanes // ib
+    (sh, sw), (dh, dw) = strides, dilation
+    kh = te.reduce_axis((0, tir.IntImm("int64", kh_n)), "kh")
+    kw = te.reduce_axis((0, tir.IntImm("int64", kw_n)), "kw")
+    split = len(xp.shape) == 6
+
+    def tap(b, c, y, x_, ci):
+        if split:
+            return xp[b, c, y * sh + kh * dh, tir.floormod(kw, sw), x_ + tir.floordiv(kw, sw), ci]
+        return xp[b, c, y * sh + kh * dh, x_ * sw + kw * dw, ci]
+
+    out = te.compute(
+        i64((n, cb_n, *out_hw, ib)),
+        lambda b, c, y, x_, ci: te.sum(
+            tap(b, c, y, x_, ci).astype("int32")
+            * w_rep[c, kh, kw, tir.floormod(x_, pixels) * ib + ci].astype("int32"),
+            axis=[kh, kw]),
+        name=BLOCK_DWCONV)
+    if corr is None:
+        return out
+    return te.compute(out.shape, lambda b, c, y, x_, ci: out[b, c, y, x_, ci] + corr[c * ib + ci],
                       name=BLOCK_UNPACK)
 
 

@@ -35,25 +35,35 @@ def _is_spatial_block(sch, blk) -> bool:
     return all(int(iv.iter_type) == 0 for iv in sch.get(blk).iter_vars)
 
 
+def _writes_8bit(sch, blk) -> bool:
+    try:
+        return str(sch.get(blk).writes[0].source.dtype) in ("int8", "uint8")
+    except Exception:  # noqa: BLE001 - unusual write region: treat as wide
+        return False
+
+
 def inline_epilogue(sch, anchor_names: tuple[str, ...]) -> list:
-    """Inline every block but the anchors and ``KEEP_BLOCKS``; return the remaining output blocks.
+    """Inline the elementwise blocks but the anchors and ``KEEP_BLOCKS``; return the rest.
 
     Only spatial blocks with consumers are tried (a failing primitive renders the whole IR
     into its error message, which is slow on big fused functions). Blocks are inlined
     producer-first, so a chain ``unpack -> mul -> shift -> clip -> cast`` ends as one block
-    reading the anchor's accumulators.
+    reading the anchor's accumulators. An 8-bit intermediate (a requantized tensor that a
+    fused residual add reads) stays a block of its own: inlining it would copy its whole
+    requantization into every use in the next chain (expression size, and LLVM's compile
+    time, grow geometrically). Returned: the remaining non-anchor blocks, producers first.
     """
     keep = set(anchor_names) | set(KEEP_BLOCKS)
     for blk in child_blocks(sch):
         name = sch.get(blk).name_hint
-        if name in keep or not sch.get_consumers(blk) or not _is_spatial_block(sch, blk):
+        if name in keep or not sch.get_consumers(blk) or not _is_spatial_block(sch, blk) \
+                or _writes_8bit(sch, blk):
             continue
         try:
             sch.compute_inline(blk)
         except Exception:  # noqa: BLE001 - e.g. a block reading its own output: stays
             continue
-    return [b for b in child_blocks(sch)
-            if sch.get(b).name_hint not in keep and not sch.get_consumers(b)]
+    return [b for b in child_blocks(sch) if sch.get(b).name_hint not in keep]
 
 
 def schedule_injective(sch, blk, vec: int = 16, parallel_extent: int = 64) -> None:
@@ -61,6 +71,9 @@ def schedule_injective(sch, blk, vec: int = 16, parallel_extent: int = 64) -> No
     loops = sch.get_loops(blk)
     if not loops:
         return
+    if len(loops) >= 2 and (_extent(sch, loops[-1]) or vec) < vec:
+        # blocked layouts end in a short channel loop: vectorize (pixel, channel) together
+        loops = [*loops[:-2], sch.fuse(loops[-2], loops[-1])]
     last = _extent(sch, loops[-1]) or 0
     if last > vec and last % vec == 0:
         outer_last, inner = sch.split(loops[-1], [None, vec])

@@ -20,36 +20,61 @@ def _out_hw(h, w, k, strides, padding, dilation):
             (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
 
 
+def _blocked_shape(x_shape, ib: int) -> tuple[int, ...]:
+    n, c, h, w = x_shape
+    return (n, c // ib, h, w, ib)
+
+
 def conv_func(x_shape, w: np.ndarray, in_dtype: str, st: Strategy, strides=(1, 1),
-              padding=(0, 0, 0, 0), dilation=(1, 1), bits: int = 8):
+              padding=(0, 0, 0, 0), dilation=(1, 1), bits: int = 8, layout: str = "NCHW"):
     """(PrimFunc, packed weight, correction or None) of a dense (groups=1) int conv.
 
     ``bits`` (8, 4 or 2): width the weights are stored at (decoded inside the kernel).
+    ``layout``: ``"NCHW"``, or ``"blocked"`` for ``NCHW{ob}c`` input and output (the layout
+    integer layers exchange inside a model; ``x_shape`` is still given as NCHW).
     """
-    x = te.placeholder(B.i64(x_shape), in_dtype, "x")
+    blocked = layout != "NCHW"
+    x = te.placeholder(B.i64(_blocked_shape(x_shape, st.ob) if blocked else x_shape),
+                       in_dtype, "x")
     wp_np, wp_arg, wp = B.weight_operand(B.pack_weight(w, st.ob, st.ib), st.ob, bits)
     corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
     corr = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
-    xp = B.pack_activation(x, st.ib, padding, st.act_dtype)
+    if blocked:
+        xp = B.pad_blocked(x, padding, st.act_dtype)
+    else:
+        xp = B.pack_activation(x, st.ib, padding, st.act_dtype)
     hw = _out_hw(x_shape[2], x_shape[3], w.shape[2:], strides, padding, dilation)
     acc = B.conv2d_blocked(xp, wp, strides, dilation, hw)
-    out = B.unpack_nchw(acc, w.shape[0], corr)
+    out = (B.unpack_blocked(acc, w.shape[0], corr) if blocked
+           else B.unpack_nchw(acc, w.shape[0], corr))
     args = [x, wp_arg] + ([corr] if corr is not None else []) + [out]
     return te.create_prim_func(args), wp_np, corr_np
 
 
 def depthwise_func(x_shape, w: np.ndarray, in_dtype: str, st: Strategy, strides=(1, 1),
-                   padding=(0, 0, 0, 0), dilation=(1, 1)):
-    """(PrimFunc, weight, correction or None) of a depthwise (multiplier 1) int conv."""
-    x = te.placeholder(B.i64(x_shape), in_dtype, "x")
+                   padding=(0, 0, 0, 0), dilation=(1, 1), layout: str = "NCHW"):
+    """(PrimFunc, weight, correction or None) of a depthwise (multiplier 1) int conv.
+
+    ``layout="blocked"``: ``NCHW{ob}c`` input and output, weights repeated per vector
+    (:func:`tvmq.schedules.blocked.pack_depthwise_weight`).
+    """
     corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
-    wt = te.placeholder(B.i64(w.shape), "int8", "w")
     corr = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
-    xp = B.pad_nchw(x, padding, st.act_dtype, split_w=B.dw_split(strides, dilation))
     hw = _out_hw(x_shape[2], x_shape[3], w.shape[2:], strides, padding, dilation)
-    out = B.depthwise_nchw(xp, wt, strides, dilation, hw, corr)
+    split = B.dw_split(strides, dilation)
+    if layout != "NCHW":
+        x = te.placeholder(B.i64(_blocked_shape(x_shape, st.ob)), in_dtype, "x")
+        w_np = B.pack_depthwise_weight(w, st.ob, B.depthwise_pixels(hw[1], st.dw_pixels))
+        wt = te.placeholder(B.i64(w_np.shape), "int8", "w")
+        xp = B.pad_blocked(x, padding, st.act_dtype, split_w=split, name=B.BLOCK_PAD)
+        out = B.depthwise_nchwc(xp, wt, strides, dilation, hw, corr)
+    else:
+        x = te.placeholder(B.i64(x_shape), in_dtype, "x")
+        w_np, wt = w, te.placeholder(B.i64(w.shape), "int8", "w")
+        xp = B.pad_nchw(x, padding, st.act_dtype, split_w=split)
+        out = B.depthwise_nchw(xp, wt, strides, dilation, hw, corr)
     args = [x, wt] + ([corr] if corr is not None else []) + [out]
-    return te.create_prim_func(args), w, corr_np
+    return te.create_prim_func(args), w_np, corr_np
 
 
 def dense_func(m: int, w_kn: np.ndarray, in_dtype: str, st: Strategy, bits: int = 8):

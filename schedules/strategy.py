@@ -28,6 +28,9 @@ class Strategy:
         Registered tensor intrinsic name.
     schedule_conv, schedule_dense, schedule_depthwise : callable
         ``f(sch, intrin)`` / ``f(sch)`` schedules of :mod:`tvmq.schedules.blocked` kernels.
+    dw_pixels : int
+        Output pixels per depthwise vector in the blocked layout (``dw_pixels * ob`` int32
+        lanes: 64 on x86 = 4 zmm accumulators, 16 on Arm = 4 q registers).
     """
 
     name: str
@@ -38,6 +41,7 @@ class Strategy:
     schedule_conv: Callable
     schedule_dense: Callable
     schedule_depthwise: Callable
+    dw_pixels: int = 4
 
 
 def _x86(intrin: str, name: str) -> Strategy:
@@ -51,7 +55,7 @@ def _arm(intrin: str, name: str) -> Strategy:
     from tvmq.schedules.arm import conv2d_int8 as k
 
     return Strategy(name, 4, 4, "int8", intrin, k.schedule_conv, k.schedule_dense,
-                    k.schedule_depthwise)
+                    k.schedule_depthwise, dw_pixels=4)
 
 
 def strategy_for(target) -> Strategy | None:

@@ -101,7 +101,7 @@ def schedule_conv(sch, intrin: str, ob_tile: int | None = None, ow_tile: int | N
     conv = sch.get_sblock(BLOCK_CONV)
     _schedule_packs(sch)
     outs = inline_epilogue(sch, (BLOCK_CONV,))
-    b, o, y, x, oi, cb, kh, kw, ci = sch.get_loops(conv)
+    b, o, y, x, oi, *red_loops, ci = sch.get_loops(conv)  # red: cb[, kh, kw][, cs]
     n_o, n_x = _const_extent(sch, o), _const_extent(sch, x)
     ow_fix = ow_tile or divisor_at_most(n_x, max_ow)
     ob_cap = max(min_ob, max_acc // ow_fix) if ow_fix < 8 else min_ob
@@ -109,12 +109,19 @@ def schedule_conv(sch, intrin: str, ob_tile: int | None = None, ow_tile: int | N
     ob_tile = _tile_factor(sch, n_o, max(ob_cap, 4) if sample else ob_cap, ob_tile, sample)
     o_o, o_i = sch.split(o, [None, ob_tile])
     x_o, x_i = sch.split(x, [None, ow_tile])
-    sch.reorder(b, o_o, y, x_o, cb, kh, kw, o_i, x_i, oi, ci)
-    schedule_decode(sch, kw)
+    if len(red_loops) in (2, 4) and len(sch.get(conv).iter_vars) in (8, 10):
+        # blocked input (cb, [kh, kw,] cs): one loop over all ib-channel sub-blocks, taps
+        # inside, like the NCHW-packed kernel (a short cs loop gets unrolled by LLVM around
+        # the whole register tile: 4x the code, 10x the compile time)
+        cb, *taps, cs = red_loops
+        sch.reorder(cb, cs, *taps)
+        red_loops = [sch.fuse(cb, cs), *taps]
+    sch.reorder(b, o_o, y, x_o, *red_loops, o_i, x_i, oi, ci)
+    schedule_decode(sch, red_loops[-1])
     tile = sch.fuse(b, o_o, y, x_o)
     sch.parallel(tile)
     _finish_epilogue(sch, outs, tile, channel_inner=EPILOGUE_CHANNEL_INNER)
-    init = sch.decompose_reduction(conv, cb)
+    init = sch.decompose_reduction(conv, red_loops[0])
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(oi, intrin)
     sch.unroll(x_i)
@@ -147,8 +154,14 @@ def schedule_dense(sch, intrin: str, m_tile: int | None = None, max_acc: int = M
 
 
 def schedule_depthwise(sch, vec: int = 16):
-    """Vectorize ``BLOCK_DWCONV`` along the output row; epilogue per row tile."""
+    """Vectorize ``BLOCK_DWCONV`` along the output row; epilogue per row tile.
+
+    A blocked-layout depthwise conv (:func:`tvmq.schedules.blocked.depthwise_nchwc`) is
+    vectorized over ``(pixel, channel)`` instead (:func:`schedule_depthwise_blocked`).
+    """
     dw = sch.get_sblock(BLOCK_DWCONV)
+    if len(sch.get_loops(dw)) == 7:
+        return schedule_depthwise_blocked(sch)
     _schedule_packs(sch)
     outs = inline_epilogue(sch, (BLOCK_DWCONV,))
     b, c, y, x, kh, kw = sch.get_loops(dw)
@@ -163,3 +176,35 @@ def schedule_depthwise(sch, vec: int = 16):
     sch.vectorize(sch.get_loops(init)[-1])
     return sch
 
+
+def schedule_depthwise_blocked(sch):
+    """``[N, C/ib, OH, OW, ib]`` depthwise: one vector of ``pixels x ib`` int32 lanes per row
+    chunk (``pixels`` from the repeated weights' shape), taps unrolled, epilogue per row."""
+    dw = sch.get_sblock(BLOCK_DWCONV)
+    for blk in child_blocks(sch):
+        if sch.get(blk).name_hint not in PACK_BLOCKS:
+            continue
+        loops = sch.get_loops(blk)
+        if len(loops) == 6:  # W de-interleaved: copy whole ib-channel pixels (no gathers)
+            sch.parallel(sch.fuse(*loops[:3]))
+            sch.vectorize(loops[-1])
+        else:
+            schedule_injective(sch, blk)
+    outs = inline_epilogue(sch, (BLOCK_DWCONV,))
+    b, c, y, x, ci, kh, kw = sch.get_loops(dw)
+    w_rep = [r for r in sch.get(dw).reads if len(r.source.shape) == 4][0].source
+    pixels = int(w_rep.shape[-1]) // _const_extent(sch, ci)
+    x_o, x_i = sch.split(x, [None, pixels])
+    sch.reorder(b, c, y, x_o, kh, kw, x_i, ci)
+    tile = sch.fuse(b, c, y)
+    sch.parallel(tile)
+    sch.vectorize(sch.fuse(x_i, ci))
+    sch.unroll(kw)
+    for out in outs:  # one vector of the channel block per pixel (contiguous parameters)
+        sch.reverse_compute_at(out, tile)
+        inner = _loops_after(sch, out, tile)
+        if inner:
+            sch.vectorize(inner[-1])
+    init = sch.decompose_reduction(dw, kh)
+    sch.vectorize(sch.get_loops(init)[-1])
+    return sch

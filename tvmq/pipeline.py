@@ -41,6 +41,11 @@ class PipelineOptions:
         Keep int4/int2 conv/dense weights packed 2/4 per byte in the artifact and decode
         them inside the kernels, per register tile (default). False decodes them to int8 at
         compile time (artifact as large as int8; for comparison).
+    blocked_layout : bool
+        Integer layers exchange activations in the kernels' blocked layout ``NCHW{ob}c``
+        (layout transforms only at the graph's edges; default; not with
+        ``match_onnxruntime``). False: every conv packs its NCHW input and unpacks its
+        output (for comparison).
     dump_dir : path or None
         Write the IR after each phase there.
     database : path or None
@@ -53,6 +58,7 @@ class PipelineOptions:
     use_shipped_database: bool = True
     match_onnxruntime: bool = False
     keep_subbyte_packed: bool = True
+    blocked_layout: bool = True
     stats: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
@@ -91,7 +97,12 @@ def legalize_passes(board: Board, opts: PipelineOptions) -> list:
     from tvmq import schedules
 
     prelude = schedules.legalize_prelude(board.tvm_target(),
-                                         subbyte_in_kernel=opts.keep_subbyte_packed)
+                                         subbyte_in_kernel=opts.keep_subbyte_packed,
+                                         # match_onnxruntime's float32 emulation has bool
+                                         # stages TVM 0.27 cannot re-layout (transform_layout
+                                         # pads bool with float): it keeps NCHW
+                                         blocked_layout=opts.blocked_layout
+                                         and not opts.match_onnxruntime)
     return [*prelude, relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(), *fold,
             relax.transform.FuseOps(), relax.transform.FuseTIR()]

@@ -59,10 +59,25 @@ def _cases(rng):
         x, w = _rand(rng, (1, 10, 7, 7), "int8"), _rand(rng, (12, 10, 3, 3), "int4")
         out.append((f"{board}_conv_int4", board, ("conv", x, w, dict(padding=(1,) * 4, bits=4)),
                     qref.conv2d_int(x, w, padding=(1,) * 4)))
+        # the blocked layout inside models (NCHW4c on Arm): conv and stride-2 depthwise
+        x, w = _rand(rng, (1, 8, 7, 7), "int8"), _rand(rng, (12, 8, 3, 3), "int8")
+        out.append((f"{board}_conv_blocked", board, ("conv", x, w, dict(padding=(1,) * 4,
+                                                                        layout="blocked")),
+                    _to_blocked(qref.conv2d_int(x, w, padding=(1,) * 4))))
+        x, w = _rand(rng, (1, 8, 9, 9), "uint8"), _rand(rng, (8, 1, 3, 3), "int8")
+        out.append((f"{board}_dw_blocked", board,
+                    ("dw", x, w, dict(padding=(1,) * 4, strides=(2, 2), layout="blocked")),
+                    _to_blocked(qref.conv2d_int(x, w, padding=(1,) * 4, strides=(2, 2),
+                                                groups=8))))
         x, w = _rand(rng, (3, 21), "uint8"), _rand(rng, (21, 9), "int2")
         out.append((f"{board}_dense_int2", board, ("dense", x, w, dict(bits=2)),
                     x.astype(np.int64) @ w.astype(np.int64)))
     return out
+
+
+def _to_blocked(a, blk=4):
+    n, c, h, w = a.shape
+    return np.ascontiguousarray(a.reshape(n, c // blk, blk, h, w).transpose(0, 1, 3, 4, 2))
 
 
 def _export(work: Path, name, board, spec, ref):
@@ -75,6 +90,8 @@ def _export(work: Path, name, board, spec, ref):
     else:
         lib, wp, corr = kernels.build_dense_kernel(x.shape[0], w, str(x.dtype), target, **conv)
     lib.export_library(str(work / f"{name}.so"), fcompile=cc.cross_compiler(CROSS))
+    if conv.get("layout") == "blocked":  # the builders take the NCHW shape
+        x = _to_blocked(x)
     arrays = [x, wp] + ([corr] if corr is not None else []) + [np.zeros(ref.shape, "int32")]
     np.savez(work / f"{name}.npz", *arrays)
 

@@ -41,12 +41,13 @@ def _graph(x_shape, in_dtype, w, *, dense=False, pad_value=None, **conv):
     return bb.get()
 
 
-def _lower(mod, ours: bool):
+def _lower(mod, ours: bool, blocked: bool = False):
     target = tvm.target.Target(TARGET)
     seq = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
            relax.transform.FuseOps(), relax.transform.FuseTIR()]
     if ours:
-        seq = S.legalize_prelude(target) + seq + S.schedule_passes(target)
+        seq = S.legalize_prelude(target, blocked_layout=blocked) + seq + \
+            S.schedule_passes(target)
     with target, tvm.transform.PassContext(opt_level=3):
         return tvm.transform.Sequential(seq)(mod)
 
@@ -78,6 +79,53 @@ def test_conv_becomes_pack_plus_fused_kernel(rng):
     assert len(callees) == 2 and callees[1].startswith("fused_tvmq_kernel1")  # requant fused
     assert all(lowered[gv].attrs.get("tirx.is_scheduled") for gv in lowered.functions
                if gv.name_hint != "main")
+
+
+def _chain(x_shape, convs):
+    """``x -> (conv2d(int32) -> requantize(max/min) -> uint8)*`` like tvmq.passes emit."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(x_shape, "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            data = x
+            for w, conv in convs:
+                o = w.shape[0]
+                m, n = qref.quantize_multiplier(np.linspace(3e-4, 9e-4, o))
+                acc = bb.emit(relax.op.nn.conv2d(data, relax.const(w), out_dtype="int32",
+                                                 groups=conv.get("groups", 1),
+                                                 padding=conv.get("padding", 0),
+                                                 strides=conv.get("strides", 1)))
+                prod = bb.emit(relax.op.multiply(relax.op.astype(acc, "int64"),
+                                                 relax.const(m.reshape(1, o, 1, 1), "int64")))
+                y = bb.emit(relax.op.right_shift(prod, relax.const(n.reshape(1, o, 1, 1),
+                                                                   "int64")))
+                y = bb.emit(relax.op.minimum(relax.op.maximum(y, relax.const(0, "int64")),
+                                             relax.const(255, "int64")))
+                data = bb.emit(relax.op.astype(y, "uint8"))
+            out = bb.emit_output(data)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_blocked_layout_transforms_only_at_the_edges(rng):
+    """conv 3x3 -> depthwise stride 2 -> conv 1x1 -> conv with 24 outputs (not a multiple of
+    16: stays NCHW): activations between the first three convs stay NCHW16c, exact."""
+    convs = [(rng.integers(-128, 128, (32, 16, 3, 3)).astype("int8"), {"padding": 1}),
+             (rng.integers(-128, 128, (32, 1, 3, 3)).astype("int8"),
+              {"groups": 32, "padding": 1, "strides": 2}),
+             (rng.integers(-128, 128, (48, 32, 1, 1)).astype("int8"), {}),
+             (rng.integers(-128, 128, (24, 48, 1, 1)).astype("int8"), {})]
+    mod = _chain((1, 16, 12, 12), convs)
+    lowered = _lower(mod, True, blocked=True)
+    callees = _call_tir_callees(lowered)
+    transforms = [c for c in callees if "layout_transform" in c]
+    # in (x -> NCHW16c) and out (before the NCHW 24-channel conv): nothing in between
+    assert len(transforms) == 2, callees
+    assert sum("tvmq_kernel" in c for c in callees) == 4
+    x = rng.integers(0, 256, (1, 16, 12, 12)).astype("uint8")
+    np.testing.assert_array_equal(_run(lowered, x), _run(_lower(mod, False), x))
+    nchw = _lower(mod, True, blocked=False)
+    np.testing.assert_array_equal(_run(lowered, x), _run(nchw, x))
 
 
 def test_non_constant_weight_is_left_alone(rng):

@@ -123,6 +123,37 @@ def test_dense_subbyte_exact(rng, bits, m, k, n):
     assert np.array_equal(got, x.astype(np.int64) @ wt.astype(np.int64))
 
 
+def _to_blocked(a, blk=16):
+    n, c, h, w = a.shape
+    return np.ascontiguousarray(a.reshape(n, c // blk, blk, h, w).transpose(0, 1, 3, 4, 2))
+
+
+@needs_vnni
+@pytest.mark.parametrize("kind,n,c,h,o,k,stride,pad", [
+    ("conv", 1, 32, 9, 48, 3, 1, 1),
+    ("conv", 2, 16, 10, 32, 1, 2, 0),     # 1x1 stride 2, batch 2
+    ("conv", 1, 64, 7, 16, 3, 1, 1),
+    ("dw", 1, 32, 11, 32, 3, 1, 1),
+    ("dw", 1, 48, 12, 48, 3, 2, 1),       # stride 2: W de-interleaved
+    ("dw", 2, 16, 9, 16, 5, 2, 2),
+])
+def test_blocked_layout_kernels_exact(rng, kind, n, c, h, o, k, stride, pad):
+    """NCHW16c in, NCHW16c out (the layout integer layers exchange inside a model)."""
+    x = _rand(rng, (n, c, h, h), "uint8")
+    conv = dict(strides=(stride, stride), padding=(pad,) * 4, layout="blocked")
+    target = tvm.target.Target(ZNVER4)
+    if kind == "conv":
+        wt = _rand(rng, (o, c, k, k), "int8")
+        lib, wp, corr = kernels.build_conv_kernel(x.shape, wt, "uint8", target, **conv)
+        ref = qref.conv2d_int(x, wt, strides=(stride, stride), padding=(pad,) * 4)
+    else:
+        wt = _rand(rng, (c, 1, k, k), "int8")
+        lib, wp, corr = kernels.build_depthwise_kernel(x.shape, wt, "uint8", target, **conv)
+        ref = qref.conv2d_int(x, wt, strides=(stride, stride), padding=(pad,) * 4, groups=c)
+    got = _run(lib, _to_blocked(x), wp, corr, out_shape=_to_blocked(ref).shape)
+    np.testing.assert_array_equal(got, _to_blocked(ref))
+
+
 @pytest.mark.parametrize("bits,ob", [(4, 16), (2, 16), (4, 4), (2, 4)])
 def test_pack_subbyte_blocked_round_trips(rng, bits, ob):
     """NumPy decode of the stored bytes (the rule the kernel implements) gives back W."""

@@ -3,6 +3,6 @@
 >>> report = tvmq.tune.tune("model.onnx", board="host", trials=64, db="tune-db")
 >>> tvmq.compile("model.onnx", board="host", options=tvmq.PipelineOptions(database="tune-db"))
 """
-from tvmq.tune.tuner import TuneReport, export_database, tune
+from tvmq.tune.tuner import TuneReport, export_database, tune, validate_database
 
-__all__ = ["TuneReport", "export_database", "tune"]
+__all__ = ["TuneReport", "export_database", "tune", "validate_database"]

@@ -21,7 +21,10 @@ def cmd_tune(args) -> int:
         name = task["name"] if len(task["name"]) <= 48 else task["name"][:45] + "..."
         print(f"  {name:<48} x{task['weight']:<3} {task['records']:>5} records  {best}")
     if args.export_db:
-        print(f"exported to {export_database(args.db, args.board)}")
+        models = [args.model] if report.board == "host" else []
+        dest = export_database(args.db, args.board, models=models)
+        print(f"exported to {dest}" + (" (only schedules measured faster in the model; see "
+                                       "validation.json)" if models else ""))
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     return 0
@@ -39,9 +42,10 @@ def add_parsers(sub) -> None:
     budget.add_argument("--time-budget", type=float, metavar="MIN", help="stop after MIN minutes")
     p.add_argument("--db", default="tune-db", help="database directory (resumable)")
     p.add_argument("--trials-per-iter", type=int, default=16)
-    p.add_argument("--tasks", type=int, metavar="N", help="tune only the N heaviest tasks")
+    p.add_argument("--tasks", type=int, metavar="N", help="tune only the N most expensive tasks (measured time on host, else FLOPs)")
     p.add_argument("--export-db", action="store_true",
-                   help="copy the database into the package's schedules/<board>/")
+                   help="copy the database into the package's schedules/<board>/ (host: "
+                        "only schedules measured faster in the compiled model)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_tune)

@@ -11,8 +11,9 @@ import contextlib
 import dataclasses
 import functools
 import json
-import shutil
+import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -50,25 +51,68 @@ class TuneReport:
         return {**dataclasses.asdict(self), "estimated_ms": self.estimated_ms}
 
 
-def _tasks(model, board: Board, example_inputs, input_shapes, max_tasks: int | None = None):
-    ms = meta_schedule()
+def _legalized(model, board: Board, example_inputs, input_shapes):
     if isinstance(model, (str, Path)) and (Path(model) / "meta.json").is_file():
         model = _artifact_source(Path(model))
     imported = import_model(model, example_inputs, input_shapes)
-    mod = run_phases(imported.bind_params(), board, PipelineOptions(), until="legalize")
+    return model, run_phases(imported.bind_params(), board, PipelineOptions(), until="legalize")
+
+
+def _tasks(model, board: Board, example_inputs, input_shapes, max_tasks: int | None = None):
+    ms = meta_schedule()
+    model, mod = _legalized(model, board, example_inputs, input_shapes)
     tasks = ms.relax_integration.extract_tasks(mod, board.tvm_target())
     tasks = [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled")]
-    return _worth_tuning(tasks)[:max_tasks]
+    measured = measured_ms(model, board, example_inputs, input_shapes)
+    return _worth_tuning(tasks, measured)[:max_tasks]
 
 
-def _worth_tuning(tasks, min_share: float = 0.005):
-    """Tasks by descending weighted FLOPs, without the trivial ones (reshapes, tiny reductions)
-    that would otherwise take the gradient scheduler's first round of trials."""
+def measured_ms(model, board: Board, example_inputs=None, input_shapes=None,
+                database: str | Path | None = None) -> dict[str, float] | None:
+    """Time per compiled PrimFunc (ms, summed over its calls) of ``model`` on the host.
+
+    Compiled with the default schedules (or ``database``) and timed layer by layer
+    (:mod:`tvmq.device.layers`); None for a cross board (no local measurement).
+    """
+    if board.is_cross:
+        return None
+    from tvmq.compiler import compile as compile_model
+    from tvmq.device import connect
+
+    opts = PipelineOptions(use_shipped_database=False, database=str(database) if database
+                           else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        art = compile_model(model, example_inputs, board, input_shapes=input_shapes,
+                            options=opts)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tvmq-measure-") as tmp, connect("local") as dev:
+        art.save(Path(tmp) / "art")
+        rows = dev.bench(art, per_layer=True, check=False, number=5, repeat=5).layers or []
+    out: dict[str, float] = {}
+    for row in rows:
+        out[row["name"]] = out.get(row["name"], 0.0) + (row["median_ms"] or 0.0)
+    return out
+
+
+def _worth_tuning(tasks, measured: dict[str, float] | None = None, min_share: float = 0.005):
+    """Tasks worth tuning, most expensive first, without the trivial ones (reshapes, tiny
+    reductions) that would otherwise take the scheduler's first round of trials.
+
+    Expense is the measured time of the default schedule when the model can run here
+    (``measured``: a memory-bound pool or depthwise conv costs far more than its FLOPs
+    say), else the weighted FLOPs.
+    """
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    flops = [float(estimate_tir_flops(t.dispatched[0])) * float(t.weight) for t in tasks]
-    total = sum(flops)
-    kept = sorted(((f, i) for i, f in enumerate(flops) if f >= min_share * total), reverse=True)
+    if measured:
+        cost = [measured.get(t.task_name, 0.0) for t in tasks]
+    else:
+        cost = [float(estimate_tir_flops(t.dispatched[0])) * float(t.weight) for t in tasks]
+    total = sum(cost)
+    kept = sorted(((f, i) for i, f in enumerate(cost) if f > 0 and f >= min_share * total),
+                  reverse=True)
     if not kept:
         raise TvmqError("the model has no tunable tasks", "check the model imports (tvmq info)")
     return [tasks[i] for _, i in kept]
@@ -290,8 +334,15 @@ def _save_cost_model(model, fileobj) -> None:
         fileobj.write(path.read_bytes())
 
 
-def export_database(db: str | Path, board: str | Board, dest: str | Path | None = None) -> Path:
-    """Copy a tuned database into ``schedules/<board>/`` (or ``dest``) for shipping."""
+def export_database(db: str | Path, board: str | Board, dest: str | Path | None = None,
+                    models=(), min_gain: float = 0.03, rounds: int = 3) -> Path:
+    """Copy a tuned database into ``schedules/<board>/`` (or ``dest``) for shipping.
+
+    With ``models`` (host board only), only schedules that make their layer faster *in the
+    compiled model* are shipped (:func:`validate_database`): tuning measures each kernel
+    alone, and a kernel that wins alone can lose in the model (caches, noise), so a shipped
+    database is never slower than the defaults on the models it was validated on.
+    """
     board = get_board(board)
     src = Path(db)
     reason = dbmod.compatible(src, board.target, TVM_VERSION)
@@ -299,12 +350,81 @@ def export_database(db: str | Path, board: str | Board, dest: str | Path | None 
         raise TvmqError(f"cannot export {src}: {reason}", "tune for this board first")
     dest = Path(dest) if dest else dbmod.shipped_dir(board.name)
     dest.mkdir(parents=True, exist_ok=True)
-    workloads, records = _pruned(src)
+    if models:
+        report = validate_database(src, models, board, min_gain, rounds)
+        workloads, records = _best_records(src, board, report["kept_workloads"])
+        report = {k: v for k, v in report.items() if k != "kept_workloads"}
+    else:
+        (workloads, records), report = _pruned(src), None
     for name, lines in ((dbmod.WORKLOAD_FILE, workloads), (dbmod.RECORD_FILE, records)):
         atomic_write(dest / name, lambda f, lines=lines: f.write("".join(
             line + "\n" for line in lines).encode()))
-    shutil.copyfile(src / dbmod.META_FILE, dest / dbmod.META_FILE)
+    meta = json.loads((src / dbmod.META_FILE).read_text())
+    atomic_write(dest / dbmod.META_FILE, lambda f: f.write(json.dumps(
+        meta, indent=2, sort_keys=True).encode()))
+    if report is not None:
+        atomic_write(dest / "validation.json", lambda f: f.write(json.dumps(
+            report, indent=2).encode()))
     return dest
+
+
+def validate_database(db: str | Path, models, board: str | Board = "host",
+                      min_gain: float = 0.03, rounds: int = 3) -> dict[str, Any]:
+    """Which tuned schedules of ``db`` make their layer faster in the compiled ``models``.
+
+    Each model is compiled with the default schedules and with ``db``; every layer is timed
+    in both builds (``rounds`` alternating rounds, medians). A tuned layer is kept when it
+    is at least ``min_gain`` faster than its default, in every model that has it.
+    """
+    ms = meta_schedule()
+    board = get_board(board)
+    if board.is_cross:
+        raise TvmqError(f"validating a database needs the board here; {board.name} is remote",
+                        "export without models (no validation) or validate on the board")
+    database = dbmod.open_database(db, board.target, TVM_VERSION)
+    layers, verdict = [], {}
+    for model in models:
+        model_src, mod = _legalized(model, board, None, None)
+        by_name = {t.task_name: t.dispatched[0] for t in
+                   ms.relax_integration.extract_tasks(mod, board.tvm_target())}
+        default, tuned = [], []
+        for _ in range(rounds):
+            default.append(measured_ms(model_src, board))
+            tuned.append(measured_ms(model_src, board, database=db))
+        for name, func_mod in by_name.items():
+            if not database.has_workload(func_mod):
+                continue
+            d = statistics.median(r.get(name, 0.0) for r in default)
+            t = statistics.median(r.get(name, 0.0) for r in tuned)
+            keep = d > 0 and t <= (1 - min_gain) * d
+            key = tvm.ir.structural_hash(func_mod)
+            verdict[key] = (verdict.get(key, (True, func_mod))[0] and keep, func_mod)
+            layers.append({"model": str(model), "function": name, "default_ms": round(d, 4),
+                           "tuned_ms": round(t, 4), "kept": keep})
+    kept = [m for ok, m in verdict.values() if ok]
+    return {"min_gain": min_gain, "rounds": rounds, "layers": layers,
+            "kept": len(kept), "dropped": len(verdict) - len(kept), "kept_workloads": kept}
+
+
+def _best_records(src: Path, board: Board, func_mods) -> tuple[list[str], list[str]]:
+    """JSON lines of a database holding the best record of each of ``func_mods``."""
+    import tempfile
+
+    ms = meta_schedule()
+    source = dbmod.open_database(src, board.target, TVM_VERSION)
+    with tempfile.TemporaryDirectory(prefix="tvmq-export-") as tmp:
+        out = ms.database.JSONDatabase(path_workload=str(Path(tmp) / dbmod.WORKLOAD_FILE),
+                                       path_tuning_record=str(Path(tmp) / dbmod.RECORD_FILE),
+                                       allow_missing=True)
+        for mod in func_mods:
+            best = source.get_top_k(source.commit_workload(mod), 1)
+            if not best:
+                continue
+            rec = best[0]
+            out.commit_tuning_record(ms.database.TuningRecord(
+                rec.trace, out.commit_workload(mod), rec.run_secs, rec.target, rec.args_info))
+        return tuple((Path(tmp) / name).read_text().splitlines() if (Path(tmp) / name).exists()
+                     else [] for name in (dbmod.WORKLOAD_FILE, dbmod.RECORD_FILE))
 
 
 def _pruned(src: Path) -> tuple[list[str], list[str]]:
