@@ -40,8 +40,11 @@ def _kernel_space_fn(st):
         elif B.BLOCK_DWCONV in names:
             st.schedule_depthwise(sch)
         else:
-            for out in tiling.inline_epilogue(sch, ()):
-                tiling.schedule_injective(sch, out)
+            blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+            if all(int(iv.iter_type) == 0 for b in blocks for iv in b.iter_vars):
+                for out in tiling.inline_epilogue(sch, ()):
+                    tiling.schedule_injective(sch, out)
+            # reductions (pools): left to the rule-based space of the union
         return sch
 
     return fn

@@ -2,7 +2,9 @@
 
     python scripts/bench_int8.py --models resnet18 mobilenet_v2 --out bench.json
 
-Batch 1, 2 threads, peers timed alternately in one process after warm-up; medians (ms).
+Batch 1, 2 threads, peers timed alternately in one process (rounds of 5 calls each after a
+warm call and a 50 ms pause, so the previous runtime's spinning threads have gone to sleep);
+medians (ms).
 Also reports artifact sizes of the fp32, int8 and int4-weight tvmq builds (the int4 build
 re-quantizes the int8 QDQ model's conv/dense weights to 4 bits, per output channel):
 ``int4`` keeps them packed 2 per byte and decodes them inside the kernels (default),
@@ -35,15 +37,25 @@ def _size(art, workdir: Path, tag: str) -> int:
     return (path / "lib.so").stat().st_size
 
 
-def _time_alternating(runners: dict, repeats: int) -> dict:
+SETTLE_S = 0.05
+
+
+def _time_alternating(runners: dict, repeats: int, batch: int = 5) -> dict:
+    """Median ms per call: ``repeats`` rounds, each runner in turn runs ``batch`` timed calls
+    after an untimed one, following a pause in which the previous runtime's worker threads
+    stop spinning (TVM, onnxruntime and OpenMP busy-wait after a call and would otherwise
+    steal the next runtime's two cores)."""
     for fn in runners.values():
         fn()  # warm-up
     times = {k: [] for k in runners}
     for _ in range(repeats):
         for k, fn in runners.items():
-            t0 = time.perf_counter()
+            time.sleep(SETTLE_S)
             fn()
-            times[k].append((time.perf_counter() - t0) * 1e3)
+            for _ in range(batch):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append((time.perf_counter() - t0) * 1e3)
     return {k: round(statistics.median(v), 3) for k, v in times.items()}
 
 

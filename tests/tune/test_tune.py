@@ -97,6 +97,19 @@ def test_tune_resume_and_apply(tmp_path):
     with torch.no_grad():
         ref = model(x).numpy()
     np.testing.assert_allclose(art.run(x.numpy())[0], ref, rtol=1e-5, atol=1e-5)
+    # validated export: every tuned layer is timed in the compiled model, default vs tuned;
+    # a gain nothing can reach ships nothing, a negative one ships every tuned layer
+    none = tvmq.tune.export_database(db, "host", dest=tmp_path / "none", models=[(model, x)],
+                                     min_gain=1.0, rounds=1)
+    val = json.loads((none / "validation.json").read_text())
+    assert val["kept"] == 0 and val["layers"] and not any(l["kept"] for l in val["layers"])
+    assert all(l["default_ms"] > 0 and l["tuned_ms"] > 0 for l in val["layers"]), val
+    assert not (none / "database_tuning_record.json").read_text().strip()
+    every = tvmq.tune.export_database(db, "host", dest=tmp_path / "all", models=[(model, x)],
+                                      min_gain=-1.0, rounds=1)
+    assert json.loads((every / "validation.json").read_text())["dropped"] == 0
+    art = tvmq.compile(model, x, options=tvmq.PipelineOptions(database=str(every)))
+    assert art.meta["schedules"]["tuned_funcs"], art.meta["schedules"]
 
 
 @pytest.mark.tuning

@@ -372,6 +372,8 @@ def validate_database(db: str | Path, models, board: str | Board = "host",
                       min_gain: float = 0.03, rounds: int = 3) -> dict[str, Any]:
     """Which tuned schedules of ``db`` make their layer faster in the compiled ``models``.
 
+    ``models``: ONNX/.pt2 paths, artifact directories, or ``(torch module, example inputs)``.
+
     Each model is compiled with the default schedules and with ``db``; every layer is timed
     in both builds (``rounds`` alternating rounds, medians). A tuned layer is kept when it
     is at least ``min_gain`` faster than its default, in every model that has it.
@@ -384,13 +386,14 @@ def validate_database(db: str | Path, models, board: str | Board = "host",
     database = dbmod.open_database(db, board.target, TVM_VERSION)
     layers, verdict = [], {}
     for model in models:
-        model_src, mod = _legalized(model, board, None, None)
+        model, example = model if isinstance(model, tuple) else (model, None)
+        model_src, mod = _legalized(model, board, example, None)
         by_name = {t.task_name: t.dispatched[0] for t in
                    ms.relax_integration.extract_tasks(mod, board.tvm_target())}
         default, tuned = [], []
         for _ in range(rounds):
-            default.append(measured_ms(model_src, board))
-            tuned.append(measured_ms(model_src, board, database=db))
+            default.append(measured_ms(model_src, board, example))
+            tuned.append(measured_ms(model_src, board, example, database=db))
         for name, func_mod in by_name.items():
             if not database.has_workload(func_mod):
                 continue
@@ -399,7 +402,7 @@ def validate_database(db: str | Path, models, board: str | Board = "host",
             keep = d > 0 and t <= (1 - min_gain) * d
             key = tvm.ir.structural_hash(func_mod)
             verdict[key] = (verdict.get(key, (True, func_mod))[0] and keep, func_mod)
-            layers.append({"model": str(model), "function": name, "default_ms": round(d, 4),
+            layers.append({"model": str(model)[:80], "function": name, "default_ms": round(d, 4),
                            "tuned_ms": round(t, 4), "kept": keep})
     kept = [m for ok, m in verdict.values() if ok]
     return {"min_gain": min_gain, "rounds": rounds, "layers": layers,
