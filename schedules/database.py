@@ -20,6 +20,7 @@ WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 META_FILE = "meta.json"
 SHIPPED_ROOT = Path(__file__).parent
+_WARNED: set = set()
 
 
 def shipped_dir(board_name: str) -> Path:
@@ -75,7 +76,10 @@ def open_database(path: str | Path, target: dict[str, Any], tvm_version: str,
     else:
         reason = compatible(path, target, tvm_version)
         if reason is not None:
-            warnings.warn(f"ignoring tuned database {path}: {reason}", stacklevel=2)
+            key = (str(path), reason)
+            if key not in _WARNED:  # once per process: a shipped one is tried on every compile
+                _WARNED.add(key)
+                warnings.warn(f"ignoring tuned database {path}: {reason}", stacklevel=2)
             return None
     return ms.database.JSONDatabase(path_workload=str(path / WORKLOAD_FILE),
                                     path_tuning_record=str(path / RECORD_FILE),

@@ -10,7 +10,7 @@ def cmd_tune(args) -> int:
     trials = args.trials or (1_000_000 if args.time_budget else 64)
     report = tune(args.model, args.board, trials=trials, time_budget_min=args.time_budget,
                   db=args.db, device=args.device, trials_per_iter=args.trials_per_iter,
-                  progress=not args.quiet, max_tasks=args.tasks)
+                  progress=not args.quiet, max_tasks=args.tasks, kernels=not args.no_kernels)
     est = report.estimated_ms
     print(f"tuned {len(report.tasks)} task(s): {report.trials_run} new trial(s), "
           f"{report.trials_before + report.trials_run} in {report.db}; "
@@ -43,6 +43,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--db", default="tune-db", help="database directory (resumable)")
     p.add_argument("--trials-per-iter", type=int, default=16)
     p.add_argument("--tasks", type=int, metavar="N", help="tune only the N most expensive tasks (measured time on host, else FLOPs)")
+    p.add_argument("--no-kernels", action="store_true",
+                   help="leave tvmq's conv/dense kernels at their default schedules; tune the "
+                        "rest (pools, transforms, elementwise)")
     p.add_argument("--export-db", action="store_true",
                    help="copy the database into the package's schedules/<board>/ (host: "
                         "only schedules measured faster in the compiled model)")

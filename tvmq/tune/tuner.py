@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import shutil
 import statistics
 import time
 import warnings
@@ -58,13 +59,23 @@ def _legalized(model, board: Board, example_inputs, input_shapes):
     return model, run_phases(imported.bind_params(), board, PipelineOptions(), until="legalize")
 
 
-def _tasks(model, board: Board, example_inputs, input_shapes, max_tasks: int | None = None):
+def _tasks(model, board: Board, example_inputs, input_shapes, max_tasks: int | None = None,
+           kernels: bool = True):
     ms = meta_schedule()
     model, mod = _legalized(model, board, example_inputs, input_shapes)
     tasks = ms.relax_integration.extract_tasks(mod, board.tvm_target())
     tasks = [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled")]
+    if not kernels:
+        tasks = [t for t in tasks if not _is_kernel_task(t)]
     measured = measured_ms(model, board, example_inputs, input_shapes)
     return _worth_tuning(tasks, measured)[:max_tasks]
+
+
+def _is_kernel_task(task) -> bool:
+    """Whether the task holds one of tvmq's tensorized kernels (conv/dense/depthwise)."""
+    from tvmq.schedules.schedule_integer_kernels import _has_kernel
+
+    return _has_kernel(task.dispatched[0]["main"])
 
 
 def measured_ms(model, board: Board, example_inputs=None, input_shapes=None,
@@ -243,7 +254,7 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
          trials: int = 64, time_budget_min: float | None = None, db: str | Path = "tune-db",
          device: str | None = None, trials_per_iter: int = 16, number: int = 3,
          repeat: int = 3, progress: bool = True, seed: int = 0,
-         max_tasks: int | None = None) -> TuneReport:
+         max_tasks: int | None = None, kernels: bool = True) -> TuneReport:
     """Tune ``model``'s tasks for ``board``; records accumulate in the database ``db``.
 
     Parameters
@@ -259,19 +270,29 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
     device : str, optional
         ``rpc://HOST:PORT/KEY`` to measure on a board through a tracker; default local.
     max_tasks : int, optional
-        Tune only the ``max_tasks`` tasks with the most (weighted) FLOPs.
+        Tune only the ``max_tasks`` most expensive tasks (measured time of the default build
+        when the board is this machine, else weighted FLOPs).
+    kernels : bool
+        Also tune tvmq's tensorized conv/dense kernels (default). False tunes only the rest
+        (pools, layout transforms, elementwise tails): those candidates build in seconds,
+        while a kernel with a fused residual epilogue can take minutes per candidate on a
+        small machine.
     """
     ms = meta_schedule()
     board = get_board(board)
     if trials < 1:
         raise TvmqError(f"--trials must be positive, got {trials}", "use --trials 64")
     db_dir = Path(db)
-    database = dbmod.open_database(db_dir, board.target, TVM_VERSION, create=True)
+    try:
+        database = dbmod.open_database(db_dir, board.target, TVM_VERSION, create=True)
+    except Exception:  # noqa: BLE001 - a record whose trace no longer replays: drop those
+        _drop_unreplayable(db_dir)
+        database = dbmod.open_database(db_dir, board.target, TVM_VERSION, create=True)
     if database is None:
         raise TvmqError(f"{db_dir} holds a database for another TVM version or target",
                         "pass a new --db directory")
     dbmod.write_meta(db_dir, board.target, TVM_VERSION, board.name)
-    tasks = _tasks(model, board, example_inputs, input_shapes, max_tasks)
+    tasks = _tasks(model, board, example_inputs, input_shapes, max_tasks, kernels)
     existing = _existing(database, tasks)
     before = sum(n for n, _ in existing)
     remaining = max(trials - before, 0)
@@ -350,12 +371,17 @@ def export_database(db: str | Path, board: str | Board, dest: str | Path | None 
         raise TvmqError(f"cannot export {src}: {reason}", "tune for this board first")
     dest = Path(dest) if dest else dbmod.shipped_dir(board.name)
     dest.mkdir(parents=True, exist_ok=True)
-    if models:
-        report = validate_database(src, models, board, min_gain, rounds)
-        workloads, records = _best_records(src, board, report["kept_workloads"])
-        report = {k: v for k, v in report.items() if k != "kept_workloads"}
-    else:
-        (workloads, records), report = _pruned(src), None
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tvmq-export-") as tmp:
+        clean, dropped = _replayable_copy(src, Path(tmp))
+        if models:
+            report = validate_database(clean, models, board, min_gain, rounds)
+            workloads, records = _best_records(clean, board, report["kept_workloads"])
+            report = {k: v for k, v in report.items() if k != "kept_workloads"}
+            report["unreplayable_records_dropped"] = dropped
+        else:
+            (workloads, records), report = _pruned(clean), None
     for name, lines in ((dbmod.WORKLOAD_FILE, workloads), (dbmod.RECORD_FILE, records)):
         atomic_write(dest / name, lambda f, lines=lines: f.write("".join(
             line + "\n" for line in lines).encode()))
@@ -395,18 +421,59 @@ def validate_database(db: str | Path, models, board: str | Board = "host",
             default.append(measured_ms(model_src, board, example))
             tuned.append(measured_ms(model_src, board, example, database=db))
         for name, func_mod in by_name.items():
-            if not database.has_workload(func_mod):
-                continue
+            if not database.has_workload(func_mod) or \
+                    not database.get_top_k(database.commit_workload(func_mod), 1):
+                continue  # not tuned: the build with the database runs the default
             d = statistics.median(r.get(name, 0.0) for r in default)
             t = statistics.median(r.get(name, 0.0) for r in tuned)
             keep = d > 0 and t <= (1 - min_gain) * d
-            key = tvm.ir.structural_hash(func_mod)
+            key = json.dumps(ms.database.Workload(func_mod).as_json()[0])  # structural hash
             verdict[key] = (verdict.get(key, (True, func_mod))[0] and keep, func_mod)
             layers.append({"model": str(model)[:80], "function": name, "default_ms": round(d, 4),
                            "tuned_ms": round(t, 4), "kept": keep})
     kept = [m for ok, m in verdict.values() if ok]
     return {"min_gain": min_gain, "rounds": rounds, "layers": layers,
             "kept": len(kept), "dropped": len(verdict) - len(kept), "kept_workloads": kept}
+
+
+def _replayable_copy(src: Path, tmp: Path) -> tuple[Path, int]:
+    """A copy of the database at ``src`` without the records whose trace no longer replays
+    on its workload (MetaSchedule refuses to open a database holding one such record)."""
+    ms = meta_schedule()
+    from tvmq.schedules.tune import builder_initializer
+
+    builder_initializer()
+    workloads = (src / dbmod.WORKLOAD_FILE).read_text().splitlines()
+    parsed = {}
+    kept, dropped = [], 0
+    for line in (src / dbmod.RECORD_FILE).read_text().splitlines():
+        if not line.strip():
+            continue
+        index, rec = json.loads(line)
+        if index not in parsed:
+            parsed[index] = ms.database.Workload.from_json(json.loads(workloads[index]))
+        try:
+            ms.database.TuningRecord.from_json(rec, parsed[index])
+            kept.append(line)
+        except Exception:  # noqa: BLE001 - trace replay fails: useless, and poisons the DB
+            dropped += 1
+    out = tmp / "db"
+    out.mkdir()
+    (out / dbmod.WORKLOAD_FILE).write_text("".join(w + "\n" for w in workloads))
+    (out / dbmod.RECORD_FILE).write_text("".join(r + "\n" for r in kept))
+    shutil.copyfile(src / dbmod.META_FILE, out / dbmod.META_FILE)
+    return out, dropped
+
+
+def _drop_unreplayable(db_dir: Path) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tvmq-clean-") as tmp:
+        clean, dropped = _replayable_copy(db_dir, Path(tmp))
+        atomic_write(db_dir / dbmod.RECORD_FILE,
+                     lambda f: f.write((clean / dbmod.RECORD_FILE).read_bytes()))
+    warnings.warn(f"{db_dir}: dropped {dropped} tuning record(s) whose schedule no longer "
+                  "replays on its workload", stacklevel=3)
 
 
 def _best_records(src: Path, board: Board, func_mods) -> tuple[list[str], list[str]]:
