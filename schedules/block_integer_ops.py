@@ -163,7 +163,7 @@ class _Mutator(relax.PyExprMutator):
         w, bits = self._weight(w_expr)
         if in_dtype not in _INT_ACT or w is None or w.dtype != np.int8:
             return None
-        n, c, h, wd = struct_shape(x)
+        c = struct_shape(x)[1]
         strides = tuple(int(s) for s in a.strides)
         dil = tuple(int(d) for d in a.dilation)
         x, pads, pad_value = _absorb_pad(self, x, _pads(a))
@@ -171,10 +171,9 @@ class _Mutator(relax.PyExprMutator):
         out_shape = struct_shape(call)
         groups = int(a.groups)
         if groups == 1:
-            return self._dense_conv(x, w, in_dtype, (n, c, h, wd), strides, pads, dil,
-                                    out_shape, bits)
-        if groups == c == w.shape[0] and w.shape[1] == 1:  # tiny weights: stored as int8
-            return self._depthwise(x, w, in_dtype, (n, c, h, wd), strides, pads, dil, out_shape)
+            return self._dense_conv(x, w, in_dtype, strides, pads, dil, out_shape, bits)
+        if groups == c == w.shape[0] and w.shape[1] == 1:
+            return self._depthwise(x, w, in_dtype, strides, pads, dil, out_shape)
         return None
 
     # -- whole-network blocked layout -------------------------------------------------------
@@ -201,9 +200,10 @@ class _Mutator(relax.PyExprMutator):
                 xs, pads, pad_value = _absorb_pad(self, x, _pads(a))
                 self.pad_value = pad_value
                 if dense_ok:
-                    return self._dense_conv_blocked(xs, w, in_dtype, strides, pads, dil,
-                                                    out_shape, bits)
-                return self._depthwise_blocked(xs, w, in_dtype, strides, pads, dil, out_shape)
+                    return self._dense_conv(xs, w, in_dtype, strides, pads, dil, out_shape,
+                                            bits, blocked=True)
+                return self._depthwise(xs, w, in_dtype, strides, pads, dil, out_shape,
+                                       blocked=True)
         return self._via_nchw(call)
 
     def _via_nchw(self, call):
@@ -220,64 +220,60 @@ class _Mutator(relax.PyExprMutator):
         return relax.op.layout_transform(
             y, index_map=lambda n, c, h, w: (n, c // ib, h, w, c % ib))
 
-    def _dense_conv_blocked(self, x, w, in_dtype, strides, pads, dil, out_shape, bits):
-        st = self.st
-        if any(pads) or B.shift_for(in_dtype, st.act_dtype):
-            x = self._emit_pack(B.pad_blocked, x, pads, st.act_dtype, self.pad_value,
-                                name="tvmq_pack_act")
-        wp_arg, wp_t, wp_const = self._weight_args(B.pack_weight(w, st.ob, st.ib), bits)
-        corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
-        xp_t = te.placeholder(B.i64(struct_shape(x)), st.act_dtype, "xp")
+    def _kernel(self, xp, w_arg, w_const, corr_np, compute, name: str, out_shape):
+        """``call_tir`` of a kernel over packed activations ``xp``, weights (placeholder
+        ``w_arg``, constant ``w_const``) and the optional shift correction;
+        ``compute(xp_t, corr_t)`` builds its output tensor."""
+        xp_t = te.placeholder(B.i64(struct_shape(xp)), self.st.act_dtype, "xp")
         corr_t = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
-        acc = B.conv2d_blocked(xp_t, wp_t, strides, dil, out_shape[2:4])
-        out = B.unpack_blocked(acc, w.shape[0], corr_t)
-        args = [xp_t, wp_arg] + ([corr_t] if corr_t is not None else [])
-        rargs = [x, wp_const] + ([relax.const(corr_np, "int32")] if corr_np is not None else [])
-        return self._call_kernel(_kernel_func(args, out, "tvmq_conv"), rargs, out_shape)
+        out = compute(xp_t, corr_t)
+        args = [xp_t, w_arg] + ([corr_t] if corr_t is not None else [])
+        rargs = [xp, w_const] + ([relax.const(corr_np, "int32")] if corr_np is not None else [])
+        return self._call_kernel(_kernel_func(args, out, name), rargs, out_shape)
 
-    def _depthwise_blocked(self, x, w, in_dtype, strides, pads, dil, out_shape):
+    def _dense_conv(self, x, w, in_dtype, strides, pads, dil, out_shape, bits,
+                    blocked: bool = False):
+        """groups=1 conv; ``blocked``: ``NCHW{ob}c`` in and out (no transposing pack)."""
         st = self.st
-        xp = self._emit_pack(B.pad_blocked, x, pads, st.act_dtype, self.pad_value,
-                             B.dw_split(strides, dil), B.BLOCK_PAD, name="tvmq_pad")
-        w_np = B.pack_depthwise_weight(w, st.ob, B.depthwise_pixels(out_shape[3], st.dw_pixels))
-        corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
-        xp_t = te.placeholder(B.i64(struct_shape(xp)), st.act_dtype, "xp")
+        shift = B.shift_for(in_dtype, st.act_dtype)
+        if not blocked:
+            xp = self._emit_pack(B.pack_activation, x, st.ib, pads, st.act_dtype,
+                                 self.pad_value, name="tvmq_pack_act")
+        elif any(pads) or shift:
+            xp = self._emit_pack(B.pad_blocked, x, pads, st.act_dtype, self.pad_value,
+                                 name="tvmq_pack_act")
+        else:
+            xp = x
+        wp_arg, wp_t, wp_const = self._weight_args(B.pack_weight(w, st.ob, st.ib), bits)
+
+        def compute(xp_t, corr_t):
+            acc = B.conv2d_blocked(xp_t, wp_t, strides, dil, out_shape[2:4])
+            if blocked:
+                return B.unpack_blocked(acc, w.shape[0], corr_t)
+            return B.unpack_nchw(acc, out_shape[1], corr_t)
+
+        return self._kernel(xp, wp_arg, wp_const, B.shift_correction(w, shift), compute,
+                            "tvmq_conv", out_shape)
+
+    def _depthwise(self, x, w, in_dtype, strides, pads, dil, out_shape, blocked: bool = False):
+        """Depthwise conv (weights are tiny: stored as int8); ``blocked`` as above."""
+        st = self.st
+        split = B.dw_split(strides, dil)
+        if blocked:
+            xp = self._emit_pack(B.pad_blocked, x, pads, st.act_dtype, self.pad_value, split,
+                                 B.BLOCK_PAD, name="tvmq_pad")
+            pixels = B.depthwise_pixels(out_shape[3], st.dw_pixels)
+            w_np, conv = B.pack_depthwise_weight(w, st.ob, pixels), B.depthwise_nchwc
+        else:
+            xp = self._emit_pack(B.pad_nchw, x, pads, st.act_dtype, self.pad_value, split,
+                                 name="tvmq_pad")
+            w_np, conv = w, B.depthwise_nchw
         w_t = te.placeholder(B.i64(w_np.shape), "int8", "w")
-        corr_t = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
-        out = B.depthwise_nchwc(xp_t, w_t, strides, dil, out_shape[2:4], corr_t)
-        args = [xp_t, w_t] + ([corr_t] if corr_t is not None else [])
-        rargs = [xp, relax.const(w_np, "int8")] + (
-            [relax.const(corr_np, "int32")] if corr_np is not None else [])
-        return self._call_kernel(_kernel_func(args, out, "tvmq_dwconv"), rargs, out_shape)
-
-    def _dense_conv(self, x, w, in_dtype, x_shape, strides, pads, dil, out_shape, bits):
-        st = self.st
-        xp = self._emit_pack(B.pack_activation, x, st.ib, pads, st.act_dtype, self.pad_value,
-                             name="tvmq_pack_act")
-        wp_arg, wp_t, wp_const = self._weight_args(B.pack_weight(w, st.ob, st.ib), bits)
         corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
-        xp_t = te.placeholder(B.i64(struct_shape(xp)), st.act_dtype, "xp")
-        corr_t = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
-        acc = B.conv2d_blocked(xp_t, wp_t, strides, dil, out_shape[2:])
-        out = B.unpack_nchw(acc, out_shape[1], corr_t)
-        args = [xp_t, wp_arg] + ([corr_t] if corr_t is not None else [])
-        rargs = [xp, wp_const] + (
-            [relax.const(corr_np, "int32")] if corr_np is not None else [])
-        return self._call_kernel(_kernel_func(args, out, "tvmq_conv"), rargs, out_shape)
-
-    def _depthwise(self, x, w, in_dtype, x_shape, strides, pads, dil, out_shape):
-        st = self.st
-        xp = self._emit_pack(B.pad_nchw, x, pads, st.act_dtype, self.pad_value,
-                             B.dw_split(strides, dil), name="tvmq_pad")
-        corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
-        xp_t = te.placeholder(B.i64(struct_shape(xp)), st.act_dtype, "xp")
-        w_t = te.placeholder(B.i64(w.shape), "int8", "w")
-        corr_t = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
-        out = B.depthwise_nchw(xp_t, w_t, strides, dil, out_shape[2:], corr_t)
-        args = [xp_t, w_t] + ([corr_t] if corr_t is not None else [])
-        rargs = [xp, relax.const(w, "int8")] + (
-            [relax.const(corr_np, "int32")] if corr_np is not None else [])
-        return self._call_kernel(_kernel_func(args, out, "tvmq_dwconv"), rargs, out_shape)
+        return self._kernel(
+            xp, w_t, relax.const(w_np, "int8"), corr_np,
+            lambda xp_t, corr_t: conv(xp_t, w_t, strides, dil, out_shape[2:4], corr_t),
+            "tvmq_dwconv", out_shape)
 
     def _matmul(self, call):
         x, w_expr = call.args
@@ -290,14 +286,10 @@ class _Mutator(relax.PyExprMutator):
         xp = self._emit_pack(B.pack_rows, x, st.ib, st.act_dtype, name="tvmq_pack_rows")
         wp_arg, wp_t, wp_const = self._weight_args(B.pack_dense_weight(w, st.ob, st.ib), bits)
         corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype), out_axis=1)
-        xp_t = te.placeholder(B.i64(struct_shape(xp)), st.act_dtype, "xp")
-        corr_t = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
-        out = B.unpack_rows(B.dense_blocked(xp_t, wp_t), w.shape[1], corr_t)
-        args = [xp_t, wp_arg] + ([corr_t] if corr_t is not None else [])
-        rargs = [xp, wp_const] + (
-            [relax.const(corr_np, "int32")] if corr_np is not None else [])
-        return self._call_kernel(_kernel_func(args, out, "tvmq_dense"), rargs,
-                                 struct_shape(call))
+        return self._kernel(
+            xp, wp_arg, wp_const, corr_np,
+            lambda xp_t, corr_t: B.unpack_rows(B.dense_blocked(xp_t, wp_t), w.shape[1], corr_t),
+            "tvmq_dense", struct_shape(call))
 
 
 def BlockIntegerOps(strategy: Strategy, subbyte_in_kernel: bool = True) -> tvm.transform.Pass:  # noqa: N802
