@@ -48,7 +48,7 @@ def compile(model, example_inputs=None, board: str | Board = "host", *,
     lowered = run_phases(mod, board, opts, until="quantize")
     layers = layer_report(lowered)
     rest = dataclasses.replace(opts, dump_dir=None)
-    executable = _build(lowered, board, rest)
+    executable = _build(lowered, board, rest, dump_dir=opts.dump_dir)
     meta = _meta(imported, board, layers, param_bytes, time.perf_counter() - t0)
     meta["schedules"] = {"database": rest.stats.get("database"),
                          "tuned_funcs": rest.stats.get("tuned", [])}
@@ -57,7 +57,7 @@ def compile(model, example_inputs=None, board: str | Board = "host", *,
     return Artifact(executable, meta)
 
 
-def _build(mod: tvm.IRModule, board: Board, opts: PipelineOptions):
+def _build(mod: tvm.IRModule, board: Board, opts: PipelineOptions, dump_dir=None):
     from tvmq.pipeline import PHASES
 
     start = [name for name, _ in PHASES].index("quantize") + 1
@@ -65,8 +65,10 @@ def _build(mod: tvm.IRModule, board: Board, opts: PipelineOptions):
     @tvm.transform.module_pass(opt_level=0, name="tvmq.backend")
     def _backend(m, _ctx):
         with tvm.transform.PassContext(opt_level=3):
-            for name, phase in PHASES[start:]:
+            for i, (name, phase) in enumerate(PHASES[start:], start=start + 1):
                 m = tvm.transform.Sequential(phase(board, opts), name=name)(m)
+                if dump_dir:  # the phases before were dumped by run_phases
+                    (Path(dump_dir) / f"{i:02d}-{name}.py").write_text(m.script(show_meta=False))
         return m
 
     target = board.tvm_target()
