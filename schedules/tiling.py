@@ -34,7 +34,7 @@ def _finish_epilogue(sch, outs, at_loop, channel_inner: bool = False) -> None:
     """Attach the epilogue under ``at_loop``; vectorize it along the channel block when
     ``channel_inner`` (contiguous accumulators and per-channel parameters), else along W."""
     for out in outs:
-        sch.reverse_compute_at(out, at_loop)
+        sch.reverse_compute_at(out, at_loop, preserve_unit_loops=True)  # replayable traces
         inner = _loops_after(sch, out, at_loop)
         if channel_inner and len(inner) >= 2:
             sch.reorder(*inner[1:], inner[0])
@@ -54,7 +54,7 @@ def schedule_decode(sch, at_loop) -> None:
     if BLOCK_DECODE_W not in names:
         return
     dec = sch.get_sblock(BLOCK_DECODE_W)
-    sch.compute_at(dec, at_loop, preserve_unit_loops=False)
+    sch.compute_at(dec, at_loop, preserve_unit_loops=True)  # replayable traces
     loops = _loops_after(sch, dec, at_loop)
     oi, ci = loops[-2], loops[-1]
     g = int(sch.get(dec).reads[0].source.shape[-2])  # bytes per ``ib`` column: ob / per

@@ -2,12 +2,18 @@
 
 :func:`tune_space` returns a space generator that unions
 
-* tvmq's own schedule of the blocked kernels (the register tile is *sampled* with
-  ``sample_categorical`` only when ``SAMPLE_TILES`` is on: off for now, because replaying
-  such a trace fails with "old_outputs 3 vs 2" in TVM 0.27); and
+* tvmq's own schedule of the blocked kernels, with the register tile (output pixels x
+  channel blocks) *sampled* with ``sample_categorical`` around the default
+  (:func:`tvmq.schedules.tiling.register_tile`); the schedule keeps unit loops so that
+  every sampled tile replays (TVM 0.27 drops them otherwise, and a trace recorded with a
+  tile of 1 failed to replay: "old_outputs 4 vs 3"); and
 * TVM's ``PostOrderApply`` with the x86/Arm rule list rebuilt so that
   ``MultiLevelTilingWithIntrin`` uses tvmq's intrinsic (the shipped VNNI rule hard-codes
   ``dot_16x4_vnni``, which LLVM 22 rejects), plus ``RewriteTensorize``.
+
+:func:`kernel_space` is the first part alone: for the kernel tasks, whose rule-based
+candidates take minutes to build on a small machine, while a sampled tile builds in a
+second or two.
 
 Builders must register tvmq's intrinsics in their worker processes: pass
 :func:`builder_initializer` as ``LocalBuilder(initializer=...)``.
@@ -17,7 +23,7 @@ from __future__ import annotations
 from tvmq._tvm import meta_schedule
 from tvmq.schedules.strategy import strategy_for
 
-SAMPLE_TILES = False
+SAMPLE_TILES = True
 
 
 def builder_initializer() -> None:
@@ -82,6 +88,16 @@ def postprocs() -> list:
             pp.RewriteLayout()]
 
 
+def kernel_space(target):
+    """Space generator of tvmq's kernel schedules alone (sampled register tiles), or None."""
+    st = strategy_for(target)
+    if st is None:
+        return None
+    ms = meta_schedule()
+    return ms.space_generator.ScheduleFn(_kernel_space_fn(st), sch_rules=[], postprocs=[],
+                                         mutator_probs="llvm")
+
+
 def tune_space(target):
     """Space generator for ``ms.tune_tir``/``tune_relax(space=...)`` on ``target``.
 
@@ -91,8 +107,7 @@ def tune_space(target):
     if st is None:
         return None
     ms = meta_schedule()
-    own = ms.space_generator.ScheduleFn(_kernel_space_fn(st), sch_rules=[], postprocs=[],
-                                        mutator_probs="llvm")
+    own = kernel_space(target)
     rules = ms.space_generator.PostOrderApply(sch_rules=schedule_rules(st.intrin),
                                               postprocs=postprocs(), mutator_probs="llvm")
     return ms.space_generator.SpaceGeneratorUnion([own, rules])

@@ -229,13 +229,27 @@ def _server_keys(info) -> list[str]:
     return keys + list(info.get("queue_info", {}).keys())
 
 
-def _space(board: Board):
-    """tvmq's space: its default kernel schedules (tiles fixed: sampling them breaks trace
-    replay in 0.27, see ``schedules/tune.py``), plus TVM's rules with tvmq's
-    tensor intrinsics (``tvmq.schedules.tune``)."""
-    from tvmq.schedules.tune import tune_space
+def _space(board: Board, kernel: bool = False):
+    """tvmq's space (``tvmq.schedules.tune``): for a kernel task its own schedule with the
+    register tile sampled; for the rest, that union TVM's rules with tvmq's tensor
+    intrinsics."""
+    from tvmq.schedules.tune import kernel_space, tune_space
 
-    return tune_space(board.tvm_target()) or "post-order-apply"
+    space = kernel_space(board.tvm_target()) if kernel else tune_space(board.tvm_target())
+    return space or "post-order-apply"
+
+
+def _contexts(tasks, board: Board, log_dir: str, seed: int):
+    """One TuneContext per task, with the space its kind calls for (see :func:`_space`)."""
+    ms = meta_schedule()
+    contexts, weights = [], []
+    for task in tasks:
+        ctx, w = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [task], log_dir, space=_space(board, _is_kernel_task(task)), seed=seed,
+            num_threads=board.cores if not board.is_cross else 1)
+        contexts += list(ctx)
+        weights += list(w)
+    return contexts, weights
 
 
 def _cost_model(db_dir: Path):
@@ -273,10 +287,10 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
         Tune only the ``max_tasks`` most expensive tasks (measured time of the default build
         when the board is this machine, else weighted FLOPs).
     kernels : bool
-        Also tune tvmq's tensorized conv/dense kernels (default). False tunes only the rest
-        (pools, layout transforms, elementwise tails): those candidates build in seconds,
-        while a kernel with a fused residual epilogue can take minutes per candidate on a
-        small machine.
+        Also tune tvmq's tensorized conv/dense kernels (default): their register tile is
+        searched (tvmq's own schedule with sampled tiles; TVM's rule-based candidates for
+        them take minutes each to build on a small machine, so they are left out). False
+        tunes only the rest (pools, layout transforms, elementwise tails).
     """
     ms = meta_schedule()
     board = get_board(board)
@@ -302,9 +316,7 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
     cb = None
     if remaining > 0:
         with _unnamed_log_handlers_detached():
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                tasks, str(db_dir / "logs"), space=_space(board), seed=seed,
-                num_threads=board.cores if not board.is_cross else 1)
+            contexts, weights = _contexts(tasks, board, str(db_dir / "logs"), seed)
         deadline = t0 + time_budget_min * 60 if time_budget_min else None
         cb = TuneProgress(names, weights, before + remaining, deadline, progress, before)
         cb.best_us = [b for _, b in existing]
