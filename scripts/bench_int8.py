@@ -2,9 +2,9 @@
 
     python scripts/bench_int8.py --models resnet18 mobilenet_v2 --out bench.json
 
-Batch 1, 2 threads, peers timed alternately in one process (rounds of 5 calls each after a
-warm call and a 50 ms pause, so the previous runtime's spinning threads have gone to sleep);
-medians (ms).
+Batch 1, 2 threads, peers timed alternately, each in its own worker process
+(``scripts/_peers.py``: rounds of 5 calls after a 250 ms pause and a warm call; in one
+process, a runtime's leftover state slowed the next one by up to 3x); medians (ms).
 Also reports artifact sizes of the fp32, int8 and int4-weight tvmq builds (the int4 build
 re-quantizes the int8 QDQ model's conv/dense weights to 4 bits, per output channel):
 ``int4`` keeps them packed 2 per byte and decodes them inside the kernels (default),
@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
+from _peers import time_peers
 
 import tvmq
 from tvmq.onnx_tools import export_float, ort_quantize_static, requantize_weights
@@ -37,33 +35,10 @@ def _size(art, workdir: Path, tag: str) -> int:
     return (path / "lib.so").stat().st_size
 
 
-SETTLE_S = 0.05
-
-
-def _time_alternating(runners: dict, repeats: int, batch: int = 5) -> dict:
-    """Median ms per call: ``repeats`` rounds, each runner in turn runs ``batch`` timed calls
-    after an untimed one, following a pause in which the previous runtime's worker threads
-    stop spinning (TVM, onnxruntime and OpenMP busy-wait after a call and would otherwise
-    steal the next runtime's two cores)."""
-    for fn in runners.values():
-        fn()  # warm-up
-    times = {k: [] for k in runners}
-    for _ in range(repeats):
-        for k, fn in runners.items():
-            time.sleep(SETTLE_S)
-            fn()
-            for _ in range(batch):
-                t0 = time.perf_counter()
-                fn()
-                times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: round(statistics.median(v), 3) for k, v in times.items()}
-
-
 def bench_model(name: str, workdir: Path, repeats: int) -> dict:
     import onnxruntime as ort
 
-    torch.set_num_threads(2)
-    net, shape, fp32 = _export(name, workdir)
+    _, shape, fp32 = _export(name, workdir)
     qdq = ort_quantize_static(fp32, workdir / f"{name}_qdq.onnx")
     int4 = requantize_weights(qdq, workdir / f"{name}_int4.onnx", bits=4)
     with warnings.catch_warnings():
@@ -76,18 +51,12 @@ def bench_model(name: str, workdir: Path, repeats: int) -> dict:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     s_q = ort.InferenceSession(str(qdq), opts, providers=["CPUExecutionProvider"])
-    s_f = ort.InferenceSession(str(fp32), opts, providers=["CPUExecutionProvider"])
     x = np.random.RandomState(0).randn(*shape).astype(np.float32)
-    xt = torch.from_numpy(x)
-    with torch.no_grad():
-        med = _time_alternating({
-            "tvmq_int8": lambda: arts["int8"].run([x]),
-            "tvmq_int4": lambda: arts["int4"].run([x]),
-            "tvmq_int4_decoded": lambda: arts["int4_decoded"].run([x]),
-            "ort_int8_qdq": lambda: s_q.run(None, {"x": x}),
-            "ort_fp32": lambda: s_f.run(None, {"x": x}),
-            "torch_fp32": lambda: net(xt),
-        }, repeats)
+    med = time_peers({
+        **{f"tvmq_{tag}": ("tvmq", workdir / f"art_{tag}") for tag in
+           ("int8", "int4", "int4_decoded")},
+        "ort_int8_qdq": ("ort", qdq), "ort_fp32": ("ort", fp32), "torch_fp32": ("torch", name),
+    }, x, repeats)
     agree = float(np.mean(np.argmax(arts["int8"].run([x])[0], -1)
                           == np.argmax(s_q.run(None, {"x": x})[0], -1)))
     return {"model": name, "input_shape": list(shape), "median_ms": med,
