@@ -126,7 +126,19 @@ class _Mutator(relax.PyExprMutator):
 
     # -- helpers --------------------------------------------------------------------------
     def _weight(self, expr):
-        """``(int8 weight values, bits to store them at)``, or ``(None, 8)``."""
+        """``(int8 weight values, bits to store them at)``, or ``(None, 8)``.
+
+        Looks through a zero ``nn.pad`` of the input-channel axis
+        (:class:`~tvmq.schedules.BlockedActivationLayout` pads an RGB stem to one block).
+        """
+        bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
+        if isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op) \
+                and bound.op.name == "relax.nn.pad" and float(bound.attrs.pad_value) == 0:
+            pw = [int(v) for v in bound.attrs.pad_width]
+            w, bits = self._weight(bound.args[0])
+            if w is None or len(pw) != 2 * w.ndim or any(pw[:2]) or any(pw[4:]):
+                return None, 8
+            return np.pad(w, [(0, 0), (pw[2], pw[3])] + [(0, 0)] * (w.ndim - 2)), bits
         w = _const(self, expr)
         if w is not None or struct_dtype(expr) != "int8":
             return w, 8
@@ -196,6 +208,12 @@ class _Mutator(relax.PyExprMutator):
             dil = tuple(int(v) for v in a.dilation)
             dense_ok = groups == 1 and ci == cb * blk and o % blk == 0
             dw_ok = groups == cb * blk == o and ci == 1
+            src = self._channel_padded_source(x) if dense_ok else None
+            if src is not None:
+                xs, pads, pad_value = _absorb_pad(self, src, _pads(a))
+                self.pad_value = pad_value
+                return self._dense_conv(xs, w, in_dtype, strides, pads, dil, out_shape, bits,
+                                        blocked=True, nchw_in=True)
             if dense_ok or dw_ok:
                 xs, pads, pad_value = _absorb_pad(self, x, _pads(a))
                 self.pad_value = pad_value
@@ -205,6 +223,25 @@ class _Mutator(relax.PyExprMutator):
                 return self._depthwise(xs, w, in_dtype, strides, pads, dil, out_shape,
                                        blocked=True)
         return self._via_nchw(call)
+
+    def _channel_padded_source(self, x):
+        """``x0`` if ``x = layout_transform(nn.pad(x0))`` with the pad on channels only: an
+        RGB stem that :class:`~tvmq.schedules.BlockedActivationLayout` padded to one block.
+        Packing ``x0`` directly skips a 16-channel transposing copy of the padded image."""
+        bound = self.lookup_binding(x) if isinstance(x, relax.Var) else None
+        if not (isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op)
+                and bound.op.name == "relax.layout_transform"):
+            return None
+        pad = bound.args[0]
+        pad = self.lookup_binding(pad) if isinstance(pad, relax.Var) else pad
+        if not (isinstance(pad, relax.Call) and isinstance(pad.op, tvm.ir.Op)
+                and pad.op.name == "relax.nn.pad" and float(pad.attrs.pad_value) == 0):
+            return None
+        pw = [int(v) for v in pad.attrs.pad_width]
+        if len(pw) != 8 or pw[2] or any(pw[:2]) or any(pw[4:]) \
+                or len(struct_shape(pad.args[0]) or ()) != 4:
+            return None
+        return pad.args[0]
 
     def _via_nchw(self, call):
         ib, a = self.st.ob, call.attrs  # the layout's channel block
@@ -232,11 +269,15 @@ class _Mutator(relax.PyExprMutator):
         return self._call_kernel(_kernel_func(args, out, name), rargs, out_shape)
 
     def _dense_conv(self, x, w, in_dtype, strides, pads, dil, out_shape, bits,
-                    blocked: bool = False):
-        """groups=1 conv; ``blocked``: ``NCHW{ob}c`` in and out (no transposing pack)."""
+                    blocked: bool = False, nchw_in: bool = False):
+        """groups=1 conv; ``blocked``: ``NCHW{ob}c`` in and out (no transposing pack);
+        with ``nchw_in``, ``x`` is the NCHW source of a channel-padded blocked input (see
+        :meth:`_channel_padded_source`), packed from there."""
         st = self.st
         shift = B.shift_for(in_dtype, st.act_dtype)
-        if not blocked:
+        if nchw_in:  # reduce over the real channels only: the rest were zero padding
+            w = w[:, :B.ceil_div(struct_shape(x)[1], st.ib) * st.ib]
+        if not blocked or nchw_in:
             xp = self._emit_pack(B.pack_activation, x, st.ib, pads, st.act_dtype,
                                  self.pad_value, name="tvmq_pack_act")
         elif any(pads) or shift:

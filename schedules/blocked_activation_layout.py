@@ -66,6 +66,25 @@ def _blockable(call, ob: int) -> bool:
     return c % ob == 0 and o % ob == 0 and groups in (1, c)
 
 
+def _pad_input_channels(call, ob: int):
+    """An integer conv with fewer than ``ob`` input channels (an RGB stem) and a blockable
+    output, as the same conv on inputs and weights zero-padded to ``ob`` channels: it then
+    takes part in the blocked layout (its output, the pool and the requantization after it
+    stay blocked) and :class:`BlockIntegerOps` reduces over the real channels only. Else None.
+    """
+    from tvmq._tvm import struct_shape
+
+    x_shape, w_shape = struct_shape(call.args[0]), struct_shape(call.args[1])
+    if struct_dtype(call.args[0]) not in _INT_ACT or len(x_shape or ()) != 4 \
+            or len(w_shape or ()) != 4 or str(call.attrs.data_layout) != "NCHW" \
+            or int(call.attrs.groups) != 1 or not x_shape[1] < ob or w_shape[0] % ob:
+        return None
+    extra = ob - x_shape[1]
+    x = relax.op.nn.pad(call.args[0], [0, 0, 0, extra, 0, 0, 0, 0])
+    w = relax.op.nn.pad(call.args[1], [0, 0, 0, extra, 0, 0, 0, 0])
+    return relax.Call(call.op, [x, w], call.attrs)
+
+
 _HIDDEN: dict = {}  # hidden function name -> the conv2d call it stands for (one pass run)
 
 
@@ -80,6 +99,9 @@ class _HideUnblockable(relax.PyExprMutator):
         if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d") \
                 or _blockable(call, self.ob):
             return call
+        padded = _pad_input_channels(call, self.ob)
+        if padded is not None:
+            return padded
         bb = relax.BlockBuilder()
         x = relax.Var("x", call.args[0].ty)
         name = f"tvmq_nchw_conv{len(_HIDDEN)}"

@@ -128,6 +128,26 @@ def test_blocked_layout_transforms_only_at_the_edges(rng):
     np.testing.assert_array_equal(_run(lowered, x), _run(nchw, x))
 
 
+def test_rgb_stem_joins_the_blocked_layout(rng):
+    """A 3-channel stem (7x7 stride 2) is padded to one block for the layout pass, then
+    packed from its NCHW input over 4 channels only: no layout transform before or after
+    it, exact."""
+    convs = [(rng.integers(-128, 128, (32, 3, 7, 7)).astype("int8"),
+              {"padding": 3, "strides": 2}),
+             (rng.integers(-128, 128, (16, 32, 3, 3)).astype("int8"), {"padding": 1})]
+    mod = _chain((1, 3, 24, 24), convs)
+    lowered = _lower(mod, True, blocked=True)
+    callees = _call_tir_callees(lowered)
+    assert sum("layout_transform" in c for c in callees) == 1, callees  # the output only
+    assert "layout_transform" in callees[-1]
+    stem = lowered[[gv for gv in lowered.functions if "kernel1" in gv.name_hint][0]]
+    # packed weights of the stem: [O/16, C/4 = 1, 7, 7, 16, 4]: 3 channels -> one group of 4
+    assert "T.int64(2), T.int64(1), T.int64(7), T.int64(7), T.int64(16), T.int64(4)" \
+        in stem.script()
+    x = rng.integers(0, 256, (1, 3, 24, 24)).astype("uint8")
+    np.testing.assert_array_equal(_run(lowered, x), _run(_lower(mod, False), x))
+
+
 def test_non_constant_weight_is_left_alone(rng):
     x = relax.Var("x", relax.TensorType((1, 4, 5, 5), "uint8"))
     w = relax.Var("w", relax.TensorType((8, 4, 1, 1), "int8"))
