@@ -189,6 +189,9 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a written file is not private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -106,8 +106,14 @@ def test_tune_resume_and_apply(tmp_path):
     assert all(l["default_ms"] > 0 and l["tuned_ms"] > 0 for l in val["layers"]), val
     assert not (none / "database_tuning_record.json").read_text().strip()
     every = tvmq.tune.export_database(db, "host", dest=tmp_path / "all", models=[(model, x)],
-                                      min_gain=-1.0, rounds=1)
-    assert json.loads((every / "validation.json").read_text())["dropped"] == 0
+                                      min_gain=-100.0, rounds=1, min_model_speedup=0.0)
+    val = json.loads((every / "validation.json").read_text())
+    assert val["dropped"] == 0 and val["models"][0]["paired_speedup"] > 0, val
+    # the whole-model check can veto what every layer passed
+    vetoed = tvmq.tune.export_database(db, "host", dest=tmp_path / "veto", models=[(model, x)],
+                                       min_gain=-100.0, rounds=1, min_model_speedup=100.0)
+    val = json.loads((vetoed / "validation.json").read_text())
+    assert val["kept"] == 0 and not val["models"][0]["kept"], val
     art = tvmq.compile(model, x, options=tvmq.PipelineOptions(database=str(every)))
     assert art.meta["schedules"]["tuned_funcs"], art.meta["schedules"]
 

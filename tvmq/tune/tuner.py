@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
+
 from tvmq._tvm import TVM_VERSION, cc, meta_schedule, tvm
 from tvmq.artifact import atomic_write
 from tvmq.boards import Board, ensure_cross_compiler, get_board
@@ -368,13 +370,15 @@ def _save_cost_model(model, fileobj) -> None:
 
 
 def export_database(db: str | Path, board: str | Board, dest: str | Path | None = None,
-                    models=(), min_gain: float = 0.03, rounds: int = 3) -> Path:
+                    models=(), min_gain: float = 0.03, rounds: int = 3,
+                    min_model_speedup: float = 1.0) -> Path:
     """Copy a tuned database into ``schedules/<board>/`` (or ``dest``) for shipping.
 
     With ``models`` (host board only), only schedules that make their layer faster *in the
     compiled model* are shipped (:func:`validate_database`): tuning measures each kernel
     alone, and a kernel that wins alone can lose in the model (caches, noise), so a shipped
-    database is never slower than the defaults on the models it was validated on.
+    database is never slower than the defaults on the models it was validated on; and
+    the model as a whole must not get slower with them either (paired end-to-end timing).
     """
     board = get_board(board)
     src = Path(db)
@@ -388,7 +392,8 @@ def export_database(db: str | Path, board: str | Board, dest: str | Path | None 
     with tempfile.TemporaryDirectory(prefix="tvmq-export-") as tmp:
         clean, dropped = _replayable_copy(src, Path(tmp))
         if models:
-            report = validate_database(clean, models, board, min_gain, rounds)
+            report = validate_database(clean, models, board, min_gain, rounds,
+                                       min_model_speedup)
             workloads, records = _best_records(clean, board, report["kept_workloads"])
             report = {k: v for k, v in report.items() if k != "kept_workloads"}
             report["unreplayable_records_dropped"] = dropped
@@ -407,14 +412,17 @@ def export_database(db: str | Path, board: str | Board, dest: str | Path | None 
 
 
 def validate_database(db: str | Path, models, board: str | Board = "host",
-                      min_gain: float = 0.03, rounds: int = 3) -> dict[str, Any]:
+                      min_gain: float = 0.03, rounds: int = 3,
+                      min_model_speedup: float = 1.0) -> dict[str, Any]:
     """Which tuned schedules of ``db`` make their layer faster in the compiled ``models``.
 
     ``models``: ONNX/.pt2 paths, artifact directories, or ``(torch module, example inputs)``.
 
     Each model is compiled with the default schedules and with ``db``; every layer is timed
     in both builds (``rounds`` alternating rounds, medians). A tuned layer is kept when it
-    is at least ``min_gain`` faster than its default, in every model that has it.
+    is at least ``min_gain`` faster than its default, in every model that has it. Then
+    each model is timed whole, default vs the kept layers' schedules, in paired alternating
+    rounds (:func:`_paired_speedup`); below ``min_model_speedup`` its layers are dropped.
     """
     ms = meta_schedule()
     board = get_board(board)
@@ -444,8 +452,81 @@ def validate_database(db: str | Path, models, board: str | Board = "host",
             layers.append({"model": str(model)[:80], "function": name, "default_ms": round(d, 4),
                            "tuned_ms": round(t, 4), "kept": keep})
     kept = [m for ok, m in verdict.values() if ok]
-    return {"min_gain": min_gain, "rounds": rounds, "layers": layers,
+    # end to end, paired: faster layers need not make a faster model (the per-layer timer
+    # reruns one kernel on warm caches); a model whose kept layers do not speed it up as a
+    # whole drops them
+    whole = []
+    for model in models:
+        model, example = model if isinstance(model, tuple) else (model, None)
+        if not kept:
+            break
+        model_src, _ = _legalized(model, board, example, None)
+        key = lambda m: json.dumps(ms.database.Workload(m).as_json()[0])  # noqa: E731
+        mine = {key(m) for m in _model_workloads(model_src, board, example)}
+        if not any(key(m) in mine for m in kept):
+            whole.append({"model": str(model)[:80], "kept": None, "note": "no tuned layer"})
+            continue
+        speedup, share = _paired_speedup(model_src, board, example, db, kept)
+        ok = speedup >= min_model_speedup
+        whole.append({"model": str(model)[:80], "paired_speedup": round(speedup, 4),
+                      "rounds_tuned_faster": round(share, 3), "kept": ok})
+        if not ok:
+            kept = [m for m in kept if key(m) not in mine]
+    return {"min_gain": min_gain, "rounds": rounds, "layers": layers, "models": whole,
             "kept": len(kept), "dropped": len(verdict) - len(kept), "kept_workloads": kept}
+
+
+def _model_workloads(model_src, board: Board, example) -> list:
+    ms = meta_schedule()
+    _, mod = _legalized(model_src, board, example, None)
+    return [t.dispatched[0] for t in ms.relax_integration.extract_tasks(mod, board.tvm_target())]
+
+
+PAIRED_ROUNDS = 30
+PAIRED_SAMPLE_S = 0.02
+
+
+def _paired_speedup(model, board: Board, example, db: Path, func_mods) -> tuple[float, float]:
+    """(median of per-round default/tuned time ratios, share of rounds the tuned build won)
+    for ``model`` built with only ``func_mods``' best records of ``db``. Rounds alternate
+    the order (the second of two back-to-back runs measured ~2% faster)."""
+    import math
+    import tempfile
+
+    from tvmq.compiler import compile as compile_model
+
+    with tempfile.TemporaryDirectory(prefix="tvmq-paired-") as tmp:
+        sub = Path(tmp) / "db"
+        sub.mkdir()
+        workloads, records = _best_records(db, board, func_mods)
+        for name, lines in ((dbmod.WORKLOAD_FILE, workloads), (dbmod.RECORD_FILE, records)):
+            (sub / name).write_text("".join(line + "\n" for line in lines))
+        (sub / dbmod.META_FILE).write_text((Path(db) / dbmod.META_FILE).read_text())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            builds = [compile_model(model, example, board, options=PipelineOptions(
+                use_shipped_database=False, database=d)) for d in (None, str(sub))]
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal(spec["shape"]).astype(spec["dtype"])
+              if "float" in spec["dtype"] else np.zeros(spec["shape"], spec["dtype"])
+              for spec in builds[0].input_specs]
+    runs = [lambda b=b: b.run(inputs) for b in builds]
+    for run in runs * 2:
+        run()
+    t0 = time.perf_counter()
+    runs[0]()
+    inner = max(3, math.ceil(PAIRED_SAMPLE_S / max(time.perf_counter() - t0, 1e-6)))
+    ratios = []
+    for r in range(PAIRED_ROUNDS):
+        times = [0.0, 0.0]
+        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+            runs[i]()
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                runs[i]()
+            times[i] = time.perf_counter() - t0
+        ratios.append(times[0] / times[1])
+    return statistics.median(ratios), sum(x > 1 for x in ratios) / len(ratios)
 
 
 def _replayable_copy(src: Path, tmp: Path) -> tuple[Path, int]:
