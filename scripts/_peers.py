@@ -77,31 +77,38 @@ def _worker(conn, kind: str, what: str, x, threads: int) -> None:
         conn.send(("times", times))
 
 
-def time_peers(peers: dict, x, rounds: int, batch: int = 5, threads: int = 2) -> dict:
+def time_peers(peers: dict, x, rounds: int, batch: int = 5, threads: int = 2,
+               procs_per_peer: int = 3) -> dict:
     """``{name: median ms}``: ``rounds`` rounds, each peer in turn timing ``batch`` calls
-    (after a ``SETTLE_S`` pause and one untimed call)."""
+    (after a ``SETTLE_S`` pause and one untimed call). Each peer runs in
+    ``procs_per_peer`` processes used in turn: on this VM a process keeps the speed it
+    started with (the same MobileNetV2 build measured 1.8 ms in some processes and 2.9 ms
+    in others, whatever the thread binding), so one process per peer could hand any peer
+    a slow one for the whole run."""
     ctx = mp.get_context("spawn")
     procs = {}
     try:
         for name, (kind, what) in peers.items():
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, kind, str(what), x, threads),
-                               daemon=True)
-            proc.start()
-            procs[name] = (proc, parent)
-            status, info = parent.recv()  # one at a time: loading is not timed anyway
-            if status != "ready":
-                raise RuntimeError(f"peer {name} failed to start: {info}")
+            for _ in range(procs_per_peer):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_worker, args=(child, kind, str(what), x, threads),
+                                   daemon=True)
+                proc.start()
+                procs.setdefault(name, []).append((proc, parent))
+                status, info = parent.recv()  # one at a time: loading is not timed anyway
+                if status != "ready":
+                    raise RuntimeError(f"peer {name} failed to start: {info}")
         times = {name: [] for name in peers}
-        for _ in range(rounds):
-            for name, (_, conn) in procs.items():
+        for r in range(rounds):
+            for name, workers in procs.items():
                 time.sleep(SETTLE_S)
+                conn = workers[r % len(workers)][1]
                 conn.send(batch)
                 status, values = conn.recv()
                 times[name] += values
         return {k: round(statistics.median(v), 3) for k, v in times.items()}
     finally:
-        for proc, conn in procs.values():
+        for proc, conn in (w for workers in procs.values() for w in workers):
             try:
                 conn.send(None)
             except OSError:
