@@ -75,15 +75,17 @@ def _const_extent(sch, loop) -> int:
     return int(sch.get(loop).extent)
 
 
-def _tile_factor(sch, extent: int, cap: int, fixed: int | None, sample: bool):
-    """A split factor: ``fixed``, the largest divisor of ``extent`` up to ``cap``, or (for
-    MetaSchedule) a sampled divisor, which its search then mutates."""
+def _tile_factor(sch, extent: int, cap: int, fixed: int | None, sample: bool,
+                 default: int | None = None):
+    """A split factor: ``fixed``; else ``default`` (or the largest divisor of ``extent``
+    up to ``cap``); or, for MetaSchedule, a divisor sampled with half the probability on
+    that default, so the search starts around the default tile."""
     if fixed:
         return fixed
+    best = default or divisor_at_most(extent, cap)
     if not sample:
-        return divisor_at_most(extent, cap)
-    cands = [d for d in range(1, min(extent, cap) + 1) if extent % d == 0]
-    best = divisor_at_most(extent, cap)
+        return best
+    cands = [d for d in range(1, min(extent, max(cap, best)) + 1) if extent % d == 0]
     probs = [0.5 if d == best else 0.5 / max(1, len(cands) - 1) for d in cands]
     if len(cands) == 1:
         return cands[0]
@@ -146,9 +148,8 @@ def schedule_conv(sch, intrin: str, ob_tile: int | None = None, ow_tile: int | N
     nchw_out = any(len(sch.get(out).writes[0].source.shape) == 4 for out in outs)
     best_ow, best_ob = register_tile(n_x, n_o, max_acc, max_ow, min_ob, block_bytes,
                                      wide_rows=nchw_out)
-    ow_tile = _tile_factor(sch, n_x, max_ow, ow_tile or (None if sample else best_ow), sample)
-    ob_tile = _tile_factor(sch, n_o, max(best_ob, 4), ob_tile or (None if sample else best_ob),
-                           sample)
+    ow_tile = _tile_factor(sch, n_x, max_ow, ow_tile, sample, best_ow)
+    ob_tile = _tile_factor(sch, n_o, max(best_ob, 4), ob_tile, sample, best_ob)
     o_o, o_i = sch.split(o, [None, ob_tile])
     x_o, x_i = sch.split(x, [None, ow_tile])
     if len(red_loops) in (2, 4) and len(sch.get(conv).iter_vars) in (8, 10):
