@@ -67,19 +67,20 @@ def _blockable(call, ob: int) -> bool:
 
 
 def _pad_input_channels(call, ob: int):
-    """An integer conv with fewer than ``ob`` input channels (an RGB stem) and a blockable
-    output, as the same conv on inputs and weights zero-padded to ``ob`` channels: it then
-    takes part in the blocked layout (its output, the pool and the requantization after it
-    stay blocked) and :class:`BlockIntegerOps` reduces over the real channels only. Else None.
+    """An integer conv whose input channels are not a multiple of ``ob`` (an RGB stem,
+    MobileNetV2's 24-channel expansions) but whose output is, as the same conv on inputs
+    and weights zero-padded to whole blocks: its output then takes part in the blocked
+    layout (no transform after it; the pool or requantization that follows stays blocked)
+    and :class:`BlockIntegerOps` packs the NCHW input over the real channels only. Else None.
     """
     from tvmq._tvm import struct_shape
 
     x_shape, w_shape = struct_shape(call.args[0]), struct_shape(call.args[1])
     if struct_dtype(call.args[0]) not in _INT_ACT or len(x_shape or ()) != 4 \
             or len(w_shape or ()) != 4 or str(call.attrs.data_layout) != "NCHW" \
-            or int(call.attrs.groups) != 1 or not x_shape[1] < ob or w_shape[0] % ob:
+            or int(call.attrs.groups) != 1 or not x_shape[1] % ob or w_shape[0] % ob:
         return None
-    extra = ob - x_shape[1]
+    extra = -x_shape[1] % ob
     x = relax.op.nn.pad(call.args[0], [0, 0, 0, extra, 0, 0, 0, 0])
     w = relax.op.nn.pad(call.args[1], [0, 0, 0, extra, 0, 0, 0, 0])
     return relax.Call(call.op, [x, w], call.attrs)
