@@ -13,42 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 import tvmq
+from tvmq.device.paired import paired_ms
 from tvmq.onnx_tools import export_float, ort_quantize_static
-
-
-SAMPLE_S = 0.02
-
-
-def _alternate(fns: dict, rounds: int) -> dict[str, float]:
-    """Median ms per call; each sample averages enough calls to last ``SAMPLE_S`` (a 60 us
-    model timed 5 calls at a time measured 0.84-1.17x against its own identical build).
-    Both builds share one TVM thread pool, so no pause is needed between them."""
-    samples = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()
-    t0 = time.perf_counter()
-    for fn in fns.values():
-        fn()
-    inner = max(5, math.ceil(SAMPLE_S / max((time.perf_counter() - t0) / len(fns), 1e-6)))
-    for r in range(rounds):
-        # alternate the order too: the second of two back-to-back runs measured ~2% faster
-        # (identical ResNet-20 builds: "tuned" faster in 85% of rounds)
-        for name, fn in (list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]):
-            fn()
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / inner * 1e3)
-    return samples
 
 
 def bench(name: str, board: str, db: str | None, rounds: int, tmp: Path) -> dict:
@@ -60,12 +33,11 @@ def bench(name: str, board: str, db: str | None, rounds: int, tmp: Path) -> dict
     tuned = tvmq.compile(qdq, board=board, options=tvmq.PipelineOptions(database=db))
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     same = all(np.array_equal(a, b) for a, b in zip(default.run(x), tuned.run(x)))
-    samples = _alternate({"default": lambda: default.run(x), "tuned": lambda: tuned.run(x)},
-                         rounds)
-    times = {k: statistics.median(v) for k, v in samples.items()}
-    # paired: each round's two samples ran back to back, so their ratio cancels the
-    # machine's drift (about +-25% between runs here)
-    ratios = [d / t for d, t in zip(samples["default"], samples["tuned"])]
+    # paired: each round's two samples ran back to back (order alternating, >= 20 ms each),
+    # so their ratio cancels the machine's drift; both builds share one TVM thread pool
+    d_ms, t_ms = paired_ms(lambda: default.run(x), lambda: tuned.run(x), rounds, min_inner=5)
+    times = {"default": statistics.median(d_ms), "tuned": statistics.median(t_ms)}
+    ratios = [d / t for d, t in zip(d_ms, t_ms)]
     return {"model": name, "latency_ms": times, "speedup": statistics.median(ratios),
             "speedup_of_medians": times["default"] / times["tuned"],
             "rounds_tuned_faster": sum(r > 1 for r in ratios) / len(ratios),

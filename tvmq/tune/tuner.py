@@ -430,12 +430,14 @@ def validate_database(db: str | Path, models, board: str | Board = "host",
         raise TvmqError(f"validating a database needs the board here; {board.name} is remote",
                         "export without models (no validation) or validate on the board")
     database = dbmod.open_database(db, board.target, TVM_VERSION)
-    layers, verdict = [], {}
+    layers, verdict, seen = [], {}, []
+    key = lambda m: json.dumps(ms.database.Workload(m).as_json()[0])  # noqa: E731 structural hash
     for model in models:
         model, example = model if isinstance(model, tuple) else (model, None)
         model_src, mod = _legalized(model, board, example, None)
         by_name = {t.task_name: t.dispatched[0] for t in
                    ms.relax_integration.extract_tasks(mod, board.tvm_target())}
+        seen.append((model, model_src, example, list(by_name.values())))
         default, tuned = [], []
         for _ in range(rounds):
             default.append(measured_ms(model_src, board, example))
@@ -447,8 +449,8 @@ def validate_database(db: str | Path, models, board: str | Board = "host",
             d = statistics.median(r.get(name, 0.0) for r in default)
             t = statistics.median(r.get(name, 0.0) for r in tuned)
             keep = d > 0 and t <= (1 - min_gain) * d
-            key = json.dumps(ms.database.Workload(func_mod).as_json()[0])  # structural hash
-            verdict[key] = (verdict.get(key, (True, func_mod))[0] and keep, func_mod)
+            k = key(func_mod)
+            verdict[k] = (verdict.get(k, (True, func_mod))[0] and keep, func_mod)
             layers.append({"model": str(model)[:80], "function": name, "default_ms": round(d, 4),
                            "tuned_ms": round(t, 4), "kept": keep})
     kept = [m for ok, m in verdict.values() if ok]
@@ -456,13 +458,10 @@ def validate_database(db: str | Path, models, board: str | Board = "host",
     # reruns one kernel on warm caches); a model whose kept layers do not speed it up as a
     # whole drops them
     whole = []
-    for model in models:
-        model, example = model if isinstance(model, tuple) else (model, None)
+    for model, model_src, example, func_mods in seen:
         if not kept:
             break
-        model_src, _ = _legalized(model, board, example, None)
-        key = lambda m: json.dumps(ms.database.Workload(m).as_json()[0])  # noqa: E731
-        mine = {key(m) for m in _model_workloads(model_src, board, example)}
+        mine = {key(m) for m in func_mods}
         if not any(key(m) in mine for m in kept):
             whole.append({"model": str(model)[:80], "kept": None, "note": "no tuned layer"})
             continue
@@ -476,24 +475,18 @@ def validate_database(db: str | Path, models, board: str | Board = "host",
             "kept": len(kept), "dropped": len(verdict) - len(kept), "kept_workloads": kept}
 
 
-def _model_workloads(model_src, board: Board, example) -> list:
-    ms = meta_schedule()
-    _, mod = _legalized(model_src, board, example, None)
-    return [t.dispatched[0] for t in ms.relax_integration.extract_tasks(mod, board.tvm_target())]
-
-
 PAIRED_ROUNDS = 30
 PAIRED_SAMPLE_S = 0.02
 
 
 def _paired_speedup(model, board: Board, example, db: Path, func_mods) -> tuple[float, float]:
     """(median of per-round default/tuned time ratios, share of rounds the tuned build won)
-    for ``model`` built with only ``func_mods``' best records of ``db``. Rounds alternate
-    the order (the second of two back-to-back runs measured ~2% faster)."""
-    import math
+    for ``model`` built with only ``func_mods``' best records of ``db``
+    (:func:`tvmq.device.paired.paired_ms`: order-alternating rounds)."""
     import tempfile
 
     from tvmq.compiler import compile as compile_model
+    from tvmq.device.paired import paired_ms
 
     with tempfile.TemporaryDirectory(prefix="tvmq-paired-") as tmp:
         sub = Path(tmp) / "db"
@@ -510,22 +503,10 @@ def _paired_speedup(model, board: Board, example, db: Path, func_mods) -> tuple[
     inputs = [rng.standard_normal(spec["shape"]).astype(spec["dtype"])
               if "float" in spec["dtype"] else np.zeros(spec["shape"], spec["dtype"])
               for spec in builds[0].input_specs]
-    runs = [lambda b=b: b.run(inputs) for b in builds]
-    for run in runs * 2:
-        run()
-    t0 = time.perf_counter()
-    runs[0]()
-    inner = max(3, math.ceil(PAIRED_SAMPLE_S / max(time.perf_counter() - t0, 1e-6)))
-    ratios = []
-    for r in range(PAIRED_ROUNDS):
-        times = [0.0, 0.0]
-        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
-            runs[i]()
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                runs[i]()
-            times[i] = time.perf_counter() - t0
-        ratios.append(times[0] / times[1])
+    default_ms, tuned_ms = paired_ms(lambda: builds[0].run(inputs),
+                                     lambda: builds[1].run(inputs), PAIRED_ROUNDS,
+                                     PAIRED_SAMPLE_S)
+    ratios = [d / t for d, t in zip(default_ms, tuned_ms)]
     return statistics.median(ratios), sum(x > 1 for x in ratios) / len(ratios)
 
 
