@@ -131,14 +131,13 @@ class _Mutator(relax.PyExprMutator):
         Looks through a zero ``nn.pad`` of the input-channel axis
         (:class:`~tvmq.schedules.BlockedActivationLayout` pads an RGB stem to one block).
         """
-        bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
-        if isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op) \
-                and bound.op.name == "relax.nn.pad" and float(bound.attrs.pad_value) == 0:
-            pw = [int(v) for v in bound.attrs.pad_width]
-            w, bits = self._weight(bound.args[0])
-            if w is None or len(pw) != 2 * w.ndim or any(pw[:2]) or any(pw[4:]):
+        padded = self._channel_pad(expr)
+        if padded is not None:
+            src, before, after = padded
+            w, bits = self._weight(src)
+            if w is None:
                 return None, 8
-            return np.pad(w, [(0, 0), (pw[2], pw[3])] + [(0, 0)] * (w.ndim - 2)), bits
+            return np.pad(w, [(0, 0), (before, after)] + [(0, 0)] * (w.ndim - 2)), bits
         w = _const(self, expr)
         if w is not None or struct_dtype(expr) != "int8":
             return w, 8
@@ -192,7 +191,7 @@ class _Mutator(relax.PyExprMutator):
     def _conv_blocked(self, call):
         """A conv ``ConvertLayout`` put in ``NCHW{ob}c``: blocked kernels in and out, or
         (anything they do not cover: float, odd shapes) the NCHW path between transforms."""
-        a, st = call.attrs, self.st
+        a = call.attrs
         x, w_expr = call.args
         in_dtype = struct_dtype(x)
         w, bits = self._weight(w_expr)
@@ -224,24 +223,30 @@ class _Mutator(relax.PyExprMutator):
                                        blocked=True)
         return self._via_nchw(call)
 
+    def _channel_pad(self, expr):
+        """``(x0, before, after)`` if ``expr`` is a zero ``nn.pad`` of axis 1 alone, else None."""
+        bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
+        if not (isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op)
+                and bound.op.name == "relax.nn.pad" and float(bound.attrs.pad_value) == 0):
+            return None
+        pw = [int(v) for v in bound.attrs.pad_width]
+        if len(pw) != 2 * len(struct_shape(bound.args[0]) or ()) or any(pw[:2]) \
+                or any(pw[4:]):
+            return None
+        return bound.args[0], pw[2], pw[3]
+
     def _channel_padded_source(self, x):
-        """``x0`` if ``x = layout_transform(nn.pad(x0))`` with the pad on channels only: an
-        RGB stem that :class:`~tvmq.schedules.BlockedActivationLayout` padded to one block.
-        Packing ``x0`` directly skips a 16-channel transposing copy of the padded image."""
+        """``x0`` if ``x = layout_transform(nn.pad(x0))`` with the pad after the channels
+        only: a conv :class:`~tvmq.schedules.BlockedActivationLayout` padded to whole
+        blocks. Packing ``x0`` directly skips a transposing copy of the padded tensor."""
         bound = self.lookup_binding(x) if isinstance(x, relax.Var) else None
         if not (isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op)
                 and bound.op.name == "relax.layout_transform"):
             return None
-        pad = bound.args[0]
-        pad = self.lookup_binding(pad) if isinstance(pad, relax.Var) else pad
-        if not (isinstance(pad, relax.Call) and isinstance(pad.op, tvm.ir.Op)
-                and pad.op.name == "relax.nn.pad" and float(pad.attrs.pad_value) == 0):
+        padded = self._channel_pad(bound.args[0])
+        if padded is None or padded[1] or len(struct_shape(padded[0]) or ()) != 4:
             return None
-        pw = [int(v) for v in pad.attrs.pad_width]
-        if len(pw) != 8 or pw[2] or any(pw[:2]) or any(pw[4:]) \
-                or len(struct_shape(pad.args[0]) or ()) != 4:
-            return None
-        return pad.args[0]
+        return padded[0]
 
     def _via_nchw(self, call):
         ib, a = self.st.ob, call.attrs  # the layout's channel block
