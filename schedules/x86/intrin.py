@@ -10,6 +10,10 @@ instructions multiply u8 by s8, so callers shift signed activations by +128 and 
 * ``tvmq_x86_avx2_16x4``: AVX2 fallback, zero/sign-extends to int16 and uses ``vpmaddwd``
   (4 per call). ``vpmaddubsw`` would be one instruction shorter but saturates pairs at
   ``2 * 255 * 128 > 32767``, so it is not exact; this one is.
+
+Temporaries in the implementations are ``name: T.let = expr``: TVM 0.27 parses a plain
+``name = expr`` as a one-element local buffer, which inside a parallel loop costs a
+workspace allocation and free per register tile (ResNet-18 18% slower end to end).
 """
 from __future__ import annotations
 
@@ -45,8 +49,8 @@ def dot_16x4_u8s8s32_vnni(
     with T.sblock("root"):
         T.reads(C[0:16], A[0:4], B[0:16, 0:4])
         T.writes(C[0:16])
-        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
+        a_i32: T.let = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_u8x64: T.let = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
         C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
             C.vload([0], dtype="int32x16"),
@@ -65,25 +69,25 @@ def dot_16x4_u8s8s32_avx2(
     with T.sblock("root"):
         T.reads(C[0:16], A[0:4], B[0:16, 0:4])
         T.writes(C[0:16])
-        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        a_u8 = T.reinterpret(T.broadcast(a_i32, 4), dtype="uint8x16")
-        a16 = T.Cast("int16x16", a_u8)
-        b0 = B.vload([0, 0], "int8x16")
-        b1 = B.vload([4, 0], "int8x16")
-        b2 = B.vload([8, 0], "int8x16")
-        b3 = B.vload([12, 0], "int8x16")
+        a_i32: T.let = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_u8: T.let = T.reinterpret(T.broadcast(a_i32, 4), dtype="uint8x16")
+        a16: T.let = T.Cast("int16x16", a_u8)
+        b0: T.let = B.vload([0, 0], "int8x16")
+        b1: T.let = B.vload([4, 0], "int8x16")
+        b2: T.let = B.vload([8, 0], "int8x16")
+        b3: T.let = B.vload([12, 0], "int8x16")
         # p_q lane 2j / 2j+1: output 4q+j, depth pair (0,1) / (2,3)
-        p0 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+        p0: T.let = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
                                       a16, T.Cast("int16x16", b0), dtype="int32x8")
-        p1 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+        p1: T.let = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
                                       a16, T.Cast("int16x16", b1), dtype="int32x8")
-        p2 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+        p2: T.let = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
                                       a16, T.Cast("int16x16", b2), dtype="int32x8")
-        p3 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+        p3: T.let = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
                                       a16, T.Cast("int16x16", b3), dtype="int32x8")
-        even = T.Shuffle([p0, p1, p2, p3], [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+        even: T.let = T.Shuffle([p0, p1, p2, p3], [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
                                              28, 30])
-        odd = T.Shuffle([p0, p1, p2, p3], [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27,
+        odd: T.let = T.Shuffle([p0, p1, p2, p3], [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27,
                                             29, 31])
         C[T.ramp(T.int32(0), 1, 16)] = C.vload([0], dtype="int32x16") + even + odd
 
