@@ -6,7 +6,7 @@ import pytest
 
 from tvmq import qref
 from tvmq._tvm import tensor, tvm
-from tvmq.schedules import blocked, kernels
+from tvmq.schedules import blocked, kernels, tiling
 from tvmq.schedules.x86 import AVX2_16x4, VNNI_16x4, select_intrin
 
 pytestmark = pytest.mark.build
@@ -106,6 +106,21 @@ def test_conv_subbyte_weights_decoded_in_kernel_exact(rng, bits, n, c, h, w, o, 
                                                       in_dtype):
     lib = _check_conv(rng, ZNVER4, n, c, h, w, o, k, stride, pad, in_dtype, bits=bits)
     assert "vpdpbusd" in lib.mod.inspect_source("asm")
+
+
+@needs_vnni
+@pytest.mark.parametrize("level,c,h,o,k", [
+    ("block", 64, 14, 64, 3),  # 4 output-channel blocks of 9 KiB: decoded once per block
+    ("row", 8, 20, 16, 3),     # one block, two 10-pixel tiles a row: decoded once per row
+    ("tile", 16, 6, 16, 1),    # one tile a row: decoded inside the reduction loop
+])
+def test_subbyte_decode_levels_exact(rng, monkeypatch, level, c, h, o, k):
+    """Each place the int4 decode can be hoisted to gives the reference result."""
+    seen = []
+    choose = tiling._decode_level
+    monkeypatch.setattr(tiling, "_decode_level", lambda *a: seen.append(choose(*a)) or seen[-1])
+    _check_conv(rng, ZNVER4, 1, c, h, h, o, k, 1, k // 2, "uint8", bits=4)
+    assert seen == [level]
 
 
 @needs_avx2
