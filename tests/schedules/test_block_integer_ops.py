@@ -108,8 +108,8 @@ def _chain(x_shape, convs):
 
 
 def test_blocked_layout_transforms_only_at_the_edges(rng):
-    """conv 3x3 -> depthwise stride 2 -> conv 1x1 -> conv with 24 outputs (not a multiple of
-    16: stays NCHW): activations between the first three convs stay NCHW16c, exact."""
+    """conv 3x3 -> depthwise stride 2 -> conv 1x1 -> conv with 24 outputs (padded to 32,
+    sliced back at the output): activations stay NCHW16c between the edges, exact."""
     convs = [(rng.integers(-128, 128, (32, 16, 3, 3)).astype("int8"), {"padding": 1}),
              (rng.integers(-128, 128, (32, 1, 3, 3)).astype("int8"),
               {"groups": 32, "padding": 1, "strides": 2}),
@@ -119,13 +119,65 @@ def test_blocked_layout_transforms_only_at_the_edges(rng):
     lowered = _lower(mod, True, blocked=True)
     callees = _call_tir_callees(lowered)
     transforms = [c for c in callees if "layout_transform" in c]
-    # in (x -> NCHW16c) and out (before the NCHW 24-channel conv): nothing in between
+    # in (x -> NCHW16c) and out (after the last conv): nothing in between
     assert len(transforms) == 2, callees
     assert sum("tvmq_kernel" in c for c in callees) == 4
     x = rng.integers(0, 256, (1, 16, 12, 12)).astype("uint8")
     np.testing.assert_array_equal(_run(lowered, x), _run(_lower(mod, False), x))
     nchw = _lower(mod, True, blocked=False)
     np.testing.assert_array_equal(_run(lowered, x), _run(nchw, x))
+
+
+def _requantized(bb, acc, o):
+    m, n = qref.quantize_multiplier(np.linspace(3e-4, 9e-4, o))
+    prod = bb.emit(relax.op.multiply(relax.op.astype(acc, "int64"),
+                                     relax.const(m.reshape(1, o, 1, 1), "int64")))
+    y = bb.emit(relax.op.right_shift(prod, relax.const(n.reshape(1, o, 1, 1), "int64")))
+    y = bb.emit(relax.op.minimum(relax.op.maximum(y, relax.const(0, "int64")),
+                                 relax.const(255, "int64")))
+    return bb.emit(relax.op.astype(y, "uint8"))
+
+
+def test_24_channel_stage_with_residual_add_stays_blocked(rng):
+    """MobileNetV2's 24-channel stage: conv 16->24, conv 24->24, residual add, conv 24->32.
+    The 24-channel tensors are padded to 32 (zero weights on the extra channels, per-channel
+    constants padded), so no layout transform sits inside the graph; exact."""
+    w1, w2, w3 = (rng.integers(-128, 128, s).astype("int8")
+                  for s in ((24, 16, 1, 1), (24, 24, 3, 3), (32, 24, 1, 1)))
+    bias = rng.integers(-500, 500, (1, 24, 1, 1)).astype("int32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 12, 12), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = _requantized(bb, bb.emit(relax.op.nn.conv2d(x, relax.const(w1),
+                                                            out_dtype="int32")), 24)
+            acc = bb.emit(relax.op.nn.conv2d(a, relax.const(w2), padding=1, out_dtype="int32"))
+            b = _requantized(bb, bb.emit(relax.op.add(acc, relax.const(bias))), 24)
+            total = bb.emit(relax.op.add(relax.op.astype(a, "int32"), relax.op.astype(b, "int32")))
+            c = bb.emit(relax.op.astype(relax.op.minimum(total, relax.const(255, "int32")),
+                                        "uint8"))
+            out = bb.emit_output(_requantized(bb, bb.emit(relax.op.nn.conv2d(
+                c, relax.const(w3), out_dtype="int32")), 32))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    lowered = _lower(mod, True, blocked=True)
+    callees = _call_tir_callees(lowered)
+    assert sum("layout_transform" in c for c in callees) == 2, callees  # input and output
+    assert sum("tvmq_kernel" in c for c in callees) == 3
+    x = rng.integers(0, 256, (1, 16, 12, 12)).astype("uint8")
+    np.testing.assert_array_equal(_run(lowered, x), _run(_lower(mod, False), x))
+
+
+def test_padded_channels_are_sliced_before_other_consumers(rng):
+    """A 24-channel conv output that leaves the graph (or meets an op the padding does not
+    pass through) has its real 24 channels sliced back: shapes and values unchanged."""
+    w = rng.integers(-128, 128, (24, 16, 1, 1)).astype("int8")
+    mod = _chain((1, 16, 12, 12), [(w, {})])
+    lowered = _lower(mod, True, blocked=True)
+    x = rng.integers(0, 256, (1, 16, 12, 12)).astype("uint8")
+    got, ref = _run(lowered, x), _run(_lower(mod, False), x)
+    assert got.shape == (1, 24, 12, 12)
+    np.testing.assert_array_equal(got, ref)
 
 
 def test_rgb_stem_joins_the_blocked_layout(rng):
