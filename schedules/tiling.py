@@ -140,10 +140,10 @@ def register_tile(n_x: int, n_o: int, max_acc: int, max_ow: int, min_ob: int = 1
     A tile takes as many channel blocks as keep its weights under ``W_TILE_BYTES`` (they
     are re-read for every row of pixels), then the most accumulators
     (``ow * ob <= max_acc``) among divisors of the row width and the block count; ties go
-    to fewer loads per dot product (``ow + ob``). Measured (2 cores, Zen 5): a shallow
-    1x1 16->96 conv at 112x112 runs 0.31 ms with 16x1 tiles and 0.13 ms with 4x6 (one
-    broadcast feeds 6 dot products); a 3x3 256->256 conv at 14x14 runs 0.15 ms with 14x1
-    and 0.20-0.24 ms with 2x8 (295 KB of weights per tile: out of L1).
+    to fewer loads per dot product (``ow + ob``). Measured (2 cores, Zen 5): a 3x3
+    256->256 conv at 14x14 runs 0.15 ms with 14x1 and 0.20-0.24 ms with 2x8 (295 KB of
+    weights per tile: out of L1); ``max_acc`` per target (x86: 14, see
+    :mod:`tvmq.schedules.x86.conv2d_int8`).
     ``wide_rows``: the epilogue writes NCHW, one row segment per channel, so the widest
     ``ow`` comes first (ResNet-18's stem: 0.52 ms with 16x1, 0.61 ms with 4x4).
     """
