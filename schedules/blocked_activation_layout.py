@@ -207,12 +207,14 @@ class _PadChannels(relax.PyExprMutator):
         args = []
         for a in call.args:
             shape = struct_shape(a) if isinstance(a, (relax.Var, Constant)) else None
-            if self._real(a) or shape is None or len(shape) < 2 or int(shape[1]) == 1:
+            # the dim broadcast against the padded NCHW tensor's channel axis (from the right)
+            axis = None if shape is None else len(shape) - 3
+            if self._real(a) or axis is None or axis < 0 or int(shape[axis]) == 1:
                 args.append(a)
-            elif isinstance(a, Constant) and int(shape[1]) == c:
+            elif isinstance(a, Constant) and int(shape[axis]) == c:
                 v = const_value(a).numpy()
                 pad = [(0, 0)] * v.ndim
-                pad[1] = (0, padded - c)
+                pad[axis] = (0, padded - c)
                 args.append(relax.const(np.pad(v, pad, mode="edge"), str(v.dtype)))
             else:  # an unpadded tensor of the real width: compute this op unpadded
                 return self._unpadded(call)
@@ -303,11 +305,24 @@ class _FoldConstTransforms(relax.PyExprMutator):
         return relax.const(out, str(src.dtype))
 
 
+def _pad_channels(mod):
+    """:class:`_PadChannels` over ``mod``; a graph it cannot rewrite (a construct it does not
+    know, such as a ``match_cast`` of a padded tensor) is returned unchanged, with a
+    warning: the convs in question then stay NCHW, as before."""
+    import warnings
+
+    try:
+        return _run(mod, _PadChannels)
+    except Exception as err:  # noqa: BLE001 - an optimization: never fail the compile
+        warnings.warn(f"BlockedActivationLayout: channel padding skipped: {err}", stacklevel=2)
+        return mod
+
+
 def _convert(mod, ob: int):
     _HIDDEN.clear()
     _HideUnblockable.ob = _PadChannels.ob = ob
     try:
-        mod = _run(mod, _PadChannels)
+        mod = _pad_channels(mod)
         mod = _run(mod, _HideUnblockable)
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": [B.blocked_layout(ob),
                                                                  "OIHW"]})(mod)
