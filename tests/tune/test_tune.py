@@ -126,3 +126,20 @@ def test_time_budget_stops_cleanly(tmp_path):
     report = tvmq.tune.tune(model, "host", example_inputs=x, trials=1000, db=tmp_path / "db",
                             trials_per_iter=2, time_budget_min=0.001, progress=False)
     assert 0 < report.trials_run < 1000
+
+
+@pytest.mark.tuning
+def test_cli_json_keeps_stdout_machine_readable(tmp_path, capsys):
+    """``tvmq tune --json``: stdout is the JSON report alone (MetaSchedule logs its setup
+    on stdout; the summary lines go to stderr with it)."""
+    from tvmq.cli import main
+    from tvmq.onnx_tools import export_float
+
+    path = export_float(_Dense().eval(), (1, 64), tmp_path / "dense.onnx")
+    assert main(["tune", str(path), "--board", "host", "--trials", "2",
+                 "--trials-per-iter", "2", "--db", str(tmp_path / "db"), "--quiet",
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["board"] == "host" and report["trials_run"] >= 1, report
+    assert "tuned 1 task(s)" in captured.err

@@ -5,26 +5,36 @@ import json
 
 
 def cmd_tune(args) -> int:
+    import contextlib
+    import sys
+
     from tvmq.tune import export_database, tune
 
+    # --json: stdout carries the JSON report alone; the summary and MetaSchedule's own
+    # logging (configured inside tune(), on sys.stdout) go to stderr
+    out = sys.stderr if args.json else sys.stdout
     trials = args.trials or (1_000_000 if args.time_budget else 64)
-    report = tune(args.model, args.board, trials=trials, time_budget_min=args.time_budget,
-                  db=args.db, device=args.device, trials_per_iter=args.trials_per_iter,
-                  progress=not args.quiet, max_tasks=args.tasks, kernels=not args.no_kernels)
+    with contextlib.redirect_stdout(out):
+        report = tune(args.model, args.board, trials=trials, time_budget_min=args.time_budget,
+                      db=args.db, device=args.device, trials_per_iter=args.trials_per_iter,
+                      progress=not args.quiet, max_tasks=args.tasks,
+                      kernels=not args.no_kernels)
     est = report.estimated_ms
     print(f"tuned {len(report.tasks)} task(s): {report.trials_run} new trial(s), "
           f"{report.trials_before + report.trials_run} in {report.db}; "
           f"estimated model latency {est:.3f} ms" if est is not None else
-          f"tuned {len(report.tasks)} task(s): no successful measurement yet")
+          f"tuned {len(report.tasks)} task(s): no successful measurement yet", file=out)
     for task in report.tasks:
         best = f"{task['best_us']:.1f} us" if task["best_us"] is not None else "-"
         name = task["name"] if len(task["name"]) <= 48 else task["name"][:45] + "..."
-        print(f"  {name:<48} x{task['weight']:<3} {task['records']:>5} records  {best}")
+        print(f"  {name:<48} x{task['weight']:<3} {task['records']:>5} records  {best}",
+              file=out)
     if args.export_db:
         models = [args.model] if report.board == "host" else []
-        dest = export_database(args.db, args.board, models=models)
+        with contextlib.redirect_stdout(out):
+            dest = export_database(args.db, args.board, models=models)
         print(f"exported to {dest}" + (" (only schedules measured faster in the model; see "
-                                       "validation.json)" if models else ""))
+                                       "validation.json)" if models else ""), file=out)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     return 0
@@ -49,6 +59,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--export-db", action="store_true",
                    help="copy the database into the package's schedules/<board>/ (host: "
                         "only schedules measured faster in the compiled model)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print the report as JSON on stdout (everything else goes to stderr)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_tune)
