@@ -128,16 +128,17 @@ class _Mutator(relax.PyExprMutator):
     def _weight(self, expr):
         """``(int8 weight values, bits to store them at)``, or ``(None, 8)``.
 
-        Looks through a zero ``nn.pad`` of the input-channel axis
-        (:class:`~tvmq.schedules.BlockedActivationLayout` pads an RGB stem to one block).
+        Looks through a zero ``nn.pad`` of the output- and input-channel axes
+        (:class:`~tvmq.schedules.BlockedActivationLayout` pads an RGB stem and 24-channel
+        convs to whole blocks; a sub-byte weight is padded that way, not as a constant).
         """
-        padded = self._channel_pad(expr)
+        padded = self._weight_pad(expr)
         if padded is not None:
-            src, before, after = padded
+            src, pw = padded
             w, bits = self._weight(src)
             if w is None:
                 return None, 8
-            return np.pad(w, [(0, 0), (before, after)] + [(0, 0)] * (w.ndim - 2)), bits
+            return np.pad(w, [(pw[0], pw[1]), (pw[2], pw[3])] + [(0, 0)] * (w.ndim - 2)), bits
         w = _const(self, expr)
         if w is not None or struct_dtype(expr) != "int8":
             return w, 8
@@ -234,6 +235,17 @@ class _Mutator(relax.PyExprMutator):
                 or any(pw[4:]):
             return None
         return bound.args[0], pw[2], pw[3]
+
+    def _weight_pad(self, expr):
+        """``(w0, pad_width)`` if ``expr`` is a zero ``nn.pad`` of axes 0 and 1 alone."""
+        bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
+        if not (isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op)
+                and bound.op.name == "relax.nn.pad" and float(bound.attrs.pad_value) == 0):
+            return None
+        pw = [int(v) for v in bound.attrs.pad_width]
+        if len(pw) != 2 * len(struct_shape(bound.args[0]) or ()) or any(pw[4:]):
+            return None
+        return bound.args[0], pw[:4]
 
     def _channel_padded_source(self, x):
         """``x0`` if ``x = layout_transform(nn.pad(x0))`` with the pad after the channels

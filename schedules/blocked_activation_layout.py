@@ -177,22 +177,25 @@ class _PadChannels(relax.PyExprMutator):
 
         x, w = call.args
         c_in = self._real(x)
-        w_shape = struct_shape(w) or ()
-        if not isinstance(w, Constant) or len(w_shape) != 4 or int(call.attrs.groups) != 1 \
+        w_shape = [int(d) for d in struct_shape(w) or ()]
+        if len(w_shape) != 4 or int(call.attrs.groups) != 1 \
                 or str(call.attrs.data_layout) != "NCHW" \
                 or str(call.attrs.kernel_layout) != "OIHW" \
-                or struct_dtype(x) not in _INT_ACT:
+                or struct_dtype(x) not in _INT_ACT or struct_dtype(w) != "int8":
             return self._unpadded(call)
-        wt = const_value(w).numpy()
-        o_pad = _padded_out_channels(wt.shape[0], self.ob)
+        o_pad = _padded_out_channels(w_shape[0], self.ob)
         if c_in is None and o_pad is None:
             return call
-        x_pad = struct_shape(x)[1]
-        wt = np.pad(wt, [(0, (o_pad or wt.shape[0]) - wt.shape[0]), (0, x_pad - wt.shape[1]),
-                         (0, 0), (0, 0)])
+        extra_o = (o_pad or w_shape[0]) - w_shape[0]
+        extra_c = int(struct_shape(x)[1]) - w_shape[1]
+        if isinstance(w, Constant):
+            wt = np.pad(const_value(w).numpy(), [(0, extra_o), (0, extra_c), (0, 0), (0, 0)])
+            w = relax.const(wt, str(wt.dtype))
+        else:  # a sub-byte weight's unpacking chain: BlockIntegerOps looks through the pad
+            w = self.builder_.emit(relax.op.nn.pad(w, [0, extra_o, 0, extra_c, 0, 0, 0, 0]))
         if o_pad is not None:
-            self.result = int(w_shape[0])
-        return relax.Call(call.op, [x, relax.const(wt, str(wt.dtype))], call.attrs)
+            self.result = w_shape[0]
+        return relax.Call(call.op, [x, w], call.attrs)
 
     def _channelwise(self, call):
         from tvmq._tvm import const_value, struct_shape

@@ -10,8 +10,9 @@ import pytest
 
 from tests.conftest import assert_well_formed
 from tvmq import qref
-from tvmq._tvm import relax, tensor, tvm
 from tvmq import schedules as S
+from tvmq._tvm import relax, tensor, tvm
+from tvmq.passes import PackSubByteWeights
 
 pytestmark = pytest.mark.build
 TARGET = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}
@@ -138,11 +139,14 @@ def _requantized(bb, acc, o):
     return bb.emit(relax.op.astype(y, "uint8"))
 
 
-def test_24_channel_stage_with_residual_add_stays_blocked(rng):
+@pytest.mark.parametrize("bits", [8, 4])
+def test_24_channel_stage_with_residual_add_stays_blocked(rng, bits):
     """MobileNetV2's 24-channel stage: conv 16->24, conv 24->24, residual add, conv 24->32.
     The 24-channel tensors are padded to 32 (zero weights on the extra channels, per-channel
-    constants padded), so no layout transform sits inside the graph; exact."""
-    w1, w2, w3 = (rng.integers(-128, 128, s).astype("int8")
+    constants padded), so no layout transform sits inside the graph; exact. int4 weights
+    (stored packed) are padded through their unpacking chain and stay packed."""
+    lo = -(1 << (bits - 1))
+    w1, w2, w3 = (rng.integers(lo, -lo, s).astype("int8")
                   for s in ((24, 16, 1, 1), (24, 24, 3, 3), (32, 24, 1, 1)))
     bias = rng.integers(-500, 500, (1, 24, 1, 1)).astype("int32")
     bb = relax.BlockBuilder()
@@ -160,10 +164,15 @@ def test_24_channel_stage_with_residual_add_stays_blocked(rng):
                 c, relax.const(w3), out_dtype="int32")), 32))
         bb.emit_func_output(out)
     mod = bb.get()
+    if bits < 8:
+        mod = PackSubByteWeights(max_bits=bits, min_elements=64)(mod)
     lowered = _lower(mod, True, blocked=True)
     callees = _call_tir_callees(lowered)
     assert sum("layout_transform" in c for c in callees) == 2, callees  # input and output
     assert sum("tvmq_kernel" in c for c in callees) == 3
+    if bits < 8:  # 2 weights a byte: [O/16, C/4, KH, KW, 8, 4], 24 channels padded to 32
+        assert "T.int64(2), T.int64(8), T.int64(3), T.int64(3), T.int64(8), T.int64(4)" in \
+            lowered.script(), "the padded 3x3 weight is not stored packed"
     x = rng.integers(0, 256, (1, 16, 12, 12)).astype("uint8")
     np.testing.assert_array_equal(_run(lowered, x), _run(_lower(mod, False), x))
 
