@@ -226,15 +226,10 @@ class _Mutator(relax.PyExprMutator):
 
     def _channel_pad(self, expr):
         """``(x0, before, after)`` if ``expr`` is a zero ``nn.pad`` of axis 1 alone, else None."""
-        bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
-        if not (isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op)
-                and bound.op.name == "relax.nn.pad" and float(bound.attrs.pad_value) == 0):
+        padded = self._weight_pad(expr)
+        if padded is None or any(padded[1][:2]):
             return None
-        pw = [int(v) for v in bound.attrs.pad_width]
-        if len(pw) != 2 * len(struct_shape(bound.args[0]) or ()) or any(pw[:2]) \
-                or any(pw[4:]):
-            return None
-        return bound.args[0], pw[2], pw[3]
+        return padded[0], padded[1][2], padded[1][3]
 
     def _weight_pad(self, expr):
         """``(w0, pad_width)`` if ``expr`` is a zero ``nn.pad`` of axes 0 and 1 alone."""
