@@ -153,6 +153,11 @@ class _PadChannels(relax.PyExprMutator):
 
     def visit_call_(self, call):
         args = [self.visit_expr(a) for a in call.args]
+        if any(isinstance(a, relax.Tuple) and any(self._real(f) for f in a.fields)
+               for a in args):  # concat & co. see the real channels
+            args = [relax.Tuple([self._slice(f) for f in a.fields])
+                    if isinstance(a, relax.Tuple) else a for a in args]
+            return relax.Call(call.op, args, call.attrs, call.ty_args)
         is_conv = isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"
         if not is_conv and not any(self._real(a) for a in args):
             return self.visit_expr_post_order(call)

@@ -189,6 +189,25 @@ def test_padded_channels_are_sliced_before_other_consumers(rng):
     np.testing.assert_array_equal(got, ref)
 
 
+def test_padded_channels_sliced_inside_a_tuple(rng):
+    """A padded tensor that reaches a concat (through its tuple argument) is sliced back to
+    its real channels first: 24 + 16 channels out, exact."""
+    w = rng.integers(-128, 128, (24, 16, 1, 1)).astype("int8")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 12, 12), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = _requantized(bb, bb.emit(relax.op.nn.conv2d(x, relax.const(w),
+                                                            out_dtype="int32")), 24)
+            out = bb.emit_output(relax.op.concat([a, x], axis=1))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    xv = rng.integers(0, 256, (1, 16, 12, 12)).astype("uint8")
+    got = _run(_lower(mod, True, blocked=True), xv)
+    assert got.shape == (1, 40, 12, 12)
+    np.testing.assert_array_equal(got, _run(_lower(mod, False), xv))
+
+
 def test_rgb_stem_joins_the_blocked_layout(rng):
     """A 3-channel stem (7x7 stride 2) is padded to one block for the layout pass, then
     packed from its NCHW input over 4 channels only: no layout transform before or after
