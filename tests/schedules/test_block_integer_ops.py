@@ -82,6 +82,23 @@ def test_conv_becomes_pack_plus_fused_kernel(rng):
                if gv.name_hint != "main")
 
 
+def _requantized(bb, acc, o):
+    """int32 ``acc`` with ``o`` channels -> requantized uint8, like tvmq.passes emit."""
+    m, n = qref.quantize_multiplier(np.linspace(3e-4, 9e-4, o))
+    prod = bb.emit(relax.op.multiply(relax.op.astype(acc, "int64"),
+                                     relax.const(m.reshape(1, o, 1, 1), "int64")))
+    y = bb.emit(relax.op.right_shift(prod, relax.const(n.reshape(1, o, 1, 1), "int64")))
+    y = bb.emit(relax.op.minimum(relax.op.maximum(y, relax.const(0, "int64")),
+                                 relax.const(255, "int64")))
+    return bb.emit(relax.op.astype(y, "uint8"))
+
+
+def _conv_requantized(bb, data, w, **conv):
+    """``conv2d(data, w)`` (int32) requantized to uint8."""
+    acc = bb.emit(relax.op.nn.conv2d(data, relax.const(w), out_dtype="int32", **conv))
+    return _requantized(bb, acc, w.shape[0])
+
+
 def _chain(x_shape, convs):
     """``x -> (conv2d(int32) -> requantize(max/min) -> uint8)*`` like tvmq.passes emit."""
     bb = relax.BlockBuilder()
@@ -90,19 +107,7 @@ def _chain(x_shape, convs):
         with bb.dataflow():
             data = x
             for w, conv in convs:
-                o = w.shape[0]
-                m, n = qref.quantize_multiplier(np.linspace(3e-4, 9e-4, o))
-                acc = bb.emit(relax.op.nn.conv2d(data, relax.const(w), out_dtype="int32",
-                                                 groups=conv.get("groups", 1),
-                                                 padding=conv.get("padding", 0),
-                                                 strides=conv.get("strides", 1)))
-                prod = bb.emit(relax.op.multiply(relax.op.astype(acc, "int64"),
-                                                 relax.const(m.reshape(1, o, 1, 1), "int64")))
-                y = bb.emit(relax.op.right_shift(prod, relax.const(n.reshape(1, o, 1, 1),
-                                                                   "int64")))
-                y = bb.emit(relax.op.minimum(relax.op.maximum(y, relax.const(0, "int64")),
-                                             relax.const(255, "int64")))
-                data = bb.emit(relax.op.astype(y, "uint8"))
+                data = _conv_requantized(bb, data, w, **conv)
             out = bb.emit_output(data)
         bb.emit_func_output(out)
     return bb.get()
@@ -129,16 +134,6 @@ def test_blocked_layout_transforms_only_at_the_edges(rng):
     np.testing.assert_array_equal(_run(lowered, x), _run(nchw, x))
 
 
-def _requantized(bb, acc, o):
-    m, n = qref.quantize_multiplier(np.linspace(3e-4, 9e-4, o))
-    prod = bb.emit(relax.op.multiply(relax.op.astype(acc, "int64"),
-                                     relax.const(m.reshape(1, o, 1, 1), "int64")))
-    y = bb.emit(relax.op.right_shift(prod, relax.const(n.reshape(1, o, 1, 1), "int64")))
-    y = bb.emit(relax.op.minimum(relax.op.maximum(y, relax.const(0, "int64")),
-                                 relax.const(255, "int64")))
-    return bb.emit(relax.op.astype(y, "uint8"))
-
-
 @pytest.mark.parametrize("bits", [8, 4])
 def test_24_channel_stage_with_residual_add_stays_blocked(rng, bits):
     """MobileNetV2's 24-channel stage: conv 16->24, conv 24->24, residual add, conv 24->32.
@@ -153,15 +148,13 @@ def test_24_channel_stage_with_residual_add_stays_blocked(rng, bits):
     x = relax.Var("x", relax.TensorType((1, 16, 12, 12), "uint8"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            a = _requantized(bb, bb.emit(relax.op.nn.conv2d(x, relax.const(w1),
-                                                            out_dtype="int32")), 24)
+            a = _conv_requantized(bb, x, w1)
             acc = bb.emit(relax.op.nn.conv2d(a, relax.const(w2), padding=1, out_dtype="int32"))
             b = _requantized(bb, bb.emit(relax.op.add(acc, relax.const(bias))), 24)
             total = bb.emit(relax.op.add(relax.op.astype(a, "int32"), relax.op.astype(b, "int32")))
             c = bb.emit(relax.op.astype(relax.op.minimum(total, relax.const(255, "int32")),
                                         "uint8"))
-            out = bb.emit_output(_requantized(bb, bb.emit(relax.op.nn.conv2d(
-                c, relax.const(w3), out_dtype="int32")), 32))
+            out = bb.emit_output(_conv_requantized(bb, c, w3))
         bb.emit_func_output(out)
     mod = bb.get()
     if bits < 8:
@@ -197,8 +190,7 @@ def test_padded_channels_sliced_inside_a_tuple(rng):
     x = relax.Var("x", relax.TensorType((1, 16, 12, 12), "uint8"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            a = _requantized(bb, bb.emit(relax.op.nn.conv2d(x, relax.const(w),
-                                                            out_dtype="int32")), 24)
+            a = _conv_requantized(bb, x, w)
             out = bb.emit_output(relax.op.concat([a, x], axis=1))
         bb.emit_func_output(out)
     mod = bb.get()
