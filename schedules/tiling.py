@@ -58,8 +58,7 @@ def schedule_decode(sch, at_loop, hoisted: bool = False) -> None:
     group, see :func:`_decode_level`); their weights are decoded once into a buffer of at
     most ``DECODE_BLOCK_BYTES`` that every tile under ``at_loop`` reads.
     """
-    names = {sch.get(b).name_hint for b in child_blocks(sch)}
-    if BLOCK_DECODE_W not in names:
+    if not _has_decode(sch):
         return
     dec = sch.get_sblock(BLOCK_DECODE_W)
     sch.compute_at(dec, at_loop, preserve_unit_loops=True)  # replayable traces
