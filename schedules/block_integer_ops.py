@@ -269,14 +269,19 @@ class _Mutator(relax.PyExprMutator):
         return relax.op.layout_transform(
             y, index_map=lambda n, c, h, w: (n, c // ib, h, w, c % ib))
 
-    def _kernel(self, xp, w_arg, w_const, corr_np, compute, name: str, out_shape):
+    def _kernel(self, xp, w_arg, w_const, corr_np, compute, name: str, out_shape, pack=None):
         """``call_tir`` of a kernel over packed activations ``xp``, weights (placeholder
         ``w_arg``, constant ``w_const``) and the optional shift correction;
-        ``compute(xp_t, corr_t)`` builds its output tensor."""
-        xp_t = te.placeholder(B.i64(struct_shape(xp)), self.st.act_dtype, "xp")
+        ``compute(xp_t, corr_t)`` builds its output tensor. With ``pack``, ``xp`` is the
+        unpacked input and ``pack(x_t)`` packs it inside the kernel (one call, not two)."""
+        if pack is None:
+            x_t = xp_t = te.placeholder(B.i64(struct_shape(xp)), self.st.act_dtype, "xp")
+        else:
+            x_t = te.placeholder(B.i64(struct_shape(xp)), struct_dtype(xp), "x")
+            xp_t = pack(x_t)
         corr_t = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
         out = compute(xp_t, corr_t)
-        args = [xp_t, w_arg] + ([corr_t] if corr_t is not None else [])
+        args = [x_t, w_arg] + ([corr_t] if corr_t is not None else [])
         rargs = [xp, w_const] + ([relax.const(corr_np, "int32")] if corr_np is not None else [])
         return self._call_kernel(_kernel_func(args, out, name), rargs, out_shape)
 
@@ -289,12 +294,13 @@ class _Mutator(relax.PyExprMutator):
         shift = B.shift_for(in_dtype, st.act_dtype)
         if nchw_in:  # reduce over the real channels only: the rest were zero padding
             w = w[:, :B.ceil_div(struct_shape(x)[1], st.ib) * st.ib]
+        pack = None
         if not blocked or nchw_in:
             xp = self._emit_pack(B.pack_activation, x, st.ib, pads, st.act_dtype,
                                  self.pad_value, name="tvmq_pack_act")
         elif any(pads) or shift:
-            xp = self._emit_pack(B.pad_blocked, x, pads, st.act_dtype, self.pad_value,
-                                 name="tvmq_pack_act")
+            # padded inside the kernel: one call instead of two (ResNet-18 2% faster)
+            xp, pack = x, lambda x_t: B.pad_blocked(x_t, pads, st.act_dtype, self.pad_value)
         else:
             xp = x
         wp_arg, wp_t, wp_const = self._weight_args(B.pack_weight(w, st.ob, st.ib), bits)
@@ -306,17 +312,20 @@ class _Mutator(relax.PyExprMutator):
             return B.unpack_nchw(acc, out_shape[1], corr_t)
 
         return self._kernel(xp, wp_arg, wp_const, B.shift_correction(w, shift), compute,
-                            "tvmq_conv", out_shape)
+                            "tvmq_conv", out_shape, pack=pack)
 
     def _depthwise(self, x, w, in_dtype, strides, pads, dil, out_shape, blocked: bool = False):
         """Depthwise conv (weights are tiny: stored as int8); ``blocked`` as above."""
         st = self.st
         split = B.dw_split(strides, dil)
+        pack = None
         if blocked:
-            xp = self._emit_pack(B.pad_blocked, x, pads, st.act_dtype, self.pad_value, split,
-                                 B.BLOCK_PAD, name="tvmq_pad")
-            pixels = B.depthwise_pixels(out_shape[3], st.dw_pixels)
-            w_np, conv = B.pack_depthwise_weight(w, st.ob, pixels), B.depthwise_nchwc
+            pads, split, w_np, conv = B.depthwise_blocked_plan(
+                w, st.ob, strides, dil, pads, struct_shape(x)[3], out_shape[3], st.dw_pixels,
+                st.dw_intrin is not None)
+            # padded inside the kernel: one call instead of two (MobileNetV2 5% faster)
+            xp, pack = x, lambda x_t: B.pad_blocked(x_t, pads, st.act_dtype, self.pad_value,
+                                                    split, B.BLOCK_PAD)
         else:
             xp = self._emit_pack(B.pad_nchw, x, pads, st.act_dtype, self.pad_value, split,
                                  name="tvmq_pad")
@@ -326,7 +335,7 @@ class _Mutator(relax.PyExprMutator):
         return self._kernel(
             xp, w_t, relax.const(w_np, "int8"), corr_np,
             lambda xp_t, corr_t: conv(xp_t, w_t, strides, dil, out_shape[2:4], corr_t),
-            "tvmq_dwconv", out_shape)
+            "tvmq_dwconv", out_shape, pack=pack)
 
     def _matmul(self, call):
         x, w_expr = call.args

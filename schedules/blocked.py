@@ -336,6 +336,77 @@ def depthwise_nchwc(xp: te.Tensor, w_rep: te.Tensor, strides, dilation, out_hw, 
                       name=BLOCK_UNPACK)
 
 
+#: taps one transposing dot product covers (``vpermb`` + ``vpdpbusd``: 4 pixels of a row)
+DW_DOT_TAPS = 4
+
+
+def depthwise_dot_groups(kw: int) -> int:
+    """Groups of ``DW_DOT_TAPS`` horizontal taps a ``kw``-wide depthwise kernel takes."""
+    return ceil_div(kw, DW_DOT_TAPS)
+
+
+def depthwise_dot_padding(padding, in_w: int, kw: int, stride_w: int, out_w: int):
+    """``padding`` with the right edge widened so every 4-tap group of the last output pixel
+    reads inside the padded row (the extra taps have zero weights)."""
+    pt, pl, pb, pr = padding
+    need = (out_w - 1) * stride_w + DW_DOT_TAPS * depthwise_dot_groups(kw)
+    return pt, pl, pb, pr + max(0, need - (in_w + pl + pr))
+
+
+def pack_depthwise_weight_dot(w: np.ndarray, ib: int) -> np.ndarray:
+    """``[C, 1, KH, KW]`` -> ``[C/ib, KH, G, ib, 4]``: per channel lane the 4 taps of one
+    group, zero past ``KW`` (the operand of a 4-deep per-lane dot product)."""
+    c, _, kh, kw = w.shape
+    g = depthwise_dot_groups(kw)
+    wz = np.zeros((c, kh, g * DW_DOT_TAPS), np.int8)
+    wz[:, :, :kw] = w[:, 0]
+    blk = wz.reshape(c // ib, ib, kh, g, DW_DOT_TAPS).transpose(0, 2, 3, 1, 4)
+    return np.ascontiguousarray(blk)
+
+
+def depthwise_nchwc_dot(xp: te.Tensor, w4: te.Tensor, strides, dilation, out_hw, corr=None):
+    """Depthwise conv on padded ``[N, C/ib, Hp, Wp, ib]`` activations as 4-tap dot products.
+
+    ``w4`` from :func:`pack_depthwise_weight_dot`; reduction loops ``kh, g, k`` (tap
+    ``4g + k`` of a row). With ``(ci, k)`` innermost, one output pixel's 16 channels read the
+    64 contiguous bytes of 4 input pixels: a byte transpose turns them into per-lane 4-tap
+    operands of one ``u8 x s8`` dot product (block ``BLOCK_DWCONV``, 8 loops). Needs no
+    horizontal dilation and a row padded by :func:`depthwise_dot_padding`.
+    """
+    n, cb_n = (int(d) for d in xp.shape[:2])
+    ib = int(xp.shape[-1])
+    _, kh_n, g_n, _, taps = (int(d) for d in w4.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    if int(dw) != 1:
+        raise ValueError("4-tap depthwise dot products need horizontal dilation 1")
+    kh = te.reduce_axis((0, tir.IntImm("int64", kh_n)), "kh")
+    g = te.reduce_axis((0, tir.IntImm("int64", g_n)), "g")
+    k = te.reduce_axis((0, tir.IntImm("int64", taps)), "k")
+    out = te.compute(
+        i64((n, cb_n, *out_hw, ib)),
+        lambda b, c, y, x_, ci: te.sum(
+            xp[b, c, y * sh + kh * dh, x_ * sw + g * taps + k, ci].astype("int32")
+            * w4[c, kh, g, ci, k].astype("int32"),
+            axis=[kh, g, k]),
+        name=BLOCK_DWCONV)
+    if corr is None:
+        return out
+    return te.compute(out.shape, lambda b, c, y, x_, ci: out[b, c, y, x_, ci] + corr[c * ib + ci],
+                      name=BLOCK_UNPACK)
+
+
+def depthwise_blocked_plan(w: np.ndarray, ib: int, strides, dilation, padding, in_w: int,
+                           out_w: int, dw_pixels: int, dot: bool):
+    """``(padding, split_w, packed weights, compute)`` of a blocked-layout depthwise conv:
+    4-tap dot products (:func:`depthwise_nchwc_dot`) when ``dot`` and the kernel allows,
+    else per-tap multiply-adds (:func:`depthwise_nchwc`)."""
+    if dot and int(dilation[1]) == 1:
+        pads = depthwise_dot_padding(padding, in_w, w.shape[3], int(strides[1]), out_w)
+        return pads, 1, pack_depthwise_weight_dot(w, ib), depthwise_nchwc_dot
+    return (padding, dw_split(strides, dilation),
+            pack_depthwise_weight(w, ib, depthwise_pixels(out_w, dw_pixels)), depthwise_nchwc)
+
+
 # ---- compile-time weight packing (NumPy) --------------------------------------------------
 def pack_weight(w: np.ndarray, ob: int, ib: int) -> np.ndarray:
     """OIHW int8 -> ``[O/ob, C/ib, KH, KW, ob, ib]`` (zero-padded to whole blocks)."""

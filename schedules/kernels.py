@@ -55,8 +55,8 @@ def depthwise_func(x_shape, w: np.ndarray, in_dtype: str, st: Strategy, strides=
                    padding=(0, 0, 0, 0), dilation=(1, 1), layout: str = "NCHW"):
     """(PrimFunc, weight, correction or None) of a depthwise (multiplier 1) int conv.
 
-    ``layout="blocked"``: ``NCHW{ob}c`` input and output, weights repeated per vector
-    (:func:`tvmq.schedules.blocked.pack_depthwise_weight`).
+    ``layout="blocked"``: ``NCHW{ob}c`` input and output, weights packed for the strategy's
+    kernel (:func:`tvmq.schedules.blocked.depthwise_blocked_plan`).
     """
     corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
     corr = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
@@ -64,10 +64,12 @@ def depthwise_func(x_shape, w: np.ndarray, in_dtype: str, st: Strategy, strides=
     split = B.dw_split(strides, dilation)
     if layout != "NCHW":
         x = te.placeholder(B.i64(_blocked_shape(x_shape, st.ob)), in_dtype, "x")
-        w_np = B.pack_depthwise_weight(w, st.ob, B.depthwise_pixels(hw[1], st.dw_pixels))
+        pads, split, w_np, conv = B.depthwise_blocked_plan(
+            w, st.ob, strides, dilation, padding, x_shape[3], hw[1], st.dw_pixels,
+            st.dw_intrin is not None)
         wt = te.placeholder(B.i64(w_np.shape), "int8", "w")
-        xp = B.pad_blocked(x, padding, st.act_dtype, split_w=split, name=B.BLOCK_PAD)
-        out = B.depthwise_nchwc(xp, wt, strides, dilation, hw, corr)
+        xp = B.pad_blocked(x, pads, st.act_dtype, split_w=split, name=B.BLOCK_PAD)
+        out = conv(xp, wt, strides, dilation, hw, corr)
     else:
         x = te.placeholder(B.i64(x_shape), in_dtype, "x")
         w_np, wt = w, te.placeholder(B.i64(w.shape), "int8", "w")

@@ -31,6 +31,9 @@ class Strategy:
     dw_pixels : int
         Output pixels per depthwise vector in the blocked layout (``dw_pixels * ob`` int32
         lanes: 64 on x86 = 4 zmm accumulators, 16 on Arm = 4 q registers).
+    dw_intrin : str or None
+        Per-lane 4-tap dot-product intrinsic for blocked depthwise convs
+        (:func:`tvmq.schedules.blocked.depthwise_nchwc_dot`); None: per-tap multiply-adds.
     """
 
     name: str
@@ -42,13 +45,14 @@ class Strategy:
     schedule_dense: Callable
     schedule_depthwise: Callable
     dw_pixels: int = 4
+    dw_intrin: str | None = None
 
 
-def _x86(intrin: str, name: str) -> Strategy:
+def _x86(intrin: str, name: str, dw_intrin: str | None = None) -> Strategy:
     from tvmq.schedules.x86 import conv2d_int8 as k
 
     return Strategy(name, 16, 4, "uint8", intrin, k.schedule_conv, k.schedule_dense,
-                    k.schedule_depthwise)
+                    k.schedule_depthwise, dw_intrin=dw_intrin)
 
 
 def _arm(intrin: str, name: str) -> Strategy:
@@ -77,4 +81,5 @@ def strategy_for(target) -> Strategy | None:
     intrin = xi.select_intrin(target)
     if intrin is None:
         return None
-    return _x86(intrin, "x86-vnni" if intrin == xi.VNNI_16x4 else "x86-avx2")
+    return _x86(intrin, "x86-vnni" if intrin == xi.VNNI_16x4 else "x86-avx2",
+                xi.select_dw_intrin(target))

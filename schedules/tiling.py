@@ -237,13 +237,17 @@ def schedule_dense(sch, intrin: str, m_tile: int | None = None, max_acc: int = M
     return sch
 
 
-def schedule_depthwise(sch, vec: int = 16):
+def schedule_depthwise(sch, vec: int = 16, dot_intrin: str | None = None, dot_pixels: int = 8):
     """Vectorize ``BLOCK_DWCONV`` along the output row; epilogue per row tile.
 
     A blocked-layout depthwise conv (:func:`tvmq.schedules.blocked.depthwise_nchwc`) is
     vectorized over ``(pixel, channel)`` instead (:func:`schedule_depthwise_blocked`).
     """
     dw = sch.get_sblock(BLOCK_DWCONV)
+    if len(sch.get_loops(dw)) == 8:
+        if dot_intrin is None:
+            raise ValueError("a 4-tap dot-product depthwise kernel needs its tensor intrinsic")
+        return schedule_depthwise_dot(sch, dot_intrin, dot_pixels)
     if len(sch.get_loops(dw)) == 7:
         return schedule_depthwise_blocked(sch)
     _schedule_packs(sch)
@@ -291,4 +295,30 @@ def schedule_depthwise_blocked(sch):
             sch.vectorize(inner[-1])
     init = sch.decompose_reduction(dw, kh)
     sch.vectorize(sch.get_loops(init)[-1])
+    return sch
+
+
+def schedule_depthwise_dot(sch, intrin: str, pixels: int = 8):
+    """:func:`tvmq.schedules.blocked.depthwise_nchwc_dot`: ``pixels`` output pixels (of 16
+    channels) per register tile, their accumulators live across all taps; every tap group
+    is one tensorized 16x4 per-lane dot product; epilogue per tile (in registers)."""
+    dw = sch.get_sblock(BLOCK_DWCONV)
+    _schedule_packs(sch)
+    outs = inline_epilogue(sch, (BLOCK_DWCONV,))
+    b, c, y, x, ci, kh, g, k = sch.get_loops(dw)
+    x_o, x_i = sch.split(x, [None, divisor_at_most(_const_extent(sch, x), pixels)])
+    sch.reorder(b, c, y, x_o, kh, g, x_i, ci, k)
+    tile = sch.fuse(b, c, y)
+    sch.parallel(tile)
+    for out in outs:
+        sch.reverse_compute_at(out, x_o, preserve_unit_loops=True)
+        inner = _loops_after(sch, out, x_o)
+        if inner:
+            sch.vectorize(inner[-1])
+    init = sch.decompose_reduction(dw, kh)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(ci, intrin)
+    sch.unroll(x_i)
+    sch.unroll(g)
+    sch.unroll(kh)
     return sch

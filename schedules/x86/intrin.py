@@ -21,7 +21,10 @@ from tvmq._tvm import T, s_tir, target_has_features
 
 VNNI_16x4 = "tvmq_x86_vnni_16x4"
 AVX2_16x4 = "tvmq_x86_avx2_16x4"
+DW_VNNI_16x4 = "tvmq_x86_dw_vnni_16x4"
 LANES, DEPTH = 16, 4
+#: byte j of the transposed operand: tap ``j % 4`` of channel ``j // 4`` (``A[k, i]`` at ``16k + i``)
+_DW_TRANSPOSE = [(j % 4) * 16 + j // 4 for j in range(64)]
 
 
 @T.prim_func(s_tir=True)
@@ -92,13 +95,51 @@ def dot_16x4_u8s8s32_avx2(
         C[T.ramp(T.int32(0), 1, 16)] = C.vload([0], dtype="int32x16") + even + odd
 
 
+@T.prim_func(s_tir=True)
+def dw_16x4_u8s8s32_desc(
+    A: T.Buffer((4, 16), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4, 0:16], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for i in T.serial(0, 16):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk, vi], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def dw_16x4_u8s8s32_vnni(
+    A: T.Buffer((4, 16), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4, 0:16], B[0:16, 0:4])
+        T.writes(C[0:16])
+        a: T.let = A.vload([0, 0], "uint8x64")
+        a_t: T.let = T.Shuffle([a], _DW_TRANSPOSE)  # one vpermb (AVX-512 VBMI)
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            C.vload([0], dtype="int32x16"),
+            a_t,
+            B.vload([0, 0], dtype="int8x64"),
+            dtype="int32x16",
+        )
+
+
 def _register() -> None:
     TensorIntrin = s_tir().TensorIntrin
-    for name, impl in ((VNNI_16x4, dot_16x4_u8s8s32_vnni), (AVX2_16x4, dot_16x4_u8s8s32_avx2)):
+    for name, desc, impl in ((VNNI_16x4, dot_16x4_u8s8s32_desc, dot_16x4_u8s8s32_vnni),
+                             (AVX2_16x4, dot_16x4_u8s8s32_desc, dot_16x4_u8s8s32_avx2),
+                             (DW_VNNI_16x4, dw_16x4_u8s8s32_desc, dw_16x4_u8s8s32_vnni)):
         try:
             TensorIntrin.get(name, allow_missing=False)
         except Exception:  # noqa: BLE001 - not registered yet in this process
-            TensorIntrin.register(name, dot_16x4_u8s8s32_desc, impl)
+            TensorIntrin.register(name, desc, impl)
 
 
 _register()
@@ -110,4 +151,12 @@ def select_intrin(target) -> str | None:
         return VNNI_16x4
     if target_has_features(target, "avx2"):
         return AVX2_16x4
+    return None
+
+
+def select_dw_intrin(target) -> str | None:
+    """The per-lane 4-tap depthwise intrinsic when ``target`` has it (AVX-512 VNNI for
+    ``vpdpbusd`` and VBMI for the one-instruction byte transpose), else None."""
+    if target_has_features(target, "avx512vnni", "avx512vbmi"):
+        return DW_VNNI_16x4
     return None

@@ -7,11 +7,14 @@ import pytest
 from tvmq import qref
 from tvmq._tvm import tensor, tvm
 from tvmq.schedules import blocked, kernels, tiling
+from tvmq.schedules.strategy import strategy_for
 from tvmq.schedules.x86 import AVX2_16x4, VNNI_16x4, select_intrin
+from tvmq.schedules.x86.intrin import DW_VNNI_16x4
 
 pytestmark = pytest.mark.build
 
 ZNVER4 = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}
+CASCADELAKE = {"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2}  # VNNI, no VBMI
 HASWELL = {"kind": "llvm", "mcpu": "haswell", "num-cores": 2}
 
 
@@ -57,6 +60,33 @@ def test_select_intrin_follows_target_features():
     assert select_intrin(tvm.target.Target(ZNVER4)) == VNNI_16x4
     assert select_intrin(tvm.target.Target(HASWELL)) == AVX2_16x4
     assert select_intrin(tvm.target.Target({"kind": "llvm", "mcpu": "core2"})) is None
+
+
+def test_depthwise_dot_needs_vbmi():
+    """The byte transpose of the 4-tap depthwise kernel is one vpermb only with VBMI."""
+    assert strategy_for(tvm.target.Target(ZNVER4)).dw_intrin == DW_VNNI_16x4
+    assert strategy_for(tvm.target.Target(CASCADELAKE)).dw_intrin is None
+    assert strategy_for(tvm.target.Target(HASWELL)).dw_intrin is None
+
+
+@pytest.mark.parametrize("kw,stride,pads,out_w", [(3, 1, (1, 1, 1, 1), 12), (3, 2, (0, 0, 1, 1), 6),
+                                                  (5, 1, (2, 2, 2, 2), 9), (7, 2, (3, 3, 3, 3), 4)])
+def test_depthwise_dot_padding_covers_every_tap_group(kw, stride, pads, out_w):
+    """The last output pixel's 4-tap groups read inside the widened row; nothing else moves."""
+    in_w = (out_w - 1) * stride + kw - pads[1] - pads[3]
+    pt, pl, pb, pr = blocked.depthwise_dot_padding(pads, in_w, kw, stride, out_w)
+    assert (pt, pl, pb) == pads[:3] and pr >= pads[3]
+    groups = blocked.depthwise_dot_groups(kw)
+    assert in_w + pl + pr == max(in_w + sum(pads[1::2]), (out_w - 1) * stride + 4 * groups)
+
+
+def test_pack_depthwise_weight_dot_zero_fills_missing_taps(rng):
+    w = _rand(rng, (32, 1, 3, 5), "int8")
+    p = blocked.pack_depthwise_weight_dot(w, 16)
+    assert p.shape == (2, 3, 2, 16, 4)
+    # [cb, kh, g, ci, k] holds tap 4g + k of channel 16cb + ci
+    np.testing.assert_array_equal(p[1, 2, 0, 3, :], w[19, 0, 2, 0:4])
+    np.testing.assert_array_equal(p[1, 2, 1, 3, :], [w[19, 0, 2, 4], 0, 0, 0])
 
 
 @needs_vnni
@@ -149,8 +179,10 @@ def _to_blocked(a, blk=16):
     ("conv", 2, 16, 10, 32, 1, 2, 0),     # 1x1 stride 2, batch 2
     ("conv", 1, 64, 7, 16, 3, 1, 1),
     ("dw", 1, 32, 11, 32, 3, 1, 1),
-    ("dw", 1, 48, 12, 48, 3, 2, 1),       # stride 2: W de-interleaved
-    ("dw", 2, 16, 9, 16, 5, 2, 2),
+    ("dw", 1, 48, 12, 48, 3, 2, 1),       # stride 2
+    ("dw", 2, 16, 9, 16, 5, 2, 2),        # two 4-tap groups per row, batch 2
+    ("dw", 1, 16, 10, 16, 3, 2, 0),       # no padding: the row is widened for the last group
+    ("dw", 1, 32, 7, 32, 7, 1, 3),        # 7x7, 7-wide rows (one register tile a row)
 ])
 def test_blocked_layout_kernels_exact(rng, kind, n, c, h, o, k, stride, pad):
     """NCHW16c in, NCHW16c out (the layout integer layers exchange inside a model)."""
@@ -164,7 +196,23 @@ def test_blocked_layout_kernels_exact(rng, kind, n, c, h, o, k, stride, pad):
     else:
         wt = _rand(rng, (c, 1, k, k), "int8")
         lib, wp, corr = kernels.build_depthwise_kernel(x.shape, wt, "uint8", target, **conv)
+        assert wp.shape == (c // 16, k, blocked.depthwise_dot_groups(k), 16, 4)  # dot kernel
         ref = qref.conv2d_int(x, wt, strides=(stride, stride), padding=(pad,) * 4, groups=c)
+    got = _run(lib, _to_blocked(x), wp, corr, out_shape=_to_blocked(ref).shape)
+    np.testing.assert_array_equal(got, _to_blocked(ref))
+
+
+@needs_vnni
+@pytest.mark.parametrize("target,dilation,stride", [(CASCADELAKE, 1, 1), (CASCADELAKE, 1, 2),
+                                                    (ZNVER4, 2, 1)])
+def test_blocked_depthwise_without_dot_kernel_exact(rng, target, dilation, stride):
+    """Per-tap multiply-adds: targets without VBMI, and dilated kernels on targets with it."""
+    x, wt = _rand(rng, (1, 32, 13, 13), "uint8"), _rand(rng, (32, 1, 3, 3), "int8")
+    conv = dict(strides=(stride, stride), padding=(2,) * 4, dilation=(dilation, dilation))
+    lib, wp, corr = kernels.build_depthwise_kernel(x.shape, wt, "uint8", tvm.target.Target(target),
+                                                   layout="blocked", **conv)
+    assert wp.ndim == 4  # [C/16, KH, KW, pixels * 16]: not the dot kernel's [.., G, 16, 4]
+    ref = qref.conv2d_int(x, wt, groups=32, **conv)
     got = _run(lib, _to_blocked(x), wp, corr, out_shape=_to_blocked(ref).shape)
     np.testing.assert_array_equal(got, _to_blocked(ref))
 
