@@ -237,17 +237,19 @@ def schedule_dense(sch, intrin: str, m_tile: int | None = None, max_acc: int = M
     return sch
 
 
-def schedule_depthwise(sch, vec: int = 16, dot_intrin: str | None = None, dot_pixels: int = 8):
+def schedule_depthwise(sch, vec: int = 16, dot_intrin: str | None = None, sample: bool = False):
     """Vectorize ``BLOCK_DWCONV`` along the output row; epilogue per row tile.
 
     A blocked-layout depthwise conv (:func:`tvmq.schedules.blocked.depthwise_nchwc`) is
-    vectorized over ``(pixel, channel)`` instead (:func:`schedule_depthwise_blocked`).
+    vectorized over ``(pixel, channel)`` instead (:func:`schedule_depthwise_blocked`); its
+    4-tap dot-product form (8 loops, :func:`tvmq.schedules.blocked.depthwise_nchwc_dot`) is
+    tensorized with ``dot_intrin`` (:func:`schedule_depthwise_dot`, ``sample`` for tuning).
     """
     dw = sch.get_sblock(BLOCK_DWCONV)
     if len(sch.get_loops(dw)) == 8:
         if dot_intrin is None:
             raise ValueError("a 4-tap dot-product depthwise kernel needs its tensor intrinsic")
-        return schedule_depthwise_dot(sch, dot_intrin, dot_pixels)
+        return schedule_depthwise_dot(sch, dot_intrin, sample=sample)
     if len(sch.get_loops(dw)) == 7:
         return schedule_depthwise_blocked(sch)
     _schedule_packs(sch)
@@ -298,18 +300,47 @@ def schedule_depthwise_blocked(sch):
     return sch
 
 
-def schedule_depthwise_dot(sch, intrin: str, pixels: int = 8):
+def _sample_choice(sch, cands: list, default, sample: bool):
+    """``default``, or (for MetaSchedule) one of ``cands`` drawn with half the probability on
+    it, as a concrete value: structural choices branch on it (the decision is recorded in
+    the trace and replays; llvm's mutators never change a plain categorical)."""
+    if not sample or len(cands) == 1:
+        return default
+    probs = [0.5 if c == default else 0.5 / (len(cands) - 1) for c in cands]
+    idx = sch.sample_categorical(candidates=list(range(len(cands))), probs=probs)
+    return cands[int(sch.get(idx))]
+
+
+def schedule_depthwise_dot(sch, intrin: str, pixels: int | None = None, pad_at: str | None = None,
+                           sample: bool = False):
     """:func:`tvmq.schedules.blocked.depthwise_nchwc_dot`: ``pixels`` output pixels (of 16
     channels) per register tile, their accumulators live across all taps; every tap group
-    is one tensorized 16x4 per-lane dot product; epilogue per tile (in registers)."""
+    is one tensorized 16x4 per-lane dot product; epilogue per tile (in registers).
+
+    ``pad_at``: where the in-kernel pad block runs: ``"root"`` (default: once, before the
+    conv) or ``"tile"`` (each register tile pads its own input window, in L1). Measured
+    (Zen 5, 2 cores, MobileNetV2's shapes): alone, ``"tile"`` ran strided kernels at
+    0.63-0.84x of ``"root"`` and the others at 1.0-1.35x; inside the model the strided ones
+    gained nothing measurable, so ``"root"`` everywhere, and tuning may pick ``"tile"``.
+    ``sample=True`` draws the placement and the pixels a tile (default 8) for MetaSchedule.
+    """
     dw = sch.get_sblock(BLOCK_DWCONV)
-    _schedule_packs(sch)
-    outs = inline_epilogue(sch, (BLOCK_DWCONV,))
+    pads = [blk for blk in child_blocks(sch) if sch.get(blk).name_hint in PACK_BLOCKS]
     b, c, y, x, ci, kh, g, k = sch.get_loops(dw)
-    x_o, x_i = sch.split(x, [None, divisor_at_most(_const_extent(sch, x), pixels)])
+    n_x = _const_extent(sch, x)
+    pad_at = pad_at or _sample_choice(sch, ["root", "tile"], "root", sample and bool(pads))
+    pixels = _tile_factor(sch, n_x, 16, pixels, sample, divisor_at_most(n_x, 8))
+    if pad_at == "root":
+        _schedule_packs(sch)
+    outs = inline_epilogue(sch, (BLOCK_DWCONV,))
+    x_o, x_i = sch.split(x, [None, pixels])
     sch.reorder(b, c, y, x_o, kh, g, x_i, ci, k)
     tile = sch.fuse(b, c, y)
     sch.parallel(tile)
+    if pad_at == "tile":
+        for pad in pads:
+            sch.compute_at(pad, x_o, preserve_unit_loops=True)
+            sch.vectorize(sch.get_loops(pad)[-1])
     for out in outs:
         sch.reverse_compute_at(out, x_o, preserve_unit_loops=True)
         inner = _loops_after(sch, out, x_o)

@@ -44,7 +44,8 @@ def _kernel_space_fn(st):
         elif B.BLOCK_DENSE in names:
             st.schedule_dense(sch, st.intrin)
         elif B.BLOCK_DWCONV in names:
-            st.schedule_depthwise(sch)
+            # the 4-tap kernel: pixels a tile and where its pad runs sampled
+            st.schedule_depthwise(sch, sample=SAMPLE_TILES)
         else:
             blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
             if all(int(iv.iter_type) == 0 for b in blocks for iv in b.iter_vars):

@@ -38,3 +38,50 @@ def test_tuned_conv_is_exact(rng, tmp_path):
     out = tensor(np.zeros((1, 32, 14, 14), "int32"))
     lib(tensor(x), tensor(wp), out)
     assert np.array_equal(out.numpy(), qref.conv2d_int(x, w, padding=(1,) * 4))
+
+
+def _depthwise(rng, stride):
+    st = strategy_for(tvm.target.Target(TARGET))
+    x = rng.integers(0, 256, (1, 32, 12, 12)).astype("uint8")
+    w = rng.integers(-128, 128, (32, 1, 3, 3)).astype("int8")
+    conv = dict(strides=(stride, stride), padding=(1,) * 4)
+    func, wt, corr = kernels.depthwise_func(x.shape, w, "uint8", st, layout="blocked", **conv)
+    ref = qref.conv2d_int(x, w, groups=32, **conv)
+    blk = lambda a: np.ascontiguousarray(  # noqa: E731 - NCHW -> NCHW16c
+        a.reshape(1, 2, 16, *a.shape[2:]).transpose(0, 1, 3, 4, 2))
+    return st, func, [blk(x), wt] + ([corr] if corr is not None else []), blk(ref)
+
+
+def _run_exact(mod, args, ref):
+    lib = tvm.compile(mod, target=tvm.target.Target(TARGET))
+    out = tensor(np.zeros(ref.shape, "int32"))
+    lib(*[tensor(a) for a in args], out)
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("pad_at", ["root", "tile"])
+def test_depthwise_dot_pad_placements_exact(rng, stride, pad_at):
+    from tvmq._tvm import s_tir
+    from tvmq.schedules import tiling
+
+    st, func, args, ref = _depthwise(rng, stride)
+    sch = s_tir().Schedule(func)
+    tiling.schedule_depthwise_dot(sch, st.dw_intrin, pad_at=pad_at)
+    _run_exact(sch.mod, args, ref)
+
+
+def test_sampled_depthwise_space_replays_exact(rng):
+    """Each sampled depthwise schedule (pixels, pad placement) replays from its trace."""
+    from tvmq._tvm import s_tir
+
+    st, func, args, ref = _depthwise(rng, 2)
+    decisions = set()
+    for seed in range(1, 7):
+        sch = s_tir().Schedule(func, seed=seed)
+        tune._kernel_space_fn(st)(sch)
+        decisions.add(tuple(int(v) for v in sch.trace.decisions.values()))
+        replay = s_tir().Schedule(func)
+        sch.trace.apply_to_schedule(replay, remove_postproc=False)
+        _run_exact(replay.mod, args, ref)
+    assert len(decisions) > 1  # the space is sampled, not one fixed schedule
