@@ -75,8 +75,13 @@ def schedule_injective(sch, blk, vec: int = 16, parallel_extent: int = 64) -> No
         # blocked layouts end in a short channel loop: vectorize (pixel, channel) together
         loops = [*loops[:-2], sch.fuse(loops[-2], loops[-1])]
     last = _extent(sch, loops[-1]) or 0
+    lanes = 0
     if last > vec and last % vec == 0:
-        outer_last, inner = sch.split(loops[-1], [None, vec])
+        lanes = vec
+    elif last > 64:  # too long to vectorize whole, not a multiple of vec (a padded row of
+        lanes = divisor_at_most(last, vec)  # 226 pixels x 4 channels): its widest divisor
+    if lanes >= 4:
+        outer_last, inner = sch.split(loops[-1], [None, lanes])
         loops = [*sch.get_loops(blk)[:-2], outer_last]
     else:
         inner, loops = loops[-1], loops[:-1]

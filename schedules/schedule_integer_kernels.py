@@ -19,7 +19,7 @@ import warnings
 
 from tvmq._tvm import s_tir, tir, tvm
 from tvmq.schedules import blocked as B
-from tvmq.schedules.common import inline_epilogue, schedule_injective
+from tvmq.schedules.common import PACK_BLOCKS, child_blocks, inline_epilogue, schedule_injective
 from tvmq.schedules.strategy import Strategy
 
 KERNEL_BLOCKS = (B.BLOCK_CONV, B.BLOCK_DENSE, B.BLOCK_DWCONV)
@@ -55,6 +55,9 @@ def schedule_func(func, st: Strategy):
     sch = s_tir().Schedule(func)
     for out in inline_epilogue(sch, ()):
         schedule_injective(sch, out)
+    for blk in child_blocks(sch):  # a pack fused after the model input's quantize
+        if sch.get(blk).name_hint in PACK_BLOCKS:
+            schedule_injective(sch, blk)
     return sch.mod["main"]
 
 
