@@ -79,7 +79,8 @@ def schedule_injective(sch, blk, vec: int = 16, parallel_extent: int = 64) -> No
     if last > vec and last % vec == 0:
         lanes = vec
     elif last > 64:  # too long to vectorize whole, not a multiple of vec (a padded row of
-        lanes = divisor_at_most(last, vec)  # 226 pixels x 4 channels): its widest divisor
+        lanes = last & -last  # 226 pixels x 4 channels): its widest power-of-two divisor
+        lanes = min(lanes, vec)
     if lanes >= 4:
         outer_last, inner = sch.split(loops[-1], [None, lanes])
         loops = [*sch.get_loops(blk)[:-2], outer_last]
