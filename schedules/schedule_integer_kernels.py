@@ -7,7 +7,9 @@ For every PrimFunc not yet scheduled:
   target strategy's tensorized schedule;
 * any other all-spatial PrimFunc (requantize, add, pack, pad, pools' elementwise tails) gets
   a parallel + vectorized loop nest: ``tvm.compile``'s default CPU pipeline would run it on
-  one thread, scalar.
+  one thread, scalar;
+* a pool (one window reduction over one input, its pad inlined) is parallel over rows and
+  vectorized over the blocked layout's channels.
 
 A schedule that fails leaves the function as it was, with a warning: slower, never wrong.
 Position: schedule phase (after ``FuseTIR``), before ``MetaScheduleApplyDatabase`` would
@@ -51,7 +53,7 @@ def schedule_func(func, st: Strategy):
     if names & set(KERNEL_BLOCKS):
         return schedule(func, st)
     if not _is_spatial(func):
-        return None
+        return _schedule_window_reduction(func)
     sch = s_tir().Schedule(func)
     for out in inline_epilogue(sch, ()):
         schedule_injective(sch, out)
@@ -59,6 +61,57 @@ def schedule_func(func, st: Strategy):
         if sch.get(blk).name_hint in PACK_BLOCKS:
             schedule_injective(sch, blk)
     return sch.mod["main"]
+
+
+#: fewest window elements a pool reads before it runs on several threads
+POOL_PARALLEL_MIN = 1 << 16
+
+
+def _schedule_window_reduction(func):
+    """A pool (one reduction block over a small window, its pad inlined into it): parallel
+    over rows, the last spatial loop (a blocked layout's channels) vectorized inside the
+    window loops. None when ``func`` is not shaped like that.
+
+    Measured (Zen 5, 2 cores): ResNet-18's 3x3/2 max pool over ``[1, 4, 112, 112, 16]``
+    0.028 ms unscheduled (LLVM's own vectorizer, one thread) -> 0.011 ms.
+    """
+    sch = s_tir().Schedule(func)
+    blocks = child_blocks(sch)
+    red = [b for b in blocks if any(int(iv.iter_type) != 0 for iv in sch.get(b).iter_vars)]
+    if len(red) != 1 or len({r.source.name for r in sch.get(red[0]).reads}) != 1:
+        return None  # one input: a pool, not a conv or matmul (those read weights too)
+    for blk in blocks:
+        if not blk.same_as(red[0]):
+            try:
+                sch.compute_inline(blk)
+            except Exception:  # noqa: BLE001 - e.g. an epilogue after the reduction
+                return None
+    red = red[0]
+    ivs = sch.get(red).iter_vars
+    loops = sch.get_loops(red)
+    n_sp = sum(1 for iv in ivs if int(iv.iter_type) == 0)
+    if len(loops) != len(ivs) or any(int(iv.iter_type) != 0 for iv in ivs[:n_sp]) \
+            or n_sp < 3 or int(sch.get(loops[n_sp - 1]).extent) > 64:
+        return None
+    if not _reads_last_axis_unit_stride(sch.get(red), ivs[n_sp - 1].var):
+        return None  # e.g. NCHW: the last loop is W, read with the pool's stride (gathers)
+    spatial, window = loops[:n_sp], loops[n_sp:]
+    work = 1
+    for lp in loops:
+        work *= int(sch.get(lp).extent)
+    sch.reorder(*spatial[:-1], *window, spatial[-1])
+    if work >= POOL_PARALLEL_MIN:  # a global average pool's 25 K adds: one thread is faster
+        sch.parallel(sch.fuse(*spatial[:-2]))
+    sch.vectorize(spatial[-1])  # before decompose_reduction: after, the update is incomplete
+    init = sch.decompose_reduction(red, window[0])
+    sch.vectorize(sch.get_loops(init)[-1])
+    return sch.mod["main"]
+
+
+def _reads_last_axis_unit_stride(block, var) -> bool:
+    """Whether ``block`` reads its input's last axis at exactly ``var`` (one element)."""
+    last = [r.region[-1] for r in block.reads]
+    return bool(last) and all(rg.min.same_as(var) and int(rg.extent) == 1 for rg in last)
 
 
 def ScheduleIntegerKernels(strategy: Strategy | None) -> tvm.transform.Pass:  # noqa: N802

@@ -293,3 +293,68 @@ def test_pack_after_an_input_quantize_is_parallel_and_vectorized():
     for name in ("quantized", B.BLOCK_PACK):
         kinds = {int(sch.get(lp).kind) for lp in sch.get_loops(sch.get_sblock(name))}
         assert {1, 2} <= kinds, name  # ForKind.PARALLEL and ForKind.VECTORIZED
+
+
+@pytest.mark.parametrize("layout,shape,parallel", [("NCHW16c", (1, 2, 63, 63, 16), True),
+                                                   ("NHWC", (1, 64, 64, 8), True),
+                                                   ("NCHW16c", (1, 2, 13, 13, 16), False)])
+def test_max_pool_is_parallel_vectorized_and_exact(rng, layout, shape, parallel):
+    """Pools over channels-last layouts get a schedule of their own (they ran on one thread,
+    left to LLVM); small ones (under ``POOL_PARALLEL_MIN`` window reads) stay on one
+    thread, vectorized."""
+    from tvmq._tvm import s_tir
+    from tvmq.schedules.schedule_integer_kernels import schedule_func
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "uint8"))
+    with bb.function("main", [x]):
+        y = bb.emit(relax.op.nn.max_pool2d(x, (3, 3), (2, 2), (1, 1, 1, 1), layout=layout))
+        bb.emit_func_output(y)
+    mod = relax.transform.LegalizeOps()(bb.get())
+    gv = [g for g in mod.functions if g.name_hint != "main"][0]
+    func = schedule_func(mod[gv], S.strategy_for(tvm.target.Target(TARGET)))
+    sch = s_tir().Schedule(func)
+    red = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
+           if any(int(iv.iter_type) for iv in sch.get(b).iter_vars)][0]
+    kinds = {int(sch.get(lp).kind) for lp in sch.get_loops(red)}  # 1 parallel, 2 vectorized
+    assert 2 in kinds and (1 in kinds) == parallel
+    mod[gv] = func
+    ex = tvm.compile(mod, target=tvm.target.Target(TARGET))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    a = rng.integers(0, 256, shape).astype("uint8")
+    got = vm["main"](tensor(a)).numpy()
+    nchw = (a.transpose(0, 3, 1, 2) if layout == "NHWC"
+            else a.transpose(0, 1, 4, 2, 3).reshape(1, -1, *shape[2:4]))
+    p = np.pad(nchw, ((0, 0), (0, 0), (1, 1), (1, 1)))  # 0 pads: the smallest uint8
+    oh = (nchw.shape[2] - 1) // 2 + 1
+    ref = np.max([p[:, :, i:i + 2 * oh:2, j:j + 2 * oh:2] for i in range(3) for j in range(3)], 0)
+    ref = (ref.transpose(0, 2, 3, 1) if layout == "NHWC"
+           else ref.reshape(1, -1, 16, oh, oh).transpose(0, 1, 3, 4, 2))
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_nchw_pool_is_left_to_llvm():
+    """NCHW's last loop is W, read with the pool's stride: vectorizing it would gather."""
+    from tvmq.schedules.schedule_integer_kernels import _schedule_window_reduction
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8, 64, 64), "uint8"))
+    with bb.function("main", [x]):
+        bb.emit_func_output(bb.emit(relax.op.nn.max_pool2d(x, (3, 3), (2, 2), (1, 1, 1, 1))))
+    mod = relax.transform.LegalizeOps()(bb.get())
+    gv = [g for g in mod.functions if g.name_hint != "main"][0]
+    assert _schedule_window_reduction(mod[gv]) is None
+
+
+def test_conv_is_not_scheduled_as_a_pool():
+    """A float conv is a window reduction too, but over two inputs: left alone."""
+    from tvmq.schedules.schedule_integer_kernels import _schedule_window_reduction
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 8, 8), "float32"))
+    w = relax.Var("w", relax.TensorType((4, 4, 3, 3), "float32"))
+    with bb.function("main", [x, w]):
+        bb.emit_func_output(bb.emit(relax.op.nn.conv2d(x, w, padding=1)))
+    mod = relax.transform.LegalizeOps()(bb.get())
+    gv = [g for g in mod.functions if g.name_hint != "main"][0]
+    assert _schedule_window_reduction(mod[gv]) is None
