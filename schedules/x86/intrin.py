@@ -1,12 +1,15 @@
 """x86 int8 dot-product tensor intrinsics (``desc``/``impl`` pairs, registered under tvmq names).
 
-All intrinsics here share one description: ``C[16] += sum_k u8(A[k]) * s8(B[i, k])`` over
-``k < 4`` (16 int32 lanes, 4-deep reduction). The activation operand is *unsigned*: x86's
+The dense intrinsics (VNNI, AVX2) share one description:
+``C[16] += sum_k u8(A[k]) * s8(B[i, k])`` over ``k < 4`` (16 int32 lanes, 4-deep reduction). The activation operand is *unsigned*: x86's
 instructions multiply u8 by s8, so callers shift signed activations by +128 and subtract
 ``128 * sum(W)`` (see :mod:`tvmq.schedules.blocked`).
 
 * ``tvmq_x86_vnni_16x4``: one ``vpdpbusd`` (AVX-512 VNNI). TVM's shipped ``dot_16x4_vnni``
   passes ``<16 x i32>`` operands, which LLVM 22 rejects; this one passes ``<64 x i8>``.
+* ``tvmq_x86_dw_vnni_16x4`` (depthwise): ``C[i] += sum_k u8(A[k, i]) * s8(B[i, k])``, a
+  per-lane 4-tap dot product; ``A`` is 4 pixels x 16 channels as stored (64 contiguous
+  bytes), transposed into lanes by one ``vpermb`` (AVX-512 VBMI), then one ``vpdpbusd``.
 * ``tvmq_x86_avx2_16x4``: AVX2 fallback, zero/sign-extends to int16 and uses ``vpmaddwd``
   (4 per call). ``vpmaddubsw`` would be one instruction shorter but saturates pairs at
   ``2 * 255 * 128 > 32767``, so it is not exact; this one is.
@@ -23,7 +26,8 @@ VNNI_16x4 = "tvmq_x86_vnni_16x4"
 AVX2_16x4 = "tvmq_x86_avx2_16x4"
 DW_VNNI_16x4 = "tvmq_x86_dw_vnni_16x4"
 LANES, DEPTH = 16, 4
-#: byte j of the transposed operand: tap ``j % 4`` of channel ``j // 4`` (``A[k, i]`` at ``16k + i``)
+#: byte j of the transposed operand: tap ``j % 4`` of channel ``j // 4``
+#: (``A[k, i]`` is byte ``16k + i`` of the 4 pixels x 16 channels loaded)
 _DW_TRANSPOSE = [(j % 4) * 16 + j // 4 for j in range(64)]
 
 
