@@ -59,6 +59,11 @@ def _run_exact(mod, args, ref):
     np.testing.assert_array_equal(out.numpy(), ref)
 
 
+needs_vbmi = pytest.mark.skipif("avx512vbmi" not in open("/proc/cpuinfo").read(),
+                                reason="znver4 depthwise builds use vpermb (AVX-512 VBMI)")
+
+
+@needs_vbmi
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("pad_at", ["root", "tile"])
 def test_depthwise_dot_pad_placements_exact(rng, stride, pad_at):
@@ -71,6 +76,7 @@ def test_depthwise_dot_pad_placements_exact(rng, stride, pad_at):
     _run_exact(sch.mod, args, ref)
 
 
+@needs_vbmi
 def test_sampled_depthwise_space_replays_exact(rng):
     """Each sampled depthwise schedule (pixels, pad placement) replays from its trace."""
     from tvmq._tvm import s_tir

@@ -27,6 +27,8 @@ def _host_has(flag: str) -> bool:
 
 needs_vnni = pytest.mark.skipif(not _host_has("avx512_vnni"), reason="host lacks AVX-512 VNNI")
 needs_avx2 = pytest.mark.skipif(not _host_has("avx2"), reason="host lacks AVX2")
+# znver4 builds of depthwise convs use vpermb (AVX-512 VBMI)
+needs_vbmi = pytest.mark.skipif(not _host_has("avx512vbmi"), reason="host lacks AVX-512 VBMI")
 
 
 def _rand(rng, shape, dtype):
@@ -174,6 +176,7 @@ def _to_blocked(a, blk=16):
 
 
 @needs_vnni
+@needs_vbmi
 @pytest.mark.parametrize("kind,n,c,h,o,k,stride,pad", [
     ("conv", 1, 32, 9, 48, 3, 1, 1),
     ("conv", 2, 16, 10, 32, 1, 2, 0),     # 1x1 stride 2, batch 2
@@ -203,6 +206,7 @@ def test_blocked_layout_kernels_exact(rng, kind, n, c, h, o, k, stride, pad):
 
 
 @needs_vnni
+@needs_vbmi
 @pytest.mark.parametrize("target,dilation,stride", [(CASCADELAKE, 1, 1), (CASCADELAKE, 1, 2),
                                                     (ZNVER4, 2, 1)])
 def test_blocked_depthwise_without_dot_kernel_exact(rng, target, dilation, stride):
