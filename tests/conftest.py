@@ -34,3 +34,9 @@ def assert_well_formed(mod) -> None:
     from tvm import relax
 
     relax.analysis.well_formed(mod)
+
+
+def to_blocked(a: np.ndarray, blk: int) -> np.ndarray:
+    """NCHW -> ``NCHW{blk}c`` (the blocked activation layout), contiguous."""
+    n, c, h, w = a.shape
+    return np.ascontiguousarray(a.reshape(n, c // blk, blk, h, w).transpose(0, 1, 3, 4, 2))

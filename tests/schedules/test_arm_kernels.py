@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import to_blocked
 from tvmq import qref
 from tvmq._tvm import cc
 from tvmq.boards import get_board
@@ -75,9 +76,8 @@ def _cases(rng):
     return out
 
 
-def _to_blocked(a, blk=4):
-    n, c, h, w = a.shape
-    return np.ascontiguousarray(a.reshape(n, c // blk, blk, h, w).transpose(0, 1, 3, 4, 2))
+def _to_blocked(a):
+    return to_blocked(a, 4)
 
 
 def _export(work: Path, name, board, spec, ref):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import assert_well_formed
+from tests.conftest import assert_well_formed, to_blocked
 from tvmq import qref
 from tvmq import schedules as S
 from tvmq._tvm import relax, tensor, tvm
@@ -295,6 +295,16 @@ def test_pack_after_an_input_quantize_is_parallel_and_vectorized():
         assert {1, 2} <= kinds, name  # ForKind.PARALLEL and ForKind.VECTORIZED
 
 
+def _legalized_op(make, *arg_types):
+    """``main(args) = make(*args)`` legalized: the module and the op's PrimFunc's GlobalVar."""
+    bb = relax.BlockBuilder()
+    args = [relax.Var(f"a{i}", relax.TensorType(*t)) for i, t in enumerate(arg_types)]
+    with bb.function("main", args):
+        bb.emit_func_output(bb.emit(make(*args)))
+    mod = relax.transform.LegalizeOps()(bb.get())
+    return mod, [g for g in mod.functions if g.name_hint != "main"][0]
+
+
 @pytest.mark.parametrize("layout,shape,parallel", [("NCHW16c", (1, 2, 63, 63, 16), True),
                                                    ("NHWC", (1, 64, 64, 8), True),
                                                    ("NCHW16c", (1, 2, 13, 13, 16), False)])
@@ -305,13 +315,9 @@ def test_max_pool_is_parallel_vectorized_and_exact(rng, layout, shape, parallel)
     from tvmq._tvm import s_tir
     from tvmq.schedules.schedule_integer_kernels import schedule_func
 
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(shape, "uint8"))
-    with bb.function("main", [x]):
-        y = bb.emit(relax.op.nn.max_pool2d(x, (3, 3), (2, 2), (1, 1, 1, 1), layout=layout))
-        bb.emit_func_output(y)
-    mod = relax.transform.LegalizeOps()(bb.get())
-    gv = [g for g in mod.functions if g.name_hint != "main"][0]
+    mod, gv = _legalized_op(
+        lambda x: relax.op.nn.max_pool2d(x, (3, 3), (2, 2), (1, 1, 1, 1), layout=layout),
+        (shape, "uint8"))
     func = schedule_func(mod[gv], S.strategy_for(tvm.target.Target(TARGET)))
     sch = s_tir().Schedule(func)
     red = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
@@ -328,8 +334,7 @@ def test_max_pool_is_parallel_vectorized_and_exact(rng, layout, shape, parallel)
     p = np.pad(nchw, ((0, 0), (0, 0), (1, 1), (1, 1)))  # 0 pads: the smallest uint8
     oh = (nchw.shape[2] - 1) // 2 + 1
     ref = np.max([p[:, :, i:i + 2 * oh:2, j:j + 2 * oh:2] for i in range(3) for j in range(3)], 0)
-    ref = (ref.transpose(0, 2, 3, 1) if layout == "NHWC"
-           else ref.reshape(1, -1, 16, oh, oh).transpose(0, 1, 3, 4, 2))
+    ref = ref.transpose(0, 2, 3, 1) if layout == "NHWC" else to_blocked(ref, 16)
     np.testing.assert_array_equal(got, ref)
 
 
@@ -337,12 +342,8 @@ def test_nchw_pool_is_left_to_llvm():
     """NCHW's last loop is W, read with the pool's stride: vectorizing it would gather."""
     from tvmq.schedules.schedule_integer_kernels import _schedule_window_reduction
 
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, 8, 64, 64), "uint8"))
-    with bb.function("main", [x]):
-        bb.emit_func_output(bb.emit(relax.op.nn.max_pool2d(x, (3, 3), (2, 2), (1, 1, 1, 1))))
-    mod = relax.transform.LegalizeOps()(bb.get())
-    gv = [g for g in mod.functions if g.name_hint != "main"][0]
+    mod, gv = _legalized_op(lambda x: relax.op.nn.max_pool2d(x, (3, 3), (2, 2), (1, 1, 1, 1)),
+                            ((1, 8, 64, 64), "uint8"))
     assert _schedule_window_reduction(mod[gv]) is None
 
 
@@ -350,11 +351,6 @@ def test_conv_is_not_scheduled_as_a_pool():
     """A float conv is a window reduction too, but over two inputs: left alone."""
     from tvmq.schedules.schedule_integer_kernels import _schedule_window_reduction
 
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, 4, 8, 8), "float32"))
-    w = relax.Var("w", relax.TensorType((4, 4, 3, 3), "float32"))
-    with bb.function("main", [x, w]):
-        bb.emit_func_output(bb.emit(relax.op.nn.conv2d(x, w, padding=1)))
-    mod = relax.transform.LegalizeOps()(bb.get())
-    gv = [g for g in mod.functions if g.name_hint != "main"][0]
+    mod, gv = _legalized_op(lambda x, w: relax.op.nn.conv2d(x, w, padding=1),
+                            ((1, 4, 8, 8), "float32"), ((4, 4, 3, 3), "float32"))
     assert _schedule_window_reduction(mod[gv]) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import to_blocked
 from tvmq import qref
 from tvmq._tvm import meta_schedule, tensor, tvm
 from tvmq.schedules import kernels, strategy_for, tune
@@ -47,9 +48,8 @@ def _depthwise(rng, stride):
     conv = dict(strides=(stride, stride), padding=(1,) * 4)
     func, wt, corr = kernels.depthwise_func(x.shape, w, "uint8", st, layout="blocked", **conv)
     ref = qref.conv2d_int(x, w, groups=32, **conv)
-    blk = lambda a: np.ascontiguousarray(  # noqa: E731 - NCHW -> NCHW16c
-        a.reshape(1, 2, 16, *a.shape[2:]).transpose(0, 1, 3, 4, 2))
-    return st, func, [blk(x), wt] + ([corr] if corr is not None else []), blk(ref)
+    args = [to_blocked(x, 16), wt] + ([corr] if corr is not None else [])
+    return st, func, args, to_blocked(ref, 16)
 
 
 def _run_exact(mod, args, ref):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import to_blocked
 from tvmq import qref
 from tvmq._tvm import tensor, tvm
 from tvmq.schedules import blocked, kernels, tiling
@@ -170,9 +171,8 @@ def test_dense_subbyte_exact(rng, bits, m, k, n):
     assert np.array_equal(got, x.astype(np.int64) @ wt.astype(np.int64))
 
 
-def _to_blocked(a, blk=16):
-    n, c, h, w = a.shape
-    return np.ascontiguousarray(a.reshape(n, c // blk, blk, h, w).transpose(0, 1, 3, 4, 2))
+def _to_blocked(a):
+    return to_blocked(a, 16)
 
 
 @needs_vnni
