@@ -106,6 +106,168 @@ def const_eval(mutator, expr, depth: int = 0) -> np.ndarray | None:
     return None
 
 
+# ---- integer range analysis -----------------------------------------------------------
+_RANGE_DEPTH = 16
+_RANGE_CONST_MAX = 1 << 16  # larger constants enter as their overall min/max
+
+
+def _dtype_interval(expr):
+    dtype = dtype_of(expr)
+    if dtype not in qref.DTYPE_RANGE and dtype != "int64":
+        return None
+    lo, hi = qref.dtype_range(dtype) if dtype != "int64" else (-2 ** 63, 2 ** 63 - 1)
+    return np.array(lo, object), np.array(hi, object)
+
+
+def _const_interval(value: np.ndarray):
+    if value.dtype.kind not in "iub":
+        return None
+    if value.size > _RANGE_CONST_MAX:
+        return np.array(int(value.min()), object), np.array(int(value.max()), object)
+    v = value.astype(object)
+    return v, v
+
+
+def _scalar(iv):
+    lo, hi = iv
+    return np.array(np.min(lo), object), np.array(np.max(hi), object)
+
+
+def _conv_interval(x_iv, w: np.ndarray, out_axis: int):
+    """Per-output-channel interval of ``sum(x * w)`` with ``x`` anywhere in ``x_iv``."""
+    xlo, xhi = (int(v) for v in _scalar(x_iv))
+    w = w.astype(np.int64)
+    axes = tuple(i for i in range(w.ndim) if i != out_axis)
+    wp, wn = np.maximum(w, 0).sum(axis=axes), np.minimum(w, 0).sum(axis=axes)
+    wp, wn = wp.astype(object), wn.astype(object)
+    return wp * xlo + wn * xhi, wp * xhi + wn * xlo
+
+
+def int_range(mutator, expr, depth: int = 0):
+    """``(lo, hi)``: bounds on every element of the integer expression ``expr``.
+
+    Interval arithmetic over the integer graph the lowering passes build (convs/matmuls with
+    constant weights, adds/subtracts/multiplies/shifts with constants, min/max clamps, pads,
+    casts); anything else is bounded by its dtype. ``lo``/``hi`` are object arrays of Python
+    ints that broadcast against ``expr`` (per-channel where a constant or weight makes them
+    so, scalars otherwise). Used to prove requantization ties impossible
+    (:func:`tvmq.qref.tie_free_bound`); the bounds are always sound, just not always tight.
+    """
+    if isinstance(expr, relax.Var):
+        bound = mutator.lookup_binding(expr)
+        if bound is None or depth >= _RANGE_DEPTH:
+            return _dtype_interval(expr)
+        return int_range(mutator, bound, depth + 1)
+    value = const_np(expr)
+    if value is not None:
+        return _const_interval(value)
+    fallback = _dtype_interval(expr)
+    if fallback is None or dtype_of(expr) in ("int8", "uint8") or depth >= _RANGE_DEPTH:
+        return fallback
+    name = op_name(expr)
+    try:
+        iv = _op_interval(mutator, expr, name, depth)
+    except (TypeError, ValueError, AttributeError):  # an op form the analysis does not know
+        iv = None
+    if iv is None:
+        return fallback
+    lo, hi = iv  # a result outside the dtype would wrap: keep the dtype's range then
+    if np.min(lo) < fallback[0] or np.max(hi) > fallback[1]:
+        return fallback
+    return iv
+
+
+def _op_interval(mutator, expr, name, depth):
+    sub = lambda e: int_range(mutator, e, depth + 1)  # noqa: E731
+    if name in ("relax.add", "relax.subtract", "relax.multiply", "relax.maximum",
+                "relax.minimum"):
+        a, b = sub(expr.args[0]), sub(expr.args[1])
+        if a is None or b is None:
+            return None
+        if name == "relax.add":
+            return a[0] + b[0], a[1] + b[1]
+        if name == "relax.subtract":
+            return a[0] - b[1], a[1] - b[0]
+        if name == "relax.maximum":
+            return np.maximum(a[0], b[0]), np.maximum(a[1], b[1])
+        if name == "relax.minimum":
+            return np.minimum(a[0], b[0]), np.minimum(a[1], b[1])
+        corners = [a[i] * b[j] for i in (0, 1) for j in (0, 1)]
+        return np.minimum(np.minimum(corners[0], corners[1]), np.minimum(corners[2], corners[3])), \
+            np.maximum(np.maximum(corners[0], corners[1]), np.maximum(corners[2], corners[3]))
+    if name == "relax.right_shift":
+        a, s = sub(expr.args[0]), const_np(expr.args[1])
+        if a is None or s is None or np.any(s < 0) or np.any(s > 63):
+            return None
+        s = s.astype(object)
+        return a[0] >> s, a[1] >> s  # floor division by 2**s: monotone
+    if name == "relax.bitwise_and":
+        mask = const_np(expr.args[1])
+        if mask is None or np.any(mask < 0):
+            return None
+        return np.zeros_like(mask, object), mask.astype(object)
+    if name == "relax.astype":
+        return sub(expr.args[0])
+    if name == "relax.nn.pad":
+        a = sub(expr.args[0])
+        if a is None or str(expr.attrs.pad_mode) != "constant":
+            return None
+        v = float(expr.attrs.pad_value)
+        if v != int(v):
+            return None
+        lo, hi = _scalar(a)
+        return np.minimum(lo, int(v)), np.maximum(hi, int(v))
+    if name in ("relax.nn.conv2d", "relax.matmul"):
+        w = const_np(expr.args[1])
+        x = sub(expr.args[0])
+        if w is None or x is None:
+            return None
+        if name == "relax.matmul":
+            if w.ndim != 2:
+                return None
+            return _conv_interval(x, w, 1)
+        a = expr.attrs
+        if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != \
+                ("NCHW", "OIHW", "NCHW"):
+            return None
+        lo, hi = _conv_interval(x, w, 0)
+        return lo.reshape(1, -1, 1, 1), hi.reshape(1, -1, 1, 1)
+    if name in ("relax.reshape", "relax.permute_dims", "relax.nn.max_pool2d",
+                "relax.concat", "relax.squeeze", "relax.expand_dims"):
+        if name == "relax.concat":
+            parts = [sub(e) for e in expr.args[0].fields] \
+                if isinstance(expr.args[0], relax.Tuple) else [None]
+        else:
+            parts = [sub(expr.args[0])]
+        if any(p is None for p in parts):
+            return None
+        parts = [_scalar(p) for p in parts]
+        lo = min(int(p[0]) for p in parts)
+        hi = max(int(p[1]) for p in parts)
+        if name == "relax.nn.max_pool2d" and any(int(v) for v in expr.attrs.padding):
+            return None  # pads with the dtype's minimum
+        return np.array(lo, object), np.array(hi, object)
+    return None
+
+
+def channel_bound(iv, ndim: int, axis: int) -> np.ndarray | None:
+    """``max |value|`` per index of ``axis`` (length 1 or the axis size) of an interval."""
+    if iv is None:
+        return None
+    other = tuple(i for i in range(ndim) if i != axis)
+    out = []
+    for a in iv:
+        a = np.asarray(a, object)
+        if a.ndim > ndim or a.size == 0:
+            return None
+        a = a.reshape((1,) * (ndim - a.ndim) + a.shape)
+        out.append(np.max(np.abs(a), axis=other).reshape(-1))
+    try:
+        return np.maximum(out[0], out[1])
+    except ValueError:
+        return None
+
+
 def c(value, dtype: str) -> Constant:
     return relax.const(np.asarray(value).astype(dtype), dtype)
 
@@ -145,11 +307,14 @@ def _rounding_shift_f32(emit: Emit, prod, n_c, half_c, bits: int):
 
 
 def fixed_point_multiply(emit: Emit, x64, multiplier, ndim: int, axis: int,
-                         float32_bits: int | None = None):
+                         float32_bits: int | None = None, bound=None):
     """``RNE(x * m / 2**n)`` on an int64 expression (``qref.fixed_point_multiply``).
 
     With ``float32_bits``, rounds as float32 would (``qref.rounding_shift_f32``) for
-    quotients below ``2**float32_bits``.
+    quotients below ``2**float32_bits``. ``bound``: ``max |x|`` (scalar or per index of
+    ``axis``, from :func:`int_range`); where it proves that no ``x`` lands on an exact half
+    (:func:`tvmq.qref.tie_free_bound`), RNE is round-half-up, ``(prod + 2**(n-1)) >> n``:
+    two ops instead of five, and the same integers.
     """
     m, n = qref.quantize_multiplier(multiplier)
     m_c = per_channel_const(m, ndim, axis, "int64")
@@ -158,6 +323,8 @@ def fixed_point_multiply(emit: Emit, x64, multiplier, ndim: int, axis: int,
     prod = emit(relax.op.multiply(x64, m_c))
     if float32_bits:
         return _rounding_shift_f32(emit, prod, n_c, half_c, float32_bits)
+    if bound is not None and _tie_free(m, n, bound):
+        return emit(relax.op.right_shift(emit(relax.op.add(prod, half_c)), n_c))
     # RNE as floor((prod + half - 1 + lsb) / 2**n), lsb = bit n of prod (the floor's parity):
     # below half stays at the floor, above goes up, an exact half goes up only from an odd
     # floor. Five vector ops instead of nine with comparisons; bit-identical.
@@ -167,19 +334,36 @@ def fixed_point_multiply(emit: Emit, x64, multiplier, ndim: int, axis: int,
     return emit(relax.op.right_shift(biased, n_c))
 
 
+def _tie_free(m, n, bound) -> bool:
+    """Whether ``|x| <= bound`` rules out every exact half of ``x * m / 2**n``."""
+    free = qref.tie_free_bound(m, n).astype(object)
+    bound = np.asarray(bound, object).reshape(-1)
+    if free.size > 1 and bound.size not in (1, free.size):
+        return False
+    return bool(np.all((free < 0) | (bound <= free)))
+
+
 def requantize(emit: Emit, acc, multiplier, zero_in, zero_out: int, lo: int, hi: int,
-               out_dtype: str, ndim: int, axis: int, float32_rounding: bool = False):
+               out_dtype: str, ndim: int, axis: int, float32_rounding: bool = False,
+               acc_range=None):
     """Integer ``clamp(R((acc - z_in) * M) + z_out, lo, hi)`` cast to ``out_dtype``.
 
     ``M`` is rounded to float32; ``R`` rounds the exact product half to even, or, with
     ``float32_rounding``, as onnxruntime's float32 product would (``qref.requantize``).
+    ``acc_range``: :func:`int_range` of ``acc``, which may prove ties impossible (cheaper
+    rounding, same result; :func:`fixed_point_multiply`).
     """
     x = emit(relax.op.astype(acc, "int64"))
     zero_in = np.asarray(zero_in).reshape(-1)
     if np.any(zero_in != 0):
-        x = emit(relax.op.subtract(x, per_channel_const(zero_in, ndim, axis, "int64")))
+        z = per_channel_const(zero_in, ndim, axis, "int64")
+        x = emit(relax.op.subtract(x, z))
+        if acc_range is not None:
+            zr = _const_interval(const_np(z))
+            acc_range = (acc_range[0] - zr[1], acc_range[1] - zr[0])
     bits = qref.float32_bits(out_dtype) if float32_rounding else None
-    y = fixed_point_multiply(emit, x, qref.float32_multiplier(multiplier), ndim, axis, bits)
+    y = fixed_point_multiply(emit, x, qref.float32_multiplier(multiplier), ndim, axis, bits,
+                             channel_bound(acc_range, ndim, axis))
     if zero_out:
         y = emit(relax.op.add(y, c(zero_out, "int64")))
     y = emit(relax.op.minimum(emit(relax.op.maximum(y, c(lo, "int64"))), c(hi, "int64")))
@@ -191,7 +375,11 @@ def to_common_scale(emit: Emit, q, p: QParams, s_acc: float):
     x = emit(relax.op.astype(q, "int64"))
     if int(p.zero[0]):
         x = emit(relax.op.subtract(x, c(int(p.zero[0]), "int64")))
-    y = fixed_point_multiply(emit, x, float(p.scale[0]) / s_acc, 1, 0)
+    bound = None
+    if dtype_of(q) in qref.DTYPE_RANGE:
+        qlo, qhi = qref.dtype_range(dtype_of(q))
+        bound = max(abs(qlo - int(p.zero[0])), abs(qhi - int(p.zero[0])))
+    y = fixed_point_multiply(emit, x, float(p.scale[0]) / s_acc, 1, 0, bound=bound)
     return emit(relax.op.astype(y, "int32"))
 
 

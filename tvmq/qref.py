@@ -16,7 +16,9 @@ scales float32 too (for conv: ``float32(float32(s_x * s_w) / s_y)``, the order o
     y = clamp(R(acc * m / 2**n) + z_out, lo, hi)
 
 where ``R`` is, by default, :func:`rounding_shift`: the exact rational rounded once, half to
-even (an elementwise shift/compare chain that fuses into the conv epilogue). With
+even (an elementwise shift/compare chain that fuses into the conv epilogue; when the
+accumulator's range rules out exact halves, :func:`tie_free_bound`, the lowering emits the
+equivalent round-half-up ``(prod + 2**(n-1)) >> n``). With
 ``float32_rounding=True`` (``PipelineOptions(match_onnxruntime=True)``), ``R`` is
 :func:`rounding_shift_f32`: it rounds the exact product to 24 significant bits
 (float32's rounding of ``float32(acc) * M``) and then to an integer, half to even both times.
@@ -109,6 +111,27 @@ def rounding_shift(prod, n) -> np.ndarray:
     half = np.int64(1) << (n - 1)
     inc = (r > half) | ((r == half) & ((q & 1) == 1))
     return q + inc.astype(np.int64)
+
+
+def tie_free_bound(m, n) -> np.ndarray:
+    """Largest ``B`` such that ``acc * m / 2**n`` is never an exact half-integer for
+    ``|acc| <= B`` (elementwise; ``-1`` means unbounded: ``m == 0`` or ``2**n | m``).
+
+    A tie is ``acc * m == 2**(n-1) (mod 2**n)``. With ``m = m' * 2**t``, ``m'`` odd and
+    ``t < n``, that is ``acc * m' == 2**(n-1-t) (mod 2**(n-t))``: ``acc`` is ``2**(n-1-t)``
+    times an odd number, so ``|acc| >= 2**(n-1-t)``, and ``acc = 2**(n-1-t)`` is a tie. Below
+    that bound :func:`rounding_shift` is plain round-half-up, ``(prod + 2**(n-1)) >> n``: the
+    lowering uses the two-op form whenever the accumulator's range analysis proves it (see
+    ``tvmq.passes._qcommon.fixed_point_multiply``). ``m`` from :func:`quantize_multiplier` is
+    a float32 mantissa shifted left by 7, so ``t >= 7``.
+    """
+    m = np.atleast_1d(np.asarray(m, np.int64))
+    n = np.broadcast_to(np.asarray(n, np.int64), m.shape)
+    out = np.empty(m.shape, np.int64)
+    for i, (mi, ni) in enumerate(zip(m.reshape(-1).tolist(), n.reshape(-1).tolist())):
+        t = (mi & -mi).bit_length() - 1 if mi else ni
+        out.reshape(-1)[i] = -1 if t >= ni else (1 << (ni - 1 - t)) - 1
+    return out
 
 
 def float32_bits(dtype: str) -> int:

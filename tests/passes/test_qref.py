@@ -46,6 +46,23 @@ def test_ties_round_to_even(k, shift):
     assert got == _rne(Fraction(acc, 2)) and got % 2 == 0
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.floats(2.0 ** -30, 2.0 ** 8, width=32), st.integers(0, 2 ** 12))
+def test_tie_free_bound_is_exact(real, offset):
+    """Below ``tie_free_bound`` half-up equals RNE (brute force); ``bound + 1`` is a tie."""
+    m, n = qref.quantize_multiplier(real)
+    free = int(qref.tie_free_bound(m, n)[0])
+    m, n = int(m[0]), int(n[0])
+    if free < 0:  # m == 0 or 2**n | m: the product is always an integer
+        assert m == 0 or m % (1 << n) == 0
+        return
+    tie = free + 1
+    assert (tie * m) % (1 << n) == 1 << (n - 1)  # acc = 2**(n-1-t) lands on a half
+    for acc in {free, -free, max(0, free - offset), -max(0, free - offset)} | \
+            set(range(-min(free, 300), min(free, 300) + 1)):
+        assert (acc * m + (1 << (n - 1))) >> n == _rne(Fraction(acc * m, 1 << n))
+
+
 @given(st.integers(-2 ** 31, 2 ** 31 - 1), _scales, st.integers(0, 255))
 def test_requantize_saturates(acc, real, zp):
     real = min(real, 2.0 ** 29)
