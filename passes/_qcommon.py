@@ -307,24 +307,39 @@ def _rounding_shift_f32(emit: Emit, prod, n_c, half_c, bits: int):
 
 
 def fixed_point_multiply(emit: Emit, x64, multiplier, ndim: int, axis: int,
-                         float32_bits: int | None = None, bound=None):
-    """``RNE(x * m / 2**n)`` on an int64 expression (``qref.fixed_point_multiply``).
+                         float32_bits: int | None = None, bound=None, offset=None):
+    """``RNE((x + offset) * m / 2**n)`` on an int64 expression (``qref.fixed_point_multiply``).
 
     With ``float32_bits``, rounds as float32 would (``qref.rounding_shift_f32``) for
-    quotients below ``2**float32_bits``. ``bound``: ``max |x|`` (scalar or per index of
-    ``axis``, from :func:`int_range`); where it proves that no ``x`` lands on an exact half
+    quotients below ``2**float32_bits``. ``bound``: ``max |x + offset|`` (scalar or per index
+    of ``axis``, from :func:`int_range`); where it proves that no value lands on an exact half
     (:func:`tvmq.qref.tie_free_bound`), RNE is round-half-up, ``(prod + 2**(n-1)) >> n``:
-    two ops instead of five, and the same integers.
+    two ops instead of five, and the same integers. ``offset``: integers per index of
+    ``axis`` (|offset| < 2**32; e.g. bias and zero-point corrections peeled off an
+    accumulator, :func:`split_offset`), folded into the product's constant addend:
+    ``x * m + (offset * m + 2**(n-1))`` (exact in int64: every term is below 2**62).
     """
     m, n = qref.quantize_multiplier(multiplier)
     m_c = per_channel_const(m, ndim, axis, "int64")
     n_c = per_channel_const(n, ndim, axis, "int64")
-    half_c = per_channel_const(np.int64(1) << (n - 1), ndim, axis, "int64")
+    half = np.int64(1) << (n - 1)
+    half_c = per_channel_const(half, ndim, axis, "int64")
+    om = None
+    if offset is not None and np.any(np.asarray(offset) != 0):
+        offset = np.asarray(offset, np.int64).reshape(-1)
+        if np.abs(offset).max() >= 2 ** 32:
+            raise ValueError(f"accumulator offset {np.abs(offset).max()} is out of range")
+        om = offset * m
     prod = emit(relax.op.multiply(x64, m_c))
     if float32_bits:
+        if om is not None:
+            prod = emit(relax.op.add(prod, per_channel_const(om, ndim, axis, "int64")))
         return _rounding_shift_f32(emit, prod, n_c, half_c, float32_bits)
     if bound is not None and _tie_free(m, n, bound):
-        return emit(relax.op.right_shift(emit(relax.op.add(prod, half_c)), n_c))
+        addend = half_c if om is None else per_channel_const(om + half, ndim, axis, "int64")
+        return emit(relax.op.right_shift(emit(relax.op.add(prod, addend)), n_c))
+    if om is not None:
+        prod = emit(relax.op.add(prod, per_channel_const(om, ndim, axis, "int64")))
     # RNE as floor((prod + half - 1 + lsb) / 2**n), lsb = bit n of prod (the floor's parity):
     # below half stays at the floor, above goes up, an exact half goes up only from an odd
     # floor. Five vector ops instead of nine with comparisons; bit-identical.
@@ -332,6 +347,32 @@ def fixed_point_multiply(emit: Emit, x64, multiplier, ndim: int, axis: int,
     lsb = emit(relax.op.bitwise_and(emit(relax.op.right_shift(prod, n_c)), c(1, "int64")))
     biased = emit(relax.op.add(emit(relax.op.add(prod, half_m1_c)), lsb))
     return emit(relax.op.right_shift(biased, n_c))
+
+
+def split_offset(mutator, expr, ndim: int, axis: int):
+    """``(inner, offset)`` with ``expr == inner + offset``: constant per-channel (along
+    ``axis``) integer adds/subtracts peeled off an integer expression (a conv's bias and
+    zero-point correction), or ``(expr, None)``. ``offset`` is exact (no int32 wrap)."""
+    offset, peeled = np.zeros(1, np.int64), False
+    for _ in range(4):
+        call = producer(mutator, expr, "relax.add", "relax.subtract")
+        if call is None:
+            break
+        sign = 1 if op_name(call) == "relax.add" else -1
+        inner, k = call.args[0], const_np(call.args[1])
+        if k is None and sign == 1:
+            inner, k = call.args[1], const_np(call.args[0])
+        if k is None or k.dtype.kind not in "iu" or k.ndim > ndim or \
+                dtype_of(inner) != dtype_of(call):
+            break
+        k = k.reshape((1,) * (ndim - k.ndim) + k.shape)
+        if any(d != 1 for i, d in enumerate(k.shape) if i != axis):
+            break
+        vec = k.astype(np.int64).reshape(-1)
+        if offset.size > 1 and vec.size > 1 and vec.size != offset.size:
+            break
+        offset, expr, peeled = offset + sign * vec, inner, True
+    return (expr, offset) if peeled else (expr, None)
 
 
 def _tie_free(m, n, bound) -> bool:
@@ -345,25 +386,27 @@ def _tie_free(m, n, bound) -> bool:
 
 def requantize(emit: Emit, acc, multiplier, zero_in, zero_out: int, lo: int, hi: int,
                out_dtype: str, ndim: int, axis: int, float32_rounding: bool = False,
-               acc_range=None):
-    """Integer ``clamp(R((acc - z_in) * M) + z_out, lo, hi)`` cast to ``out_dtype``.
+               acc_range=None, acc_offset=None):
+    """Integer ``clamp(R((acc + acc_offset - z_in) * M) + z_out, lo, hi)`` cast to ``out_dtype``.
 
     ``M`` is rounded to float32; ``R`` rounds the exact product half to even, or, with
     ``float32_rounding``, as onnxruntime's float32 product would (``qref.requantize``).
-    ``acc_range``: :func:`int_range` of ``acc``, which may prove ties impossible (cheaper
-    rounding, same result; :func:`fixed_point_multiply`).
+    ``acc_range``: :func:`int_range` of ``acc + acc_offset``, which may prove ties
+    impossible (cheaper rounding, same result; :func:`fixed_point_multiply`).
+    ``acc_offset``: per-channel integers (along ``axis``) added to ``acc``; they and
+    ``z_in`` fold into the rounding constant instead of costing ops per element.
     """
     x = emit(relax.op.astype(acc, "int64"))
-    zero_in = np.asarray(zero_in).reshape(-1)
-    if np.any(zero_in != 0):
-        z = per_channel_const(zero_in, ndim, axis, "int64")
-        x = emit(relax.op.subtract(x, z))
-        if acc_range is not None:
-            zr = _const_interval(const_np(z))
-            acc_range = (acc_range[0] - zr[1], acc_range[1] - zr[0])
+    zero_in = np.asarray(zero_in, np.int64).reshape(-1)
+    offset = np.zeros(1, np.int64) if acc_offset is None else \
+        np.asarray(acc_offset, np.int64).reshape(-1)
+    offset = offset - zero_in
+    if acc_range is not None and np.any(zero_in != 0):
+        zr = _const_interval(zero_in.reshape(channel_shape(zero_in.size, ndim, axis)))
+        acc_range = (acc_range[0] - zr[1], acc_range[1] - zr[0])
     bits = qref.float32_bits(out_dtype) if float32_rounding else None
     y = fixed_point_multiply(emit, x, qref.float32_multiplier(multiplier), ndim, axis, bits,
-                             channel_bound(acc_range, ndim, axis))
+                             channel_bound(acc_range, ndim, axis), offset)
     if zero_out:
         y = emit(relax.op.add(y, c(zero_out, "int64")))
     y = emit(relax.op.minimum(emit(relax.op.maximum(y, c(lo, "int64"))), c(hi, "int64")))

@@ -88,9 +88,11 @@ class _Requantize(relax.PyExprMutator):
         if np.any(multiplier >= 2.0 ** 30):
             q.skip(_NAME, call, "requantize multiplier >= 2**30")
             return None
-        return q.requantize(emit, src.data, multiplier, src.zero, z_y, lo, hi, out_dtype, ndim,
-                            src.axis % ndim, _FLOAT32_ROUNDING[0],
-                            acc_range=q.int_range(self, src.data))
+        axis = src.axis % ndim
+        acc, offset = q.split_offset(self, src.data, ndim, axis)
+        return q.requantize(emit, acc, multiplier, src.zero, z_y, lo, hi, out_dtype, ndim,
+                            axis, _FLOAT32_ROUNDING[0], acc_range=q.int_range(self, src.data),
+                            acc_offset=offset)
 
     def _clamp_only(self, data, lo, hi, dtype):
         qmin, qmax = qref.dtype_range(dtype)

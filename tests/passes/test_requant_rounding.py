@@ -78,21 +78,38 @@ def test_int_range_of_a_conv_is_sound_and_tight(rng):
 
 
 @pytest.mark.build
-def test_conv_requant_uses_half_up_and_stays_exact(rng):
+@pytest.mark.parametrize("ties", [False, True])
+def test_conv_requant_rounding_and_folded_offsets(rng, ties):
     """Per-channel multipliers with 24-bit mantissas: ties are impossible for this
-    accumulator range, so the cheaper rounding is used; outputs equal the reference,
-    including the inputs that drive every channel to its extremes."""
-    w = rng.randint(-128, 128, (5, 3, 3, 3)).astype(np.int8)
-    bias = rng.randint(-20000, 20000, 5)
-    s_acc = rng.uniform(1e-5, 4e-4, 5)
-    zx, s_y, z_y = 37, 0.02, 120
+    accumulator range, so the cheaper rounding is used; with ``M = 2**-6`` an accumulator
+    ``= 32 (mod 64)`` is a tie and the exact form stays. Either way the bias and the
+    zero-point correction fold into the rounding constant (no int32 add/subtract is left
+    per element), and outputs equal the reference, including the inputs that drive every
+    channel to its extremes."""
+    if ties:
+        w = rng.randint(-3, 4, (5, 3, 3, 3)).astype(np.int8)
+        bias = rng.randint(-300, 300, 5)
+        s_acc, s_y = np.full(5, 2.0 ** -6), 1.0
+    else:
+        w = rng.randint(-128, 128, (5, 3, 3, 3)).astype(np.int8)
+        bias = rng.randint(-20000, 20000, 5)
+        s_acc, s_y = rng.uniform(1e-5, 4e-4, 5), 0.02
+    zx, z_y = 37, 120
     mod = apply(IntegerRequantize(), _conv_graph(w, bias, zx, s_acc, s_y, z_y))
-    assert "bitwise_and" not in mod.script()
+    text = mod.script()
+    assert ("bitwise_and" in text) == ties
+    assert "R.subtract" not in text
+    adds = [ln for ln in text.splitlines() if "R.add(" in ln]
+    assert all("int64" in ln for ln in adds), adds  # no int32 bias add survives
     xs = [rng.randint(0, 256, (2, 3, 6, 6)).astype(np.uint8),
           np.zeros((2, 3, 6, 6), np.uint8), np.full((2, 3, 6, 6), 255, np.uint8)]
     for x in xs:
-        np.testing.assert_array_equal(run_relax(mod, x), _reference(x, w, bias, zx, s_acc,
-                                                                      s_y, z_y))
+        out = run_relax(mod, x)
+        np.testing.assert_array_equal(out, _reference(x, w, bias, zx, s_acc, s_y, z_y))
+    if ties:
+        acc = qref.conv2d_int(xs[0], w, zx, 0, padding=(1, 1, 1, 1)) + bias.reshape(1, -1, 1, 1)
+        on_tie = (acc % 64 == 32) & (np.abs(acc // 64 + z_y - 128) < 120)
+        assert on_tie.sum() > 5  # unsaturated exact halves were exercised
 
 
 @pytest.mark.build
