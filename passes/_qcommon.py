@@ -134,8 +134,10 @@ def _scalar(iv):
 
 
 def _conv_interval(x_iv, w: np.ndarray, out_axis: int):
-    """Per-output-channel interval of ``sum(x * w)`` with ``x`` anywhere in ``x_iv``."""
+    """Per-output-channel interval of ``sum(x * w)`` with ``x`` anywhere in ``x_iv`` or 0
+    (a conv's own zero padding)."""
     xlo, xhi = (int(v) for v in _scalar(x_iv))
+    xlo, xhi = min(xlo, 0), max(xhi, 0)
     w = w.astype(np.int64)
     axes = tuple(i for i in range(w.ndim) if i != out_axis)
     wp, wn = np.maximum(w, 0).sum(axis=axes), np.minimum(w, 0).sum(axis=axes)

@@ -130,3 +130,20 @@ def test_int8_requant_rounding_form(mult, half_up):
     if not half_up:  # the ties really are there, and go to even
         frac = (x.astype(np.float64) * mult) % 1
         assert np.any(frac == 0.5)
+
+
+def test_int_range_counts_a_convs_zero_padding():
+    """Inputs in [5, 260] (a shifted uint8), padded by the conv itself with 0: the border
+    outputs sum fewer taps, so the lower bound must allow the padded zeros."""
+    w = np.ones((2, 1, 3, 3), np.int16)
+
+    def build(bb, x):
+        x16 = bb.emit(relax.op.add(bb.emit(relax.op.astype(x, "int16")), _c(5, "int16")))
+        return relax.op.nn.conv2d(x16, _c(w, "int16"), padding=[1, 1, 1, 1], out_dtype="int32")
+
+    mod = function([("x", (1, 1, 4, 4), "uint8")], build)
+    binds = _Bindings(mod)
+    conv = next(v for v in binds.table.values() if q.op_name(v) == "relax.nn.conv2d")
+    lo, hi = (np.asarray(a, np.int64).reshape(-1) for a in q.int_range(binds, conv))
+    corner_min = 4 * 5  # x = 0: four real taps of value 5, five padded zeros
+    assert np.all(lo <= corner_min) and np.all(hi == 9 * 260)
