@@ -122,8 +122,10 @@ def tie_free_bound(m, n) -> np.ndarray:
     times an odd number, so ``|acc| >= 2**(n-1-t)``, and ``acc = 2**(n-1-t)`` is a tie. Below
     that bound :func:`rounding_shift` is plain round-half-up, ``(prod + 2**(n-1)) >> n``: the
     lowering uses the two-op form whenever the accumulator's range analysis proves it (see
-    ``tvmq.passes._qcommon.fixed_point_multiply``). ``m`` from :func:`quantize_multiplier` is
-    a float32 mantissa shifted left by 7, so ``t >= 7``.
+    ``tvmq.passes._qcommon.fixed_point_multiply``). For a float32 multiplier (the
+    requantization rule's ``M``), ``m`` from :func:`quantize_multiplier` is its 24-bit
+    mantissa shifted left by 7, so ``t >= 7``; float64 ratios (add inputs' common scale)
+    may have ``t = 0``.
     """
     m = np.atleast_1d(np.asarray(m, np.int64))
     n = np.broadcast_to(np.asarray(n, np.int64), m.shape)
