@@ -90,6 +90,13 @@ class _Requantize(relax.PyExprMutator):
             return None
         axis = src.axis % ndim
         acc, offset = q.split_offset(self, src.data, ndim, axis)
+        if offset is None and src.per_tensor:  # one multiplier: any axis can carry a bias
+            for other in (1, ndim - 1):
+                if 0 <= other < ndim and other != axis:
+                    acc, offset = q.split_offset(self, src.data, ndim, other)
+                    if offset is not None:
+                        axis = other
+                        break
         return q.requantize(emit, acc, multiplier, src.zero, z_y, lo, hi, out_dtype, ndim,
                             axis, _FLOAT32_ROUNDING[0], acc_range=q.int_range(self, src.data),
                             acc_offset=offset)

@@ -34,7 +34,7 @@ class _Bindings:
         return self.table.get(hash(var))
 
 
-def _conv_graph(w, bias, zx, s_acc, s_y, z_y):
+def _conv_graph(w, bias, zx, s_acc, s_y, z_y, dq_axis=1):
     """uint8 x (zero point ``zx``, padded with it) -> int32 conv + bias -> requantize."""
     corr = zx * w.astype(np.int64).sum(axis=(1, 2, 3))
 
@@ -44,7 +44,7 @@ def _conv_graph(w, bias, zx, s_acc, s_y, z_y):
         acc = bb.emit(relax.op.subtract(acc, _c(corr.reshape(1, -1, 1, 1), "int32")))
         acc = bb.emit(relax.op.add(acc, _c(bias.reshape(1, -1, 1, 1), "int32")))
         d = bb.emit(relax.op.dequantize(acc, _c(s_acc, "float32"),
-                                        _c(np.zeros(len(s_acc)), "int32"), axis=1))
+                                        _c(np.zeros(len(s_acc)), "int32"), axis=dq_axis))
         return relax.op.quantize(d, _c(s_y, "float32"), _c(z_y, "uint8"), axis=1,
                                  out_dtype="uint8")
 
@@ -147,3 +147,19 @@ def test_int_range_counts_a_convs_zero_padding():
     lo, hi = (np.asarray(a, np.int64).reshape(-1) for a in q.int_range(binds, conv))
     corner_min = 4 * 5  # x = 0: four real taps of value 5, five padded zeros
     assert np.all(lo <= corner_min) and np.all(hi == 9 * 260)
+
+
+@pytest.mark.build
+def test_per_tensor_requant_folds_the_bias_too(rng):
+    """A per-tensor weight scale dequantizes along the last axis (as LowerIntegerConv writes
+    it); the bias still varies along channels and still folds into the rounding constant."""
+    w = rng.randint(-128, 128, (4, 3, 3, 3)).astype(np.int8)
+    bias = rng.randint(-20000, 20000, 4)
+    s_acc, zx, s_y, z_y = np.array([2.5e-4]), 12, 0.03, 90
+    mod = apply(IntegerRequantize(), _conv_graph(w, bias, zx, s_acc, s_y, z_y, dq_axis=3))
+    text = mod.script()
+    assert "R.subtract" not in text
+    assert all("int64" in ln for ln in text.splitlines() if "R.add(" in ln)
+    x = rng.randint(0, 256, (2, 3, 6, 6)).astype(np.uint8)
+    ref = _reference(x, w, bias, zx, np.full(4, s_acc[0]), s_y, z_y)
+    np.testing.assert_array_equal(run_relax(mod, x), ref)
