@@ -333,15 +333,13 @@ def fixed_point_multiply(emit: Emit, x64, multiplier, ndim: int, axis: int,
             raise ValueError(f"accumulator offset {np.abs(offset).max()} is out of range")
         om = offset * m
     prod = emit(relax.op.multiply(x64, m_c))
-    if float32_bits:
-        if om is not None:
-            prod = emit(relax.op.add(prod, per_channel_const(om, ndim, axis, "int64")))
-        return _rounding_shift_f32(emit, prod, n_c, half_c, float32_bits)
-    if bound is not None and _tie_free(m, n, bound):
+    if not float32_bits and bound is not None and _tie_free(m, n, bound):
         addend = half_c if om is None else per_channel_const(om + half, ndim, axis, "int64")
         return emit(relax.op.right_shift(emit(relax.op.add(prod, addend)), n_c))
     if om is not None:
         prod = emit(relax.op.add(prod, per_channel_const(om, ndim, axis, "int64")))
+    if float32_bits:
+        return _rounding_shift_f32(emit, prod, n_c, half_c, float32_bits)
     # RNE as floor((prod + half - 1 + lsb) / 2**n), lsb = bit n of prod (the floor's parity):
     # below half stays at the floor, above goes up, an exact half goes up only from an odd
     # floor. Five vector ops instead of nine with comparisons; bit-identical.
