@@ -384,6 +384,26 @@ def _tie_free(m, n, bound) -> bool:
     return bool(np.all((free < 0) | (bound <= free)))
 
 
+#: emit :func:`tvmq.qref.int32_requantize_plan`'s all-int32 form where it applies
+INT32_REQUANTIZE = True
+
+
+def _emit_int32_plan(emit: Emit, acc, plan, out_dtype: str, ndim: int, axis: int):
+    """:func:`tvmq.qref.apply_int32_plan`, op for op, on an int32 accumulator."""
+    op = relax.op
+
+    def k(name):
+        return per_channel_const(plan[name], ndim, axis, "int32")
+
+    a = emit(op.minimum(emit(op.maximum(acc, k("a_lo"))), k("a_hi")))
+    q0 = emit(op.right_shift(emit(op.add(emit(op.multiply(a, k("ml"))), k("cl"))),
+                             c(plan["L"], "int32")))
+    y = emit(op.add(emit(op.add(emit(op.multiply(a, k("mh"))), q0)), k("ch")))
+    if np.any(plan["r"] != 0):
+        y = emit(op.right_shift(y, k("r")))
+    return emit(op.astype(y, out_dtype))
+
+
 def requantize(emit: Emit, acc, multiplier, zero_in, zero_out: int, lo: int, hi: int,
                out_dtype: str, ndim: int, axis: int, float32_rounding: bool = False,
                acc_range=None, acc_offset=None):
@@ -395,12 +415,21 @@ def requantize(emit: Emit, acc, multiplier, zero_in, zero_out: int, lo: int, hi:
     impossible (cheaper rounding, same result; :func:`fixed_point_multiply`).
     ``acc_offset``: per-channel integers (along ``axis``) added to ``acc``; they and
     ``z_in`` fold into the rounding constant instead of costing ops per element.
+
+    An int32 ``acc`` with a narrow enough unsaturated domain (and no tie on it) gets the
+    all-int32 form of :func:`tvmq.qref.int32_requantize_plan`: clamp first, two int32
+    products; 10 vector ops per 16 outputs instead of ~16 in int64 (MobileNetV2 1.09x).
     """
-    x = emit(relax.op.astype(acc, "int64"))
     zero_in = np.asarray(zero_in, np.int64).reshape(-1)
     offset = np.zeros(1, np.int64) if acc_offset is None else \
         np.asarray(acc_offset, np.int64).reshape(-1)
     offset = offset - zero_in
+    if not float32_rounding and dtype_of(acc) == "int32" and INT32_REQUANTIZE:
+        m, n = qref.quantize_multiplier(qref.float32_multiplier(multiplier))
+        plan = qref.int32_requantize_plan(m, n, offset, zero_out, lo, hi)
+        if plan is not None:
+            return _emit_int32_plan(emit, acc, plan, out_dtype, ndim, axis)
+    x = emit(relax.op.astype(acc, "int64"))
     if acc_range is not None and np.any(zero_in != 0):
         zr = _const_interval(zero_in.reshape(channel_shape(zero_in.size, ndim, axis)))
         acc_range = (acc_range[0] - zr[1], acc_range[1] - zr[0])

@@ -18,7 +18,9 @@ scales float32 too (for conv: ``float32(float32(s_x * s_w) / s_y)``, the order o
 where ``R`` is, by default, :func:`rounding_shift`: the exact rational rounded once, half to
 even (an elementwise shift/compare chain that fuses into the conv epilogue; when the
 accumulator's range rules out exact halves, :func:`tie_free_bound`, the lowering emits the
-equivalent round-half-up ``(prod + 2**(n-1)) >> n``). With
+equivalent round-half-up ``(prod + 2**(n-1)) >> n``; and where the unsaturated domain is
+narrow enough, the same integers in int32 arithmetic alone, saturation first:
+:func:`int32_requantize_plan`). With
 ``float32_rounding=True`` (``PipelineOptions(match_onnxruntime=True)``), ``R`` is
 :func:`rounding_shift_f32`: it rounds the exact product to 24 significant bits
 (float32's rounding of ``float32(acc) * M``) and then to an integer, half to even both times.
@@ -190,6 +192,123 @@ def fixed_point_multiply(acc, m, n, float32_bits: int | None = None) -> np.ndarr
     if float32_bits:
         return rounding_shift_f32(prod, n, float32_bits)
     return rounding_shift(prod, n)
+
+
+def _rne_int(x: int, s: int) -> int:
+    """``RNE(x / 2**s)`` on Python ints (``s >= 1``)."""
+    q, r = x >> s, x & ((1 << s) - 1)
+    half = 1 << (s - 1)
+    return q + (r > half or (r == half and q & 1))
+
+
+def int32_requantize_plan(m, n, offset, zero_out: int, lo: int, hi: int):
+    """Constants of an all-int32 form of ``clamp(RNE((acc + offset) * m / 2**n) + z, lo, hi)``
+    (``m``, ``n``, ``offset`` per channel or scalar; int32 ``acc``), or None where it does not
+    apply. The form, 10 int32 vector ops instead of ~16 in int64::
+
+        a  = min(max(acc, a_lo), a_hi)      # saturation moved before the multiply
+        q0 = (a * ml + cl) >> L
+        y  = (a * mh + q0 + ch) >> r        # the output, already within [lo, hi]
+
+    Why it is exact. Write ``m = m' * 2**t`` (``m'`` odd) and ``s = n - t``. The output is a
+    monotone step function of ``acc``: ``a_lo`` is the first ``acc`` whose output exceeds
+    ``lo``'s saturation (``lo`` itself), ``a_hi`` the last one below ``hi``'s, so clamping
+    ``acc`` to ``[a_lo, a_hi]`` first changes no output and leaves no clamp to do afterwards.
+    On that domain ``|acc + offset| <= B`` with ``B`` below :func:`tie_free_bound` (checked),
+    so RNE is round-half-up: ``y = floor((a * m' + c') / 2**s)`` with
+    ``c' = offset * m' + 2**(s-1) + z * 2**s`` (the zero point folded in: exact). The 24-bit
+    ``m'`` does not fit one int32 product, so it is split ``m' = mh * 2**L + ml``
+    (``ml < 2**L``) and ``c' = ch * 2**L + cl`` (``0 <= cl < 2**L``):
+    ``floor((a*m' + c') / 2**L) = a*mh + ch + floor((a*ml + cl) / 2**L)``, and
+    ``floor(floor(v / 2**L) / 2**r) = floor(v / 2**s)`` with ``r = s - L``. ``L`` is chosen so
+    that every intermediate (``a*ml``, ``a*ml + cl``, ``a*mh``, the partial sums) lies within
+    int32 for every ``a`` in the domain (checked, bounds from the domain's endpoints: each is
+    linear in ``a``). Applies when the domain is narrow enough: roughly ``M >= 2**-10``.
+
+    Returns a dict of per-channel int arrays ``a_lo, a_hi, ml, mh, cl, ch, r`` and the scalar
+    ``L``; :func:`apply_int32_plan` evaluates it (with int32 overflow checks).
+    """
+    m = np.atleast_1d(np.asarray(m, np.int64)).astype(object)
+    n = np.atleast_1d(np.asarray(n, np.int64)).astype(object)
+    off = np.atleast_1d(np.asarray(offset, np.int64)).astype(object)
+    size = max(m.size, n.size, off.size)
+    if any(v.size not in (1, size) for v in (m, n, off)):
+        return None
+    m, n, off = (np.broadcast_to(v, (size,)) for v in (m, n, off))
+    i32_lo, i32_hi = -2 ** 31, 2 ** 31 - 1
+    chans = []
+    for mi, ni, oi in zip(m.tolist(), n.tolist(), off.tolist()):
+        if mi <= 0:
+            return None
+        t = (mi & -mi).bit_length() - 1
+        mp, s = mi >> t, ni - t
+        if s < 2:
+            return None
+
+        def out(acc, mp=mp, s=s, oi=oi):
+            return _rne_int((acc + oi) * mp, s) + zero_out
+
+        # first acc with out >= lo (lo + 1 for strictly above saturation is not needed: an
+        # output of exactly lo is the saturated value too)
+        a_lo = -((-((lo - zero_out) * (1 << s) - (1 << (s - 1)))) // mp) - oi
+        while out(a_lo - 1) >= lo:
+            a_lo -= 1
+        while out(a_lo) < lo:
+            a_lo += 1
+        a_hi = ((hi - zero_out + 1) * (1 << s) - (1 << (s - 1))) // mp - oi
+        while out(a_hi + 1) <= hi:
+            a_hi += 1
+        while out(a_hi) > hi:
+            a_hi -= 1
+        if a_lo > a_hi or a_lo < i32_lo or a_hi > i32_hi:
+            return None
+        bound = max(abs(a_lo + oi), abs(a_hi + oi))
+        free = int(tie_free_bound(np.int64(mi), np.int64(ni))[0])
+        if free >= 0 and bound > free:
+            return None
+        c = oi * mp + (1 << (s - 1)) + zero_out * (1 << s)
+        chans.append((a_lo, a_hi, mp, s, c))
+    for L in range(1, 31):
+        plan = {k: [] for k in ("a_lo", "a_hi", "ml", "mh", "cl", "ch", "r")}
+        for a_lo, a_hi, mp, s, c in chans:
+            if s < L:
+                break
+            mh, ml = mp >> L, mp & ((1 << L) - 1)
+            ch, cl = c >> L, c & ((1 << L) - 1)
+            ends = (a_lo, a_hi)
+            q0 = [(a * ml + cl) >> L for a in ends]
+            vals = [a * ml for a in ends] + [a * ml + cl for a in ends] + \
+                [a * mh for a in ends] + [a * mh + q for a, q in zip(ends, q0)] + \
+                [a * mh + q + ch for a, q in zip(ends, q0)] + [mh, ml, ch, cl]
+            if min(vals) < i32_lo or max(vals) > i32_hi:
+                break
+            for k, v in zip(plan, (a_lo, a_hi, ml, mh, cl, ch, s - L)):
+                plan[k].append(v)
+        else:
+            out_plan = {k: np.array(v, np.int64) for k, v in plan.items()}
+            out_plan["L"] = L
+            return out_plan
+    return None
+
+
+def apply_int32_plan(acc, plan, axis: int = 1) -> np.ndarray:
+    """Evaluate :func:`int32_requantize_plan`'s form op for op, asserting that no int32
+    intermediate overflows (the lowered graph's arithmetic, in NumPy)."""
+    acc = np.asarray(acc, np.int64)
+    ndim = acc.ndim
+
+    def p(name):
+        return _bcast(plan[name], ndim, axis) if plan[name].size > 1 else plan[name].reshape(())
+
+    def chk(v):
+        if v.size and (v.min() < -2 ** 31 or v.max() > 2 ** 31 - 1):
+            raise OverflowError("int32 intermediate out of range")
+        return v
+
+    a = np.minimum(np.maximum(acc, p("a_lo")), p("a_hi"))
+    q0 = chk(chk(chk(a * p("ml")) + p("cl")) >> plan["L"])
+    y = chk(chk(chk(a * p("mh")) + q0) + p("ch"))
+    return y >> p("r")
 
 
 def float32_multiplier(multiplier) -> np.ndarray:

@@ -173,3 +173,56 @@ def test_fma_f32_rounds_once():
     c = np.float32(-1)
     assert qref.fma_f32(a, b, c) == np.float32(2 ** -22 + 2 ** -46)
     assert np.float32(a * b) + c == np.float32(2 ** -22)  # unfused: the 2**-46 term is lost
+
+
+_DTYPES = st.sampled_from(["int8", "uint8", "int16"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(2.0 ** -12, 0.875, width=32), min_size=1, max_size=4),
+       st.integers(-2 ** 18, 2 ** 18), _DTYPES, st.integers(0, 2 ** 30), st.booleans(),
+       st.integers(-2 ** 31, 2 ** 31 - 1))
+def test_int32_plan_equals_requantize(reals, offset, dtype, seed, relu, acc0):
+    """The all-int32 form (``int32_requantize_plan``) equals RNE + clamp for every int32
+    accumulator: its saturation points and their neighbours, the int32 extremes, random
+    values across the unsaturated domain and anywhere; no int32 intermediate overflows
+    (``apply_int32_plan`` checks). Per-channel multipliers and offsets."""
+    m, n = qref.quantize_multiplier(qref.float32_multiplier(np.array(reals)))
+    rng = np.random.default_rng(seed)
+    offsets = offset + rng.integers(-1000, 1000, len(reals))
+    qlo, qhi = qref.dtype_range(dtype)
+    z = int(rng.integers(qlo, qhi + 1))
+    lo, hi = (max(qlo, z), qhi) if relu else (qlo, qhi)
+    plan = qref.int32_requantize_plan(m, n, offsets, z, lo, hi)
+    if plan is None:  # a domain too wide for two int32 products, or one holding a tie
+        free = qref.tie_free_bound(m, n)
+        assert dtype == "int16" or np.min(reals) < 2.0 ** -9 or \
+            np.any((free >= 0) & (free < 2 ** 17))
+        return
+    edges = np.concatenate([plan["a_lo"][None] + np.arange(-2, 3)[:, None],
+                            plan["a_hi"][None] + np.arange(-2, 3)[:, None]])
+    inside = rng.integers(plan["a_lo"], plan["a_hi"] + 1, (200, len(reals)))
+    anywhere = rng.integers(-2 ** 31, 2 ** 31, (50, len(reals)))
+    extremes = np.array([[-2 ** 31] * len(reals), [2 ** 31 - 1] * len(reals), [acc0] * len(reals)])
+    acc = np.concatenate([edges, inside, anywhere, extremes])
+    want = np.clip(qref.fixed_point_multiply(acc + offsets, m, n) + z, lo, hi)
+    np.testing.assert_array_equal(qref.apply_int32_plan(acc, plan, axis=1), want)
+    assert np.all(qref.fixed_point_multiply(plan["a_lo"] + offsets, m, n) + z == lo)
+    assert np.all(qref.fixed_point_multiply(plan["a_hi"] + offsets, m, n) + z == hi)
+
+
+def test_int32_plan_declines_ties_and_wide_domains():
+    """M = 2**-6 with a wide unsaturated domain has exact halves (half-up would differ):
+    no plan. A tiny multiplier's domain needs more than two int32 products: no plan.
+    M = 0.3 on int8 applies, and its constants are int32."""
+    for real in (2.0 ** -6, 0.5, 2.0 ** -20):
+        m, n = qref.quantize_multiplier(np.float32(real))
+        assert qref.int32_requantize_plan(m, n, 0, 0, -128, 127) is None
+    m, n = qref.quantize_multiplier(np.float32(0.3))
+    plan = qref.int32_requantize_plan(m, n, 0, 3, -128, 127)
+    assert plan is not None and 1 <= plan["L"] <= 30
+    for k in ("a_lo", "a_hi", "ml", "mh", "cl", "ch", "r"):
+        assert np.all(np.abs(plan[k]) < 2 ** 31)
+    acc = np.arange(-2000, 2000)
+    np.testing.assert_array_equal(qref.apply_int32_plan(acc, plan, axis=0),
+                                  qref.requantize(acc, np.float32(0.3), 0, 3, "int8"))
