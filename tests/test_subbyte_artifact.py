@@ -38,10 +38,12 @@ def test_int4_artifact_holds_weights_at_half_size(models, tmp_path):
     a4 = tvmq.compile(int4).save(tmp_path / "a4")
     size8, size4 = ((p / "lib.so").stat().st_size for p in (a8, a4))
     saved = size8 - size4
-    # 512*512 + 512*16 weights: two per byte saves ~135 KB; the in-kernel decode adds a few
-    # instructions (measured: 349,560 B -> 214,816 B, 134,744 B saved)
+    # 512*512 + 512*16 weights: two per byte saves ~135 KB. The int4 build pays for its
+    # in-kernel decode and for per-channel requantization (4-bit weights get per-channel
+    # scales: 7 int32 constants per channel in the all-int32 form, and their loads).
+    # Measured (debug sections stripped): 323,528 B -> 200,632 B, 122,896 B saved (91%).
     ideal = (512 * 512 + 512 * 16) / 2
-    assert saved > 0.95 * ideal, f"int8 {size8} B, int4 {size4} B, saved {saved} B"
+    assert saved > 0.85 * ideal, f"int8 {size8} B, int4 {size4} B, saved {saved} B"
 
 
 def test_packed_and_decoded_int4_agree(models, tmp_path):
