@@ -12,6 +12,30 @@ torch.set_num_threads(2)
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f
+                         if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+HOST_FLAGS = _cpu_flags()
+ZNVER4 = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}
+
+
+def run_target() -> dict:
+    """The x86 target tests build *and run* here: znver4 (AVX-512 VNNI + VBMI kernels) when
+    this CPU executes them, else this CPU itself (e.g. Zen 2: the AVX2 kernels). A znver4
+    build on an AVX2-only CPU dies with SIGILL."""
+    if {"avx512_vnni", "avx512vbmi"} <= HOST_FLAGS:
+        return dict(ZNVER4)
+    from tvm.target import codegen
+
+    return {"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu()), "num-cores": 2}
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

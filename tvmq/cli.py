@@ -152,7 +152,11 @@ def cmd_verify(args) -> int:
         target = tvmq.load(target)
     if not Path(args.input).is_file():
         raise TvmqError(f"input file {args.input} not found", "save it with numpy.save")
-    report = verify(target, args.reference, np.load(args.input, allow_pickle=False))
+    report = verify(target, args.reference, np.load(args.input, allow_pickle=False),
+                    reference=args.ort)
+    if report["reference_note"]:
+        print(f"reference: onnxruntime, QDQ graph in float ({report['reference_note']})",
+              file=sys.stderr)
     print(f"{'layer':<40}{'dtype':<9}{'max steps':>10}{'mismatched':>12}")
     for layer in report["layers"]:
         print(f"{layer['name'][:39]:<40}{str(layer['dtype']):<9}{layer['max_steps']:>10}"
@@ -196,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="X.npy")
     p.add_argument("--max-steps", type=int, default=1,
                    help="exit 1 when any layer is off by more quantization steps (default 1)")
+    p.add_argument("--ort", choices=["auto", "integer", "qdq-float"], default="auto",
+                   help="onnxruntime's fused int8 kernels, or the QDQ graph in float; auto: "
+                        "the int8 kernels unless they saturate on this CPU (x86 without VNNI)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("demo", help="train, compile and run the digits CNN end to end")

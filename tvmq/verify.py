@@ -42,11 +42,49 @@ def _with_outputs(model, names: Sequence[str]):
     return model
 
 
-def _ort_run(model, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def ort_integer_kernels_exact() -> tuple[bool, str]:
+    """``(exact, why)``: whether onnxruntime's CPU int8 kernels compute exact integer sums here.
+
+    On x86 with AVX2 (or AVX-512) but no VNNI, onnxruntime's MLAS multiplies u8 activations
+    by s8 weights with ``vpmaddubsw``, which adds two products into int16 with saturation
+    (``255 * 127 * 2 > 32767``): its fused QLinearConv/MatMulInteger results can be off by
+    many steps (measured on a Zen 2 host: 64 steps in a digits CNN's hidden layer, where
+    the same QDQ graph run in float agrees with tvmq exactly). onnxruntime documents this
+    as the U8S8 "saturation issue" of AVX2/AVX-512 without VNNI.
+    """
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True, ""
+    flags = _cpu_flags()
+    if not flags or {"avx512_vnni", "avx_vnni"} & flags or not {"avx2", "avx512bw"} & flags:
+        return True, ""
+    return False, ("this x86 CPU has no VNNI: onnxruntime's u8s8 kernels use vpmaddubsw, "
+                   "which saturates pairs of products at int16")
+
+
+def _ort_run(model, feeds: Mapping[str, np.ndarray],
+             integer_kernels: bool = True) -> dict[str, np.ndarray]:
+    """Run ``model`` in onnxruntime: with its fused integer kernels (graph optimizations on),
+    or, ``integer_kernels=False``, the QDQ graph as written (DequantizeLinear -> float op ->
+    QuantizeLinear, no fusion): the definition of a QDQ model, computed in float32."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
+    if not integer_kernels:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
@@ -95,7 +133,7 @@ def _output_steps(model) -> dict[str, float]:
 
 
 def verify(artifact_or_model, reference_onnx, inputs, board: str = "host",
-           options=None) -> dict[str, Any]:
+           options=None, reference: str = "auto") -> dict[str, Any]:
     """Compare a tvmq build with onnxruntime, per quantized layer.
 
     Parameters
@@ -111,6 +149,11 @@ def verify(artifact_or_model, reference_onnx, inputs, board: str = "host",
         Compile options, e.g. ``PipelineOptions(match_onnxruntime=True)``.
     board : str
         Board to compile for when ``artifact_or_model`` is a model (must run here).
+    reference : {"auto", "integer", "qdq-float"}
+        How onnxruntime runs the reference: ``"integer"`` with its fused int8 kernels (what
+        an onnxruntime deployment computes), ``"qdq-float"`` the unfused QDQ graph in float,
+        ``"auto"`` the integer kernels unless they are inexact on this CPU
+        (:func:`ort_integer_kernels_exact`; the report's ``reference_note`` says why).
 
     Returns
     -------
@@ -122,22 +165,31 @@ def verify(artifact_or_model, reference_onnx, inputs, board: str = "host",
     from tvmq.artifact import Artifact
     from tvmq.compiler import compile as tvmq_compile
 
-    reference = _load(reference_onnx)
-    feeds = _feeds(reference, inputs)
+    if reference not in ("auto", "integer", "qdq-float"):
+        raise ValueError(f"reference={reference!r}: use 'auto', 'integer' or 'qdq-float'")
+    note = ""
+    if reference == "auto":
+        exact, note = ort_integer_kernels_exact()
+        reference = "integer" if exact else "qdq-float"
+    integer_kernels = reference == "integer"
+    reference_model = _load(reference_onnx)
+    feeds = _feeds(reference_model, inputs)
     if isinstance(artifact_or_model, Artifact):
-        art, names = artifact_or_model, [o.name for o in reference.graph.output]
-        ref = _ort_run(reference, feeds)
+        art, names = artifact_or_model, [o.name for o in reference_model.graph.output]
+        ref = _ort_run(reference_model, feeds, integer_kernels)
     else:
-        names = [o.name for o in reference.graph.output] + _quantized_tensors(reference)
+        names = ([o.name for o in reference_model.graph.output]
+                 + _quantized_tensors(reference_model))
         model = _with_outputs(_load(artifact_or_model), names)
         art = tvmq_compile(model, board=board, options=options)
-        ref = _ort_run(_with_outputs(reference, names), feeds)
+        ref = _ort_run(_with_outputs(reference_model, names), feeds, integer_kernels)
     got = art.run([feeds[s["name"]] if s["name"] in feeds else list(feeds.values())[i]
                    for i, s in enumerate(art.input_specs)])
-    steps = _output_steps(reference)
+    steps = _output_steps(reference_model)
     layers = [_compare(n, g, ref[n], steps.get(n)) for n, g in zip(names, got) if n in ref]
     total = sum(l.get("size", 0) for l in layers)
     bad = sum(l.get("mismatched", 0) for l in layers)
     return {"layers": layers, "worst_steps": max((l.get("max_steps", 0) for l in layers),
                                                  default=0.0),
+            "reference": reference, "reference_note": note,
             "mismatched_fraction": bad / total if total else 0.0}

@@ -9,6 +9,7 @@ from onnx import TensorProto
 from tvmq.quant import (LSQConfig, LSQPlusConfig, PTQConfig, QATConfig, QuantSpec, export, fit, get_preset,
                         quantize_, quantizers)
 from tvmq.train import predict
+from tvmq.verify import ort_integer_kernels_exact
 
 
 def _ort(path, x, optimize=True, codes=False):
@@ -47,16 +48,30 @@ def _torch_codes(model, x):
 
 
 def _check_match(model, x, path):
-    """Unfused onnxruntime: same codes, same output (float accumulation order aside).
+    """Unfused onnxruntime: same codes (<= 0.1% one step apart: float accumulation order),
+    same output.
 
     Default onnxruntime fuses DQ-Conv-Relu-Q into QLinearConv, whose fixed-point
-    requantization may move a code by one step: allow exactly that.
+    requantization may move a code by one step: allow exactly that (only where its int8
+    kernels are exact: on x86 without VNNI they saturate, measured 94 steps on Zen 2).
     """
     ref = predict(model, x)
     got, codes = _ort(path, x, optimize=False, codes=True)
     for c_ort, c_torch in zip(codes, _torch_codes(model, x)):
-        np.testing.assert_array_equal(c_ort, c_torch)
-    np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max())
+        # both sides are float32 convs summed in different orders (onnxruntime's MLAS
+        # differs per CPU): a value within an ulp of a rounding boundary may land one step
+        # apart, and later layers inherit it. Measured: equal on Zen 5; on Zen 2 1 of 230,400
+        # conv codes and 3 of 14,400 dense codes one step apart.
+        diff = np.abs(c_ort - c_torch)
+        assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3, \
+            f"{int((diff > 0).sum())} of {diff.size} codes differ, by up to {diff.max()}"
+    # outputs equal to 1e-4 of their range, except in samples that inherited a code one
+    # step apart (<= 1% of samples; measured 0 on Zen 5, 2 of 450 on Zen 2)
+    off = (np.abs(got - ref) > 1e-4 * np.abs(ref).max()).any(axis=1)
+    assert off.mean() <= 0.01, f"{int(off.sum())} of {len(off)} samples' outputs differ"
+    exact, _why = ort_integer_kernels_exact()
+    if not exact:  # x86 without VNNI: onnxruntime's fused u8s8 kernels saturate (verify.py)
+        return
     fused, fused_codes = _ort(path, x, optimize=True, codes=True)
     for c_ort, c_torch in zip(fused_codes, _torch_codes(model, x)):
         step = np.abs(c_ort - c_torch).max()
