@@ -1,6 +1,7 @@
 """Tuned MetaSchedule databases: shipped per board in ``schedules/<board>/``, applied at compile.
 
-A database directory holds MetaSchedule's two JSON files plus ``meta.json``::
+Shipped ones live in ``schedules/<board>/<mcpu>/`` (:func:`shipped_dir`). A database
+directory holds MetaSchedule's two JSON files plus ``meta.json``::
 
     database_workload.json        workloads (TIR PrimFuncs, structural hash)
     database_tuning_record.json   tuning records (trace, measured latencies, target)
@@ -23,9 +24,20 @@ SHIPPED_ROOT = Path(__file__).parent
 _WARNED: set = set()
 
 
-def shipped_dir(board_name: str) -> Path:
-    """Where the package ships the tuned database of ``board_name``."""
-    return SHIPPED_ROOT / board_name
+def shipped_dir(board_name: str, target: dict[str, Any] | None = None) -> Path:
+    """Where the package ships ``board_name``'s tuned database for ``target``:
+    ``schedules/<board>/<mcpu>/``. One directory per CPU, because schedules are only valid
+    for the CPU they were tuned for and the ``host`` board is whatever CPU this machine has
+    (``znver5`` and ``znver2`` hosts take different kernels: AVX-512 VNNI vs AVX2)."""
+    root = SHIPPED_ROOT / board_name
+    mcpu = str((target or {}).get("mcpu") or "generic")
+    return root / "".join(c if c.isalnum() or c in "-_." else "_" for c in mcpu)
+
+
+def shipped_targets(board_name: str) -> list[str]:
+    """The CPUs (``mcpu``) for which the package ships a database of ``board_name``."""
+    root = SHIPPED_ROOT / board_name
+    return sorted(p.name for p in root.glob(f"*/{WORKLOAD_FILE}") for p in [p.parent])
 
 
 def _target_key(target: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,8 @@ def compile(model, example_inputs=None, board: str | Board = "host", *,
     meta = _meta(imported, board, layers, param_bytes, time.perf_counter() - t0)
     meta["schedules"] = {"database": rest.stats.get("database"),
                          "tuned_funcs": rest.stats.get("tuned", [])}
+    if "shipped_databases" in rest.stats:  # none shipped for this CPU; these CPUs have one
+        meta["schedules"]["shipped_for_other_cpus"] = rest.stats["shipped_databases"]
     if isinstance(model, (str, os.PathLike)):
         meta["model_path"] = str(Path(model).resolve())
     return Artifact(executable, meta)

@@ -114,8 +114,10 @@ def tuned_passes(board: Board, opts: PipelineOptions) -> list:
 
     path = opts.database
     if path is None and opts.use_shipped_database:
-        shipped = dbmod.shipped_dir(board.name)
+        shipped = dbmod.shipped_dir(board.name, board.target)
         path = shipped if (shipped / dbmod.WORKLOAD_FILE).is_file() else None
+        if path is None:  # none for this CPU: default schedules (meta.json says which exist)
+            opts.stats["shipped_databases"] = dbmod.shipped_targets(board.name)
     opts.stats["database"] = str(path) if path else None
     opts.stats["tuned"] = []
     if path is None:

@@ -385,7 +385,7 @@ def export_database(db: str | Path, board: str | Board, dest: str | Path | None 
     reason = dbmod.compatible(src, board.target, TVM_VERSION)
     if reason is not None:
         raise TvmqError(f"cannot export {src}: {reason}", "tune for this board first")
-    dest = Path(dest) if dest else dbmod.shipped_dir(board.name)
+    dest = Path(dest) if dest else dbmod.shipped_dir(board.name, board.target)
     dest.mkdir(parents=True, exist_ok=True)
     import tempfile
 
