@@ -37,7 +37,7 @@ def shipped_dir(board_name: str, target: dict[str, Any] | None = None) -> Path:
 def shipped_targets(board_name: str) -> list[str]:
     """The CPUs (``mcpu``) for which the package ships a database of ``board_name``."""
     root = SHIPPED_ROOT / board_name
-    return sorted(p.name for p in root.glob(f"*/{WORKLOAD_FILE}") for p in [p.parent])
+    return sorted(f.parent.name for f in root.glob(f"*/{WORKLOAD_FILE}"))
 
 
 def _target_key(target: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,22 @@ def test_num_cores_does_not_invalidate(tmp_path):
     assert dbmod.compatible(path, target, TVM_VERSION) is None
 
 
+def test_shipped_databases_are_per_cpu(monkeypatch, tmp_path):
+    """``schedules/<board>/<mcpu>/``: a host compile picks its own CPU's database only, and
+    says which CPUs have one when this one does not."""
+    board = tvmq.get_board("host")
+    mcpu = board.target["mcpu"]
+    assert dbmod.shipped_dir("host", board.target) == dbmod.SHIPPED_ROOT / "host" / mcpu
+    assert dbmod.shipped_dir("host", {"kind": "llvm", "mcpu": "a/b"}).name == "a_b"
+    monkeypatch.setattr(dbmod, "SHIPPED_ROOT", tmp_path)
+    (tmp_path / "host").mkdir()
+    _fake_db(tmp_path / "host" / "othercpu", {**board.target, "mcpu": "othercpu"})
+    assert dbmod.shipped_targets("host") == ["othercpu"]
+    art = tvmq.compile(tvmq.models.create("digits_cnn").eval(), torch.randn(1, 1, 8, 8))
+    assert art.meta["schedules"]["database"] is None
+    assert art.meta["schedules"]["shipped_for_other_cpus"] == ["othercpu"]
+
+
 @pytest.mark.parametrize("url", ["http://a:1/k", "rpc://a:notaport/k"])
 def test_bad_device_url(url):
     with pytest.raises(TvmqError, match="rpc://HOST:PORT/KEY"):
