@@ -2,18 +2,27 @@
 from __future__ import annotations
 
 from tvmq.schedules import tiling
-from tvmq.schedules.x86.intrin import DW_VNNI_16x4
+from tvmq.schedules.x86.intrin import AVX2_16x4, DW_VNNI_16x4, VNNI_16x4
+
+#: most 16-lane int32 accumulators of one register tile, per intrinsic. AVX-512: one zmm
+#: each (of 32); at most 14: with 16-24 (4x6, 8x2, 16x1 tiles) LLVM spills around the
+#: epilogue; measured (Zen 5, 2 cores) MobileNetV2's 1x1 16->96 conv at 112x112: 4x6
+#: 0.123 ms, 8x2 0.139, 7x2 / 14x1 / 2x6 0.097-0.101; the whole model 7.8% faster.
+#: AVX2: two ymm each (of 16), next to 4 sign-extended weight vectors per channel block
+#: and the products being reduced; measured (Zen 2, 2 cores, paired end to end) 6 against
+#: 14: MobileNetV2 1.036x (12/12 rounds), ResNet-18 1.017x (6/8); 4: 1.030x, 1.014x.
+CONV_MAX_ACC = {VNNI_16x4: 14, AVX2_16x4: 6}
+DENSE_MAX_ACC = {VNNI_16x4: 24, AVX2_16x4: 24}
 
 
 def schedule_conv(sch, intrin: str, **kw):
-    # at most 14 accumulators: with 16-24 (4x6, 8x2, 16x1 tiles) LLVM spills around the
-    # epilogue; measured (Zen 5, 2 cores) MobileNetV2's 1x1 16->96 conv at 112x112: 4x6
-    # 0.123 ms, 8x2 0.139, 7x2 / 14x1 / 2x6 0.097-0.101; the whole model 7.8% faster
-    return tiling.schedule_conv(sch, intrin, **{"max_acc": 14, "max_ow": 16, **kw})
+    return tiling.schedule_conv(sch, intrin, **{"max_acc": CONV_MAX_ACC.get(intrin, 14),
+                                                "max_ow": 16, **kw})
 
 
 def schedule_dense(sch, intrin: str, **kw):
-    return tiling.schedule_dense(sch, intrin, **{"max_acc": 24, **kw})
+    return tiling.schedule_dense(sch, intrin, **{"max_acc": DENSE_MAX_ACC.get(intrin, 24),
+                                                 **kw})
 
 
 def schedule_depthwise(sch, **kw):
