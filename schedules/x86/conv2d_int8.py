@@ -8,10 +8,10 @@ from tvmq.schedules.x86.intrin import AVX2_16x4, DW_VNNI_16x4, VNNI_16x4
 #: each (of 32); at most 14: with 16-24 (4x6, 8x2, 16x1 tiles) LLVM spills around the
 #: epilogue; measured (Zen 5, 2 cores) MobileNetV2's 1x1 16->96 conv at 112x112: 4x6
 #: 0.123 ms, 8x2 0.139, 7x2 / 14x1 / 2x6 0.097-0.101; the whole model 7.8% faster.
-#: AVX2: two ymm each (of 16), next to 4 sign-extended weight vectors per channel block
-#: and the products being reduced; measured (Zen 2, 2 cores, paired end to end) 6 against
-#: 14: MobileNetV2 1.036x (12/12 rounds), ResNet-18 1.017x (6/8); 4: 1.030x, 1.014x.
-CONV_MAX_ACC = {VNNI_16x4: 14, AVX2_16x4: 6}
+#: AVX2: two ymm each (of 16), so 14 spill some, yet reloading a tile's weights for fewer
+#: pixels costs more: measured (Zen 2, 2 cores, paired end to end) 14 against 6:
+#: MobileNetV2 1.197x, ResNet-18 1.231x; against 20 / 24: 1.033x / 1.011x.
+CONV_MAX_ACC = {VNNI_16x4: 14, AVX2_16x4: 14}
 DENSE_MAX_ACC = {VNNI_16x4: 24, AVX2_16x4: 24}
 
 

@@ -11,8 +11,10 @@ instructions multiply u8 by s8, so callers shift signed activations by +128 and 
   per-lane 4-tap dot product; ``A`` is 4 pixels x 16 channels as stored (64 contiguous
   bytes), transposed into lanes by one ``vpermb`` (AVX-512 VBMI), then one ``vpdpbusd``.
 * ``tvmq_x86_avx2_16x4``: AVX2 fallback, zero/sign-extends to int16 and uses ``vpmaddwd``
-  (4 per call). ``vpmaddubsw`` would be one instruction shorter but saturates pairs at
-  ``2 * 255 * 128 > 32767``, so it is not exact; this one is.
+  (4 per call), each on the activation pair ``(a0, a1)`` or ``(a2, a3)`` broadcast and
+  eight channels' weights for that pair, so lane ``i`` is channel ``i`` and the sums add
+  straight into the accumulators. ``vpmaddubsw`` would be one instruction shorter but
+  saturates pairs at ``2 * 255 * 128 > 32767``, so it is not exact; this one is.
 
 Temporaries in the implementations are ``name: T.let = expr``: TVM 0.27 parses a plain
 ``name = expr`` as a one-element local buffer, which inside a parallel loop costs a
@@ -67,6 +69,11 @@ def dot_16x4_u8s8s32_vnni(
         )
 
 
+def _pairs(c0: int, k0: int) -> list[int]:
+    """Byte indices of ``B[c, k0:k0+2]`` for channels ``c0..c0+7`` in a ``[16][4]`` block."""
+    return [4 * c + k0 + j for c in range(c0, c0 + 8) for j in range(2)]
+
+
 @T.prim_func(s_tir=True)
 def dot_16x4_u8s8s32_avx2(
     A: T.Buffer((4,), "uint8", offset_factor=1),
@@ -77,26 +84,27 @@ def dot_16x4_u8s8s32_avx2(
         T.reads(C[0:16], A[0:4], B[0:16, 0:4])
         T.writes(C[0:16])
         a_i32: T.let = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        a_u8: T.let = T.reinterpret(T.broadcast(a_i32, 4), dtype="uint8x16")
-        a16: T.let = T.Cast("int16x16", a_u8)
-        b0: T.let = B.vload([0, 0], "int8x16")
-        b1: T.let = B.vload([4, 0], "int8x16")
-        b2: T.let = B.vload([8, 0], "int8x16")
-        b3: T.let = B.vload([12, 0], "int8x16")
-        # p_q lane 2j / 2j+1: output 4q+j, depth pair (0,1) / (2,3)
-        p0: T.let = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                                      a16, T.Cast("int16x16", b0), dtype="int32x8")
-        p1: T.let = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                                      a16, T.Cast("int16x16", b1), dtype="int32x8")
-        p2: T.let = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                                      a16, T.Cast("int16x16", b2), dtype="int32x8")
-        p3: T.let = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                                      a16, T.Cast("int16x16", b3), dtype="int32x8")
-        even: T.let = T.Shuffle([p0, p1, p2, p3], [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
-                                             28, 30])
-        odd: T.let = T.Shuffle([p0, p1, p2, p3], [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27,
-                                            29, 31])
-        C[T.ramp(T.int32(0), 1, 16)] = C.vload([0], dtype="int32x16") + even + odd
+        a16: T.let = T.Cast("int16x16", T.reinterpret(T.broadcast(a_i32, 4), dtype="uint8x16"))
+        a01: T.let = T.Shuffle([a16], [0, 1] * 8)  # (a0, a1) in every int32 lane
+        a23: T.let = T.Shuffle([a16], [2, 3] * 8)
+        b: T.let = B.vload([0, 0], "int8x64")
+        # weights regrouped so that vpmaddwd's lane i is output channel i (depth pairs
+        # (0,1) and (2,3) in separate vectors): depends on B only, so a register tile's
+        # pixels share it, and no per-call shuffle of the products is left
+        w01_lo: T.let = T.Cast("int16x16", T.Shuffle([b], _pairs(0, 0)))
+        w23_lo: T.let = T.Cast("int16x16", T.Shuffle([b], _pairs(0, 2)))
+        w01_hi: T.let = T.Cast("int16x16", T.Shuffle([b], _pairs(8, 0)))
+        w23_hi: T.let = T.Cast("int16x16", T.Shuffle([b], _pairs(8, 2)))
+        lo: T.let = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a01, w01_lo, dtype="int32x8"
+        ) + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a23, w23_lo, dtype="int32x8")
+        hi: T.let = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a01, w01_hi, dtype="int32x8"
+        ) + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a23, w23_hi, dtype="int32x8")
+        C[T.ramp(T.int32(0), 1, 16)] = C.vload([0], dtype="int32x16") + T.Shuffle(
+            [lo, hi], list(range(16)))
 
 
 @T.prim_func(s_tir=True)
