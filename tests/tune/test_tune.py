@@ -65,6 +65,23 @@ def test_shipped_databases_are_per_cpu(monkeypatch, tmp_path):
     assert art.meta["schedules"]["shipped_for_other_cpus"] == ["othercpu"]
 
 
+def test_tuning_curve_counts_untuned_tasks_at_their_default_time():
+    from tvmq.tune.progress import TuneProgress
+
+    cb = TuneProgress(["a", "b"], [2.0, 1.0], 10, show=False, baseline_us=[10.0, 5.0])
+    cb.mark_start()
+    assert cb.curve == [(0, 25.0)]  # untuned: 2 x 10 + 5
+    cb.best_us = [8.0, None]
+    assert cb.estimated_us() == 21.0  # a tuned, b at its default
+    cb.best_us = [12.0, 3.0]
+    assert cb.estimated_us() == 23.0  # a's default beats its best candidate
+    bare = TuneProgress(["a", "b"], [2.0, 1.0], 10, show=False)
+    assert bare.estimated_us() is None
+    bare.best_us = [8.0, None]
+    assert bare.estimated_us() == 16.0
+    cb.close(), bare.close()
+
+
 @pytest.mark.parametrize("url", ["http://a:1/k", "rpc://a:notaport/k"])
 def test_bad_device_url(url):
     with pytest.raises(TvmqError, match="rpc://HOST:PORT/KEY"):

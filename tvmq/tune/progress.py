@@ -14,13 +14,19 @@ ms = meta_schedule()
 class TuneProgress(ms.measure_callback.PyMeasureCallback):
     """Tracks trials and the best measured latency of every task.
 
-    The estimated model latency is sum(weight_i * best_i) over tasks (tasks never measured
-    successfully count with their untuned baseline latency if given, else are left out).
+    The estimated latency of the tuned tasks is sum(weight_i * best_i), where best_i is the
+    lower of the task's best measured candidate and its default schedule's time in the
+    compiled model (``baseline_us``, measured on the host before tuning): the model keeps
+    the default where nothing beat it, so the curve starts at the untuned total and only
+    falls. Without a baseline, a task counts once measured (the sum then grows while new
+    tasks get their first measurement).
     """
 
     def __init__(self, names: list[str], weights: list[float], total: int,
-                 deadline: float | None = None, show: bool = True, offset: int = 0):
+                 deadline: float | None = None, show: bool = True, offset: int = 0,
+                 baseline_us: list[float | None] | None = None):
         self.names, self.weights = names, weights
+        self.baseline_us = list(baseline_us or [None] * len(names))
         self.best_us: list[float | None] = [None] * len(names)
         self.trials = offset
         self.curve: list[tuple[int, float]] = []
@@ -29,8 +35,16 @@ class TuneProgress(ms.measure_callback.PyMeasureCallback):
         self.bar = tqdm(total=total if total < 1_000_000 else None, initial=offset, desc="tune",
                         unit="trial", disable=not show)
 
+    def mark_start(self) -> None:
+        """The curve's first point: the estimate before this run's first trial."""
+        est = self.estimated_us()
+        if est is not None:
+            self.curve.append((self.trials, est))
+
     def estimated_us(self) -> float | None:
-        known = [w * b for w, b in zip(self.weights, self.best_us) if b is not None]
+        known = [w * min(v for v in (b, d) if v is not None)
+                 for w, b, d in zip(self.weights, self.best_us, self.baseline_us)
+                 if b is not None or d is not None]
         return sum(known) if known else None
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results,

@@ -70,7 +70,11 @@ def _tasks(model, board: Board, example_inputs, input_shapes, max_tasks: int | N
     if not kernels:
         tasks = [t for t in tasks if not _is_kernel_task(t)]
     measured = measured_ms(model, board, example_inputs, input_shapes)
-    return _worth_tuning(tasks, measured)[:max_tasks]
+    kept = _worth_tuning(tasks, measured)[:max_tasks]
+    # each task's default-schedule time per call (us), for the tuning curve's untuned tasks
+    baseline = [measured[t.task_name] * 1e3 / max(float(t.weight), 1.0)
+                if measured and measured.get(t.task_name) else None for t in kept]
+    return kept, baseline
 
 
 def _is_kernel_task(task) -> bool:
@@ -308,7 +312,7 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
         raise TvmqError(f"{db_dir} holds a database for another TVM version or target",
                         "pass a new --db directory")
     dbmod.write_meta(db_dir, board.target, TVM_VERSION, board.name)
-    tasks = _tasks(model, board, example_inputs, input_shapes, max_tasks, kernels)
+    tasks, baseline_us = _tasks(model, board, example_inputs, input_shapes, max_tasks, kernels)
     existing = _existing(database, tasks)
     before = sum(n for n, _ in existing)
     remaining = max(trials - before, 0)
@@ -320,8 +324,10 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
         with _unnamed_log_handlers_detached():
             contexts, weights = _contexts(tasks, board, str(db_dir / "logs"), seed)
         deadline = t0 + time_budget_min * 60 if time_budget_min else None
-        cb = TuneProgress(names, weights, before + remaining, deadline, progress, before)
+        cb = TuneProgress(names, weights, before + remaining, deadline, progress, before,
+                          baseline_us)
         cb.best_us = [b for _, b in existing]
+        cb.mark_start()
         cost_model = _cost_model(db_dir)
         ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db_dir),
                       max_trials_global=remaining, num_trials_per_iter=min(trials_per_iter,
