@@ -77,13 +77,24 @@ def _plot(rows, curve, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     names = [r["model"] for r in rows]
-    for i, kind in enumerate(("default", "tuned")):
-        axes[0].bar(np.arange(len(rows)) + i * 0.4, [r["latency_ms"][kind] for r in rows], 0.4,
-                    label=kind)
-    axes[0].set_xticks(np.arange(len(rows)) + 0.2, names)
-    axes[0].set_ylabel("median latency (ms)")
+    x = np.arange(len(rows))
+
+    def _bars(key, ci_key, offset, label):
+        vals = [r[key] if ci_key == "speedup_ci95" else r[key]["ratio"] for r in rows]
+        cis = [r[ci_key] if ci_key == "speedup_ci95" else r[key]["ci95"] for r in rows]
+        err = np.abs(np.array([[lo for lo, _ in cis], [hi for _, hi in cis]]) - np.array(vals))
+        axes[0].bar(x + offset, vals, 0.4, yerr=err, capsize=3, label=label)
+
+    _bars("speedup", "speedup_ci95", 0.0, "default / tuned")
+    if all("control" in r for r in rows):
+        _bars("control", "control", 0.4, "control: default / default")
+    axes[0].axhline(1.0, color="grey", lw=0.8)
+    axes[0].set_xticks(x + 0.2, names, rotation=30, ha="right")
+    axes[0].set_ylabel("paired speedup (median, 95% CI)")
+    lo = min(min(r["speedup_ci95"][0] for r in rows), 0.95)
+    axes[0].set_ylim(lo - 0.02, None)
     axes[0].legend()
     if curve:
         axes[1].plot([c[0] for c in curve], [c[1] / 1e3 for c in curve])
