@@ -13,12 +13,9 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((set(line.split(":", 1)[1].split()) for line in f
-                         if line.startswith("flags")), set())
-    except OSError:
-        return set()
+    from tvmq.boards import _host_cpu_flags
+
+    return _host_cpu_flags()
 
 
 HOST_FLAGS = _cpu_flags()

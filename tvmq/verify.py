@@ -42,17 +42,6 @@ def _with_outputs(model, names: Sequence[str]):
     return model
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def ort_integer_kernels_exact() -> tuple[bool, str]:
     """``(exact, why)``: whether onnxruntime's CPU int8 kernels compute exact integer sums here.
 
@@ -65,9 +54,11 @@ def ort_integer_kernels_exact() -> tuple[bool, str]:
     """
     import platform
 
+    from tvmq.boards import _host_cpu_flags
+
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return True, ""
-    flags = _cpu_flags()
+    flags = _host_cpu_flags()
     if not flags or {"avx512_vnni", "avx_vnni"} & flags or not {"avx2", "avx512bw"} & flags:
         return True, ""
     return False, ("this x86 CPU has no VNNI: onnxruntime's u8s8 kernels use vpmaddubsw, "
