@@ -81,15 +81,15 @@ def _plot(rows, curve, path: Path) -> None:
     names = [r["model"] for r in rows]
     x = np.arange(len(rows))
 
-    def _bars(key, ci_key, offset, label):
-        vals = [r[key] if ci_key == "speedup_ci95" else r[key]["ratio"] for r in rows]
-        cis = [r[ci_key] if ci_key == "speedup_ci95" else r[key]["ci95"] for r in rows]
-        err = np.abs(np.array([[lo for lo, _ in cis], [hi for _, hi in cis]]) - np.array(vals))
+    def _bars(pairs, offset, label):  # pairs: (median ratio, (ci low, ci high)) per model
+        vals = np.array([v for v, _ in pairs])
+        err = np.abs(np.array([[ci[0] for _, ci in pairs], [ci[1] for _, ci in pairs]]) - vals)
         axes[0].bar(x + offset, vals, 0.4, yerr=err, capsize=3, label=label)
 
-    _bars("speedup", "speedup_ci95", 0.0, "default / tuned")
+    _bars([(r["speedup"], r["speedup_ci95"]) for r in rows], 0.0, "default / tuned")
     if all("control" in r for r in rows):
-        _bars("control", "control", 0.4, "control: default / default")
+        _bars([(r["control"]["ratio"], r["control"]["ci95"]) for r in rows], 0.4,
+              "control: default / default")
     axes[0].axhline(1.0, color="grey", lw=0.8)
     axes[0].set_xticks(x + 0.2, names, rotation=30, ha="right")
     axes[0].set_ylabel("paired speedup (median, 95% CI)")

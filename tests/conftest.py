@@ -8,29 +8,25 @@ import numpy as np
 import pytest
 import torch
 
+from tvmq.boards import _host_cpu_flags
+
 torch.set_num_threads(2)
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def _cpu_flags() -> set[str]:
-    from tvmq.boards import _host_cpu_flags
-
-    return _host_cpu_flags()
-
-
-HOST_FLAGS = _cpu_flags()
+HOST_FLAGS = _host_cpu_flags()
 ZNVER4 = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}
 
 
 def run_target() -> dict:
     """The x86 target tests build *and run* here: znver4 (AVX-512 VNNI + VBMI kernels) when
-    this CPU executes them, else this CPU itself (e.g. Zen 2: the AVX2 kernels). A znver4
-    build on an AVX2-only CPU dies with SIGILL."""
+    this CPU executes them, else the host board's own CPU (e.g. Zen 2: the AVX2 kernels). A
+    znver4 build on an AVX2-only CPU dies with SIGILL."""
     if {"avx512_vnni", "avx512vbmi"} <= HOST_FLAGS:
         return dict(ZNVER4)
-    from tvm.target import codegen
+    from tvmq.boards import get_board
 
-    return {"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu()), "num-cores": 2}
+    return {**get_board("host").target, "num-cores": 2}
 
 
 @pytest.fixture

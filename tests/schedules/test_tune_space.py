@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import ZNVER4, run_target, to_blocked
+from tests.conftest import HOST_FLAGS, ZNVER4, run_target, to_blocked
 from tvmq import qref
 from tvmq._tvm import meta_schedule, tensor, tvm
 from tvmq.schedules import kernels, strategy_for, tune
@@ -59,7 +59,7 @@ def _run_exact(mod, args, ref):
     np.testing.assert_array_equal(out.numpy(), ref)
 
 
-needs_vbmi = pytest.mark.skipif("avx512vbmi" not in open("/proc/cpuinfo").read(),
+needs_vbmi = pytest.mark.skipif("avx512vbmi" not in HOST_FLAGS,
                                 reason="znver4 depthwise builds use vpermb (AVX-512 VBMI)")
 
 

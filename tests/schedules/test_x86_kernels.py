@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import to_blocked
+from tests.conftest import HOST_FLAGS, ZNVER4, to_blocked
 from tvmq import qref
 from tvmq._tvm import tensor, tvm
 from tvmq.schedules import blocked, kernels, tiling
@@ -14,22 +14,14 @@ from tvmq.schedules.x86.intrin import DW_VNNI_16x4
 
 pytestmark = pytest.mark.build
 
-ZNVER4 = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}
 CASCADELAKE = {"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2}  # VNNI, no VBMI
 HASWELL = {"kind": "llvm", "mcpu": "haswell", "num-cores": 2}
 
 
-def _host_has(flag: str) -> bool:
-    try:
-        return flag in open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-
-
-needs_vnni = pytest.mark.skipif(not _host_has("avx512_vnni"), reason="host lacks AVX-512 VNNI")
-needs_avx2 = pytest.mark.skipif(not _host_has("avx2"), reason="host lacks AVX2")
+needs_vnni = pytest.mark.skipif("avx512_vnni" not in HOST_FLAGS, reason="host lacks AVX-512 VNNI")
+needs_avx2 = pytest.mark.skipif("avx2" not in HOST_FLAGS, reason="host lacks AVX2")
 # znver4 builds of depthwise convs use vpermb (AVX-512 VBMI)
-needs_vbmi = pytest.mark.skipif(not _host_has("avx512vbmi"), reason="host lacks AVX-512 VBMI")
+needs_vbmi = pytest.mark.skipif("avx512vbmi" not in HOST_FLAGS, reason="host lacks AVX-512 VBMI")
 
 
 def _rand(rng, shape, dtype):
