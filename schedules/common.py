@@ -109,3 +109,96 @@ def divisor_at_most(n: int, cap: int) -> int:
         if n % d == 0:
             return d
     return 1
+
+
+#: most epilogue blocks that do not read the anchor which get inlined into its tile (an
+#: inline copies the block's expression into every use: a chain grows geometrically)
+MAX_INDEPENDENT_INLINE = 2
+
+
+def split_epilogue(sch, anchor: str, outs: list) -> tuple[list, list]:
+    """``(dependent, independent)``: the epilogue blocks ``outs`` that read the ``anchor``
+    block's output, directly or through other epilogue blocks, and those that do not (e.g.
+    a residual input requantized to another scale, fused after the kernel by ``FuseOps``).
+    Both in producer-first order."""
+    reached = {anchor}
+    dep, indep = [], []
+    for blk in outs:
+        producers = {sch.get(p).name_hint for p in sch.get_producers(blk)}
+        if producers & reached:
+            dep.append(blk)
+            reached.add(sch.get(blk).name_hint)
+        else:
+            indep.append(blk)
+    return dep, indep
+
+
+def place_epilogue(sch, anchor: str, outs: list, at_loop,
+                   preserve_unit_loops: bool = True) -> list:
+    """Compute the epilogue ``outs`` per tile under ``at_loop``; return the blocks placed
+    there (the caller vectorizes them), ``[]`` when the epilogue stays at the root.
+
+    ``reverse_compute_at`` sizes a block's loops under ``at_loop`` from what its producers
+    compute there. A block that does not read the anchor has no such bound: under the tile
+    it would cover the whole tensor, and so would every block reading it, each tile then
+    reading the other tiles' outputs before they exist (wrong results from the race
+    between the parallel tiles). Such blocks are inlined into their consumers, so that
+    they are computed per tile too; where that does not apply, the whole epilogue runs at
+    the root after the kernel, parallel and vectorized on its own (slower, never wrong).
+    """
+    dep, indep = split_epilogue(sch, anchor, outs)
+    feeding = [b for b in indep if sch.get_consumers(b)]
+    if len(feeding) > MAX_INDEPENDENT_INLINE or not _inline_all(sch, feeding):
+        names = {sch.get(b).name_hint for b in outs}
+        for blk in child_blocks(sch):  # root order is topological
+            if sch.get(blk).name_hint in names:
+                schedule_injective(sch, blk)
+        return []
+    for blk in indep:
+        if not any(b.same_as(blk) for b in feeding):  # an output independent of the
+            schedule_injective(sch, blk)  # kernel: stays at the root
+    for blk in dep:
+        sch.reverse_compute_at(blk, at_loop, preserve_unit_loops=preserve_unit_loops)
+    return dep
+
+
+def _inline_all(sch, blocks: list) -> bool:
+    for blk in blocks:
+        try:
+            sch.compute_inline(blk)
+        except Exception:  # noqa: BLE001 - e.g. a block that is not elementwise
+            return False
+    return True
+
+
+def parallel_overlaps(func) -> list[str]:
+    """Spatial blocks of a scheduled ``func`` that run under a parallel loop more often than
+    the elements of the buffer they write: several threads then compute the same outputs,
+    and at least one of them from a region its tile did not produce. ``[]`` when none.
+
+    The packing, padding and weight-decoding blocks (``KEEP_BLOCKS``) are exempt: a tile may
+    recompute its own input window or weights (identical values, into a buffer that lowering
+    allocates per parallel iteration, since every access is inside that loop).
+    """
+    from tvmq._tvm import s_tir, tir
+
+    sch = s_tir().Schedule(func)
+    if not _has_root(sch):
+        return []
+    bad = []
+    for blk in child_blocks(sch):
+        block = sch.get(blk)
+        if block.name_hint in KEEP_BLOCKS or not _is_spatial_block(sch, blk) \
+                or len(block.writes) != 1:
+            continue
+        loops = [sch.get(lp) for lp in sch.get_loops(blk)]
+        if not any(int(lp.kind) == int(tir.ForKind.PARALLEL) for lp in loops):
+            continue
+        runs, size = 1, 1
+        for lp in loops:
+            runs *= int(lp.extent) if hasattr(lp.extent, "value") else 1
+        for dim in block.writes[0].source.shape:
+            size *= int(dim)
+        if runs > size:
+            bad.append(block.name_hint)
+    return bad

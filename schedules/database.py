@@ -106,12 +106,25 @@ def apply_database(mod, target, database):
     """
     from tvmq._tvm import relax, tir, tvm
 
-    before = {gv.name_hint for gv, f in mod.functions.items() if _is_scheduled(f, tir)}
+    from tvmq.schedules.common import parallel_overlaps
+
+    original = {gv.name_hint: f for gv, f in mod.functions.items()}
+    before = {name for name, f in original.items() if _is_scheduled(f, tir)}
     with target, database, tvm.transform.PassContext(opt_level=3):
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-    tuned = sorted(gv.name_hint for gv, f in mod.functions.items()
-                   if _is_scheduled(f, tir) and gv.name_hint not in before)
-    return mod, tuned
+    tuned = []
+    for gv, func in list(mod.functions.items()):
+        if not _is_scheduled(func, tir) or gv.name_hint in before:
+            continue
+        bad = parallel_overlaps(func)
+        if bad:  # a record tuned before the epilogue placement was fixed: threads race
+            warnings.warn(f"tvmq: tuned schedule of {gv.name_hint} dropped (blocks "
+                          f"{', '.join(bad)} computed whole per parallel iteration); the "
+                          "default schedule applies", stacklevel=2)
+            mod[gv] = original[gv.name_hint]
+            continue
+        tuned.append(gv.name_hint)
+    return mod, sorted(tuned)
 
 
 def _is_scheduled(func, tir) -> bool:

@@ -11,7 +11,9 @@ For every PrimFunc not yet scheduled:
 * a pool (one window reduction over one input, its pad inlined) is parallel over rows and
   vectorized over the blocked layout's channels.
 
-A schedule that fails leaves the function as it was, with a warning: slower, never wrong.
+A schedule that fails, or that computes a block whole in every iteration of a parallel loop
+(:func:`check_parallel_writes`: threads would race), leaves the function as it was, with a
+warning: slower, never wrong.
 Position: schedule phase (after ``FuseTIR``), before ``MetaScheduleApplyDatabase`` would
 otherwise run; marks what it schedules ``tirx.is_scheduled``.
 """
@@ -21,7 +23,8 @@ import warnings
 
 from tvmq._tvm import s_tir, tir, tvm
 from tvmq.schedules import blocked as B
-from tvmq.schedules.common import PACK_BLOCKS, child_blocks, inline_epilogue, schedule_injective
+from tvmq.schedules.common import (PACK_BLOCKS, child_blocks, inline_epilogue,
+                                   parallel_overlaps, schedule_injective)
 from tvmq.schedules.strategy import Strategy
 
 KERNEL_BLOCKS = (B.BLOCK_CONV, B.BLOCK_DENSE, B.BLOCK_DWCONV)
@@ -114,6 +117,19 @@ def _reads_last_axis_unit_stride(block, var) -> bool:
     return bool(last) and all(rg.min.same_as(var) and int(rg.extent) == 1 for rg in last)
 
 
+class ParallelRaceError(RuntimeError):
+    """A schedule computes the same outputs in several parallel iterations."""
+
+
+def check_parallel_writes(func) -> None:
+    """Raise :class:`ParallelRaceError` when a block of the scheduled ``func`` runs under a
+    parallel loop more often than the elements it writes (:func:`parallel_overlaps`)."""
+    bad = parallel_overlaps(func)
+    if bad:
+        raise ParallelRaceError(f"blocks {', '.join(bad)} would be computed whole in every "
+                                "parallel iteration (threads race)")
+
+
 def ScheduleIntegerKernels(strategy: Strategy | None) -> tvm.transform.Pass:  # noqa: N802
     """The schedule pass for ``strategy`` (identity when None)."""
 
@@ -128,6 +144,8 @@ def ScheduleIntegerKernels(strategy: Strategy | None) -> tvm.transform.Pass:  # 
                 continue
             try:
                 new = schedule_func(func, strategy)
+                if new is not None:
+                    check_parallel_writes(new)
             except Exception as err:  # noqa: BLE001 - fall back to the unscheduled loop nest
                 if _has_kernel(func):  # generic loop nests may legitimately not fit
                     warnings.warn(f"tvmq: default schedule of {gv.name_hint} failed "

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from tvmq.schedules.blocked import BLOCK_CONV, BLOCK_DECODE_W, BLOCK_DENSE, BLOCK_DWCONV
 from tvmq.schedules.common import (PACK_BLOCKS, child_blocks, divisor_at_most,
-                                   inline_epilogue, schedule_injective)
+                                   inline_epilogue, place_epilogue, schedule_injective)
 
 EPILOGUE_CHANNEL_INNER = False
 DECODE_HOISTED = True
@@ -35,11 +35,11 @@ def _schedule_packs(sch) -> None:
             schedule_injective(sch, blk)
 
 
-def _finish_epilogue(sch, outs, at_loop, channel_inner: bool = False) -> None:
-    """Attach the epilogue under ``at_loop``; vectorize it along the channel block when
-    ``channel_inner`` (contiguous accumulators and per-channel parameters), else along W."""
-    for out in outs:
-        sch.reverse_compute_at(out, at_loop, preserve_unit_loops=True)  # replayable traces
+def _finish_epilogue(sch, anchor: str, outs, at_loop, channel_inner: bool = False) -> None:
+    """Attach the epilogue under ``at_loop`` (:func:`place_epilogue`); vectorize it along
+    the channel block when ``channel_inner`` (contiguous accumulators and per-channel
+    parameters), else along W."""
+    for out in place_epilogue(sch, anchor, outs, at_loop):  # unit loops: replayable traces
         inner = _loops_after(sch, out, at_loop)
         if channel_inner and len(inner) >= 2:
             sch.reorder(*inner[1:], inner[0])
@@ -197,14 +197,14 @@ def schedule_conv(sch, intrin: str, ob_tile: int | None = None, ow_tile: int | N
         schedule_decode(sch, red_loops[-1])
         tile = sch.fuse(b, o_o, y, x_o)
         sch.parallel(tile)
-        _finish_epilogue(sch, outs, tile, channel_inner=EPILOGUE_CHANNEL_INNER)
+        _finish_epilogue(sch, BLOCK_CONV, outs, tile, channel_inner=EPILOGUE_CHANNEL_INNER)
     else:
         # sub-byte weights: decode an output-channel block's (or a row's) weights once into
         # a small buffer that every register tile under it reads, not once per tile
         outer = sch.fuse(b, o_o) if level == "block" else sch.fuse(b, o_o, y)
         sch.parallel(outer)
         schedule_decode(sch, outer, hoisted=True)
-        _finish_epilogue(sch, outs, x_o, channel_inner=EPILOGUE_CHANNEL_INNER)
+        _finish_epilogue(sch, BLOCK_CONV, outs, x_o, channel_inner=EPILOGUE_CHANNEL_INNER)
     init = sch.decompose_reduction(conv, red_loops[0])
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(oi, intrin)
@@ -228,7 +228,7 @@ def schedule_dense(sch, intrin: str, m_tile: int | None = None, max_acc: int = M
     schedule_decode(sch, kb)
     tile = sch.fuse(i_o, j_o)
     sch.parallel(tile)
-    _finish_epilogue(sch, outs, tile)
+    _finish_epilogue(sch, BLOCK_DENSE, outs, tile)
     init = sch.decompose_reduction(dense, kb)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(jj, intrin)
@@ -261,7 +261,7 @@ def schedule_depthwise(sch, vec: int = 16, dot_intrin: str | None = None, sample
     sch.parallel(tile)
     sch.vectorize(x_i)  # before decompose_reduction: after it the update is not "complete"
     sch.unroll(kw)
-    _finish_epilogue(sch, outs, tile)
+    _finish_epilogue(sch, BLOCK_DWCONV, outs, tile)
     init = sch.decompose_reduction(dw, kh)
     sch.vectorize(sch.get_loops(init)[-1])
     return sch
@@ -290,8 +290,8 @@ def schedule_depthwise_blocked(sch):
     sch.parallel(tile)
     sch.vectorize(sch.fuse(x_i, ci))
     sch.unroll(kw)
-    for out in outs:  # one vector of the channel block per pixel (contiguous parameters)
-        sch.reverse_compute_at(out, tile)
+    # one vector of the channel block per pixel (contiguous parameters)
+    for out in place_epilogue(sch, BLOCK_DWCONV, outs, tile, preserve_unit_loops=False):
         inner = _loops_after(sch, out, tile)
         if inner:
             sch.vectorize(inner[-1])
@@ -341,8 +341,7 @@ def schedule_depthwise_dot(sch, intrin: str, pixels: int | None = None, pad_at: 
         for pad in pads:
             sch.compute_at(pad, x_o, preserve_unit_loops=True)
             sch.vectorize(sch.get_loops(pad)[-1])
-    for out in outs:
-        sch.reverse_compute_at(out, x_o, preserve_unit_loops=True)
+    for out in place_epilogue(sch, BLOCK_DWCONV, outs, x_o):
         inner = _loops_after(sch, out, x_o)
         if inner:
             sch.vectorize(inner[-1])
