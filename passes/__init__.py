@@ -6,6 +6,8 @@ Passes are target-independent; hardware-specific code lives in ``tvmq.schedules`
 Integer lowering of QDQ graphs, in pipeline order::
 
     FoldConstantKeepQuantized      (canonicalize phase, instead of FoldConstant)
+    SinkDequantize                 activations dequantized before flatten / max_pool reach
+                                   the conv or dense they feed
     LowerIntegerConv               conv2d / depthwise / matmul (+ bias) -> int32 accumulator
     LowerIntegerAdd                residual add at a common accumulator scale
     LowerIntegerConcat             concat at a common accumulator scale

@@ -91,7 +91,8 @@ class _Lower(relax.PyExprMutator):
         xp, why = _activation(self, call.args[0])
         wt, why_w = _weight(self, call.args[1], out_axis_of_w) if xp else (None, None)
         if xp is None or wt is None:
-            if xp is not None or q.producer(self, call.args[1], "relax.dequantize"):
+            w_dq = q.producer(self, call.args[1], "relax.dequantize")
+            if xp is not None or w_dq is not None:  # Relax exprs have no truth value
                 q.skip(_NAME, call, why or why_w)
             return None
         return xp, wt

@@ -6,8 +6,13 @@ and ``max_pool2d`` (exact: dequantization with ``s > 0`` is monotonic; padding n
 This exposes ``quantize(dequantize(x))`` pairs to :class:`IntegerRequantize`, which removes
 them, so QDQ graphs keep integer tensors across layout ops.
 
-Preconditions: constant per-tensor parameters. Position: quantize phase, before
-:class:`IntegerRequantize` (run the pair twice to clear chains).
+Dequantized constants (weights) stay where they are: :class:`LowerIntegerConv` reads them
+through ``permute_dims`` itself, and a float fallback folds them.
+
+Preconditions: constant per-tensor parameters. Position: quantize phase, first before
+:class:`LowerIntegerConv` (an activation dequantized before a flatten or a max pool, as NNCF
+places it, reaches the conv/dense directly), then before :class:`IntegerRequantize` (run
+that pair twice to clear chains).
 """
 from __future__ import annotations
 
@@ -33,7 +38,8 @@ class _Sink(relax.PyExprMutator):
         if d is None:
             return call
         p = q.QParams(d)
-        if not p.per_tensor or q.dtype_of(p.data) not in q.INT_DTYPES:
+        if not p.per_tensor or q.dtype_of(p.data) not in q.INT_DTYPES \
+                or isinstance(p.data, q.Constant):  # weights: LowerIntegerConv reads them
             return call
         moved = self.builder_.emit(relax.Call(call.op, [p.data, *call.args[1:]], call.attrs))
         ndim = len(q.shape_of(call))

@@ -323,6 +323,7 @@ def canonicalize(model):
     check_quantization_params(model)
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
+    _drop_initializer_inputs(model)
     for op in model.opset_import:
         if op.domain in ("", "ai.onnx") and op.version < 13:
             op.version = 13
@@ -334,3 +335,18 @@ def canonicalize(model):
     g = _Graph(model)
     _clip_sub_byte(g, ranges)
     return model
+
+
+def _drop_initializer_inputs(model) -> None:
+    """Graph inputs that are also initializers become plain constants.
+
+    Older exporters, torch's ``keep_initializers_as_inputs`` and both of Brevitas's export
+    paths list every weight as a graph input too (ONNX: an input with a default value). TVM
+    would make each a second function parameter of the same name; a compiled model's
+    weights are constants, as onnxruntime uses them when the input is not fed.
+    """
+    inits = {i.name for i in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in inits]
+    if len(keep) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(keep)

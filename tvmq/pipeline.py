@@ -82,7 +82,8 @@ def quantize_passes(board: Board, opts: PipelineOptions) -> list:
     if not opts.integer:
         return []
     f32 = opts.match_onnxruntime
-    return [P.LowerIntegerConv(), P.LowerIntegerAdd(f32), P.LowerIntegerConcat(),
+    return [P.SinkDequantize(), P.LowerIntegerConv(), P.LowerIntegerAdd(f32),
+            P.LowerIntegerConcat(),
             P.LowerIntegerPool(), P.SinkDequantize(), P.IntegerRequantize(f32),
             P.SinkDequantize(), P.IntegerRequantize(f32),
             relax.transform.FoldConstant(), relax.transform.DeadCodeElimination(),

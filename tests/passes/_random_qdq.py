@@ -155,12 +155,15 @@ class QDQGraph:
         q = qref.concat_int([(t.q, t.scale, t.zero) for t in ts], 1, s_y, z_y, dtype)
         return self._qdq(y, q, s_y, z_y, dtype)
 
-    def maxpool(self, t: QTensor) -> QTensor:
-        """3x3 / 2 max pool, pad 1 (ResNet's), re-quantized at its input's parameters."""
+    def maxpool(self, t: QTensor, requantize: bool = True) -> QTensor:
+        """3x3 / 2 max pool, pad 1 (ResNet's), re-quantized at its input's parameters, or
+        with ``requantize=False`` consumed as it is (NNCF's DQ -> MaxPool -> Conv)."""
         y = self._node("MaxPool", [t.name], "maxpool", kernel_shape=[3, 3], strides=[2, 2],
                        pads=[1, 1, 1, 1])
-        return self._qdq(y, qref.max_pool2d_int(t.q, (3, 3), (2, 2), (1, 1, 1, 1)),
-                         t.scale, t.zero, t.dtype)
+        q = qref.max_pool2d_int(t.q, (3, 3), (2, 2), (1, 1, 1, 1))
+        if not requantize:
+            return QTensor(y, q, t.scale, t.zero, t.dtype)
+        return self._qdq(y, q, t.scale, t.zero, t.dtype)
 
     def avgpool(self, t: QTensor, scale=None) -> QTensor:
         y = self._node("AveragePool", [t.name], "avgpool", kernel_shape=[2, 2], strides=[2, 2])
@@ -190,7 +193,7 @@ class QDQGraph:
 
 #: the op names :func:`random_graph` draws from
 OPS = ("conv", "conv_s2", "conv1x1", "depthwise", "add", "add_requant", "concat", "maxpool",
-       "avgpool", "requant", "requant_chain")
+       "avgpool", "requant", "requant_chain", "maxpool_conv")
 
 
 def random_graph(ops, channels: int, hw: int, seed: int):
@@ -213,7 +216,7 @@ def random_graph(ops, channels: int, hw: int, seed: int):
         return [u for u in pool if u.q.ndim == 4 and u.shape[2:] == t.shape[2:]]
 
     for op in ops:
-        t = pick(2 if op in ("conv_s2", "maxpool", "avgpool") else 1)
+        t = pick(2 if op in ("conv_s2", "maxpool", "avgpool", "maxpool_conv") else 1)
         cout = int(rng.choice([4, 8, 16, 20, 32]))
         if op == "conv":
             t = g.conv(t, cout, relu=rng.rand() < 0.7, per_channel=rng.rand() < 0.8)
@@ -232,6 +235,8 @@ def random_graph(ops, channels: int, hw: int, seed: int):
             t = g.concat([t, others[rng.randint(len(others))]])
         elif op == "maxpool":
             t = g.maxpool(t)
+        elif op == "maxpool_conv":
+            t = g.conv(g.maxpool(t, requantize=False), cout)
         elif op == "avgpool":
             t = g.avgpool(t)
         elif op == "requant":

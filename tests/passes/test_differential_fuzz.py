@@ -6,6 +6,7 @@ channel counts that do and do not divide the kernels' 16-channel block) is compi
 default options and with each layout choice, every build runs several times on the
 machine's threads, and the test requires
 
+* every conv and dense layer integer (none silently left float),
 * identical outputs from run to run (no race between parallel tiles),
 * the exact integers of :mod:`tvmq.qref` (every rescale rounds the exact rational half to
   even), and
@@ -59,6 +60,10 @@ def check_graph(model: onnx.ModelProto, x, refs, tmp_path, layouts=LAYOUTS) -> N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             art = tvmq.compile(str(path), options=dataclasses.replace(opts, stats={}))
+        floats = [f"{ly['name']} ({ly.get('reason', 'no reason given')})"
+                  for ly in art.meta["layers"]
+                  if ly["op"] in ("conv2d", "matmul", "dense") and not ly["integer"]]
+        assert not floats, f"{layout}: layers left float: {', '.join(floats)}"
         runs = [art.run(x) for _ in range(RUNS)]
         for i, run in enumerate(runs[1:], start=2):
             for k, (a, b) in enumerate(zip(runs[0], run)):
