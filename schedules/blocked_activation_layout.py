@@ -135,6 +135,9 @@ class _PadChannels(relax.PyExprMutator):
     def visit_var_binding_(self, binding):
         self.result = None
         value = self.visit_expr(binding.value)
+        if isinstance(value, relax.Tuple) and any(self._real(f) for f in value.fields):
+            # a tuple (a model's several outputs): each field keeps its real width
+            value = relax.Tuple([self._slice(f) for f in value.fields])
         if self._real(value) is not None:
             self.result = self._real(value)
         if self.result is not None and not isinstance(binding.var, relax.DataflowVar):

@@ -217,7 +217,7 @@ def random_graph(ops, channels: int, hw: int, seed: int):
 
     for op in ops:
         t = pick(2 if op in ("conv_s2", "maxpool", "avgpool", "maxpool_conv") else 1)
-        cout = int(rng.choice([4, 8, 16, 20, 32]))
+        cout = int(rng.choice([4, 8, 16, 20, 24, 32]))
         if op == "conv":
             t = g.conv(t, cout, relu=rng.rand() < 0.7, per_channel=rng.rand() < 0.8)
         elif op == "conv_s2":

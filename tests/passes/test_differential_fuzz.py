@@ -2,7 +2,8 @@
 
 Each graph (:func:`._random_qdq.random_graph`: conv / strided / 1x1 / depthwise, residual
 adds, concats, max and average pools, requantize chains, tensors with several consumers,
-channel counts that do and do not divide the kernels' 16-channel block) is compiled with the
+channel counts that do and do not divide the kernels' 16-channel block, 24-channel tensors
+padded to 32 inside the model, feature maps above and below the blocked layout's threshold) is compiled with the
 default options and with each layout choice, every build runs several times on the
 machine's threads, and the test requires
 
@@ -29,7 +30,7 @@ from hypothesis import strategies as st
 
 from tvmq.pipeline import PipelineOptions
 
-from ._random_qdq import OPS, random_graph, residual_requant_graph
+from ._random_qdq import OPS, QDQGraph, random_graph, residual_requant_graph
 
 LAYOUTS = {"default": PipelineOptions(), "nchw": PipelineOptions(blocked_layout=False)}
 RUNS = 4
@@ -89,9 +90,30 @@ def test_residual_requant_is_exact_and_stable(tmp_path):
     check_graph(model, x, refs, tmp_path)
 
 
+@pytest.mark.build
+def test_padded_channels_keep_their_width_as_outputs(tmp_path):
+    """A 24-channel conv output is padded to 32 channels inside the blocked layout; exposed
+    as one of several graph outputs (a tuple) it came back with 32 channels."""
+    import tvmq
+
+    g = QDQGraph((1, 8, 16, 16), np.random.RandomState(0))
+    mid = g.conv(g.input, 24, k=1)
+    out = g.conv(mid, 16)
+    model = g.model([out, mid])
+    check_graph(model, g.x, [out, mid], tmp_path)
+    # the integer tensor itself as an output too (what ``tvmq verify`` exposes)
+    q_mid = next(n.input[0] for n in model.graph.node if n.output[0] == mid.name)
+    model.graph.output.append(onnx.helper.make_tensor_value_info(
+        q_mid, onnx.TensorProto.UINT8 if mid.dtype == "uint8" else onnx.TensorProto.INT8,
+        list(mid.shape)))
+    got = tvmq.compile(model).run(g.x)[-1]
+    assert got.shape == mid.shape and np.array_equal(got, mid.q), got.shape
+
+
 _GRAPH = dict(ops=st.lists(st.sampled_from(OPS), min_size=2, max_size=6),
-              channels=st.sampled_from([3, 4, 8, 16, 20]),
-              hw=st.integers(4, 12), seed=st.integers(0, 2 ** 31 - 1))
+              channels=st.sampled_from([3, 4, 8, 16, 20, 24]),
+              # >= 12x12: the blocked layout's threshold (MIN_FEATURE_MAP = 144 pixels)
+              hw=st.sampled_from([6, 12, 16, 20]), seed=st.integers(0, 2 ** 31 - 1))
 _SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
 
 
