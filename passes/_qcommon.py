@@ -404,7 +404,7 @@ def _emit_int32_plan(emit: Emit, acc, plan, out_dtype: str, ndim: int, axis: int
     return emit(op.astype(y, out_dtype))
 
 
-def requantize(emit: Emit, acc, multiplier, zero_in, zero_out: int, lo: int, hi: int,
+def requantize(emit: Emit, acc, multiplier, zero_in, zero_out, lo, hi,
                out_dtype: str, ndim: int, axis: int, float32_rounding: bool = False,
                acc_range=None, acc_offset=None):
     """Integer ``clamp(R((acc + acc_offset - z_in) * M) + z_out, lo, hi)`` cast to ``out_dtype``.
@@ -415,6 +415,7 @@ def requantize(emit: Emit, acc, multiplier, zero_in, zero_out: int, lo: int, hi:
     impossible (cheaper rounding, same result; :func:`fixed_point_multiply`).
     ``acc_offset``: per-channel integers (along ``axis``) added to ``acc``; they and
     ``z_in`` fold into the rounding constant instead of costing ops per element.
+    ``zero_out``, ``lo``, ``hi``: scalars, or per index of ``axis`` (a per-channel output).
 
     An int32 ``acc`` with a narrow enough unsaturated domain (and no tie on it) gets the
     all-int32 form of :func:`tvmq.qref.int32_requantize_plan`: clamp first, two int32
@@ -436,9 +437,10 @@ def requantize(emit: Emit, acc, multiplier, zero_in, zero_out: int, lo: int, hi:
     bits = qref.float32_bits(out_dtype) if float32_rounding else None
     y = fixed_point_multiply(emit, x, qref.float32_multiplier(multiplier), ndim, axis, bits,
                              channel_bound(acc_range, ndim, axis), offset)
-    if zero_out:
-        y = emit(relax.op.add(y, c(zero_out, "int64")))
-    y = emit(relax.op.minimum(emit(relax.op.maximum(y, c(lo, "int64"))), c(hi, "int64")))
+    if np.any(np.asarray(zero_out) != 0):
+        y = emit(relax.op.add(y, per_channel_const(zero_out, ndim, axis, "int64")))
+    y = emit(relax.op.maximum(y, per_channel_const(lo, ndim, axis, "int64")))
+    y = emit(relax.op.minimum(y, per_channel_const(hi, ndim, axis, "int64")))
     return emit(relax.op.astype(y, out_dtype))
 
 

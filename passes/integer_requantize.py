@@ -15,8 +15,8 @@ points) proves that no accumulator value lands on an exact half
 instead of five, with identical results (74 of MobileNetV2's 84 rescales).
 A ``quantize(dequantize(x))`` with identical parameters becomes ``x`` (or a clamp).
 
-Preconditions: constant scales/zero points; ``s_y`` per-tensor; ``s_a`` per-tensor or
-per-channel. Position: quantize phase, after the passes that produce ``dequantize(acc)``
+Preconditions: constant scales/zero points; ``s_a`` and ``s_y`` (with ``z_y``) per-tensor or
+per-channel along one axis (NNCF quantizes a depthwise conv's input per channel). Position: quantize phase, after the passes that produce ``dequantize(acc)``
 (:class:`LowerIntegerConv`, :class:`LowerIntegerAdd`, :class:`LowerIntegerConcat`,
 :class:`LowerIntegerPool`) and :class:`SinkDequantize`.
 """
@@ -52,6 +52,15 @@ def _activation(mut, expr):
     return "clip", (_prim(act.args[1]), _prim(act.args[2])), act.args[0]
 
 
+def _channel_axis(src, out, ndim: int):
+    """The axis per-channel parameters run along (``src``'s, ``out``'s, or both the same),
+    or None when they disagree."""
+    axes = {p.axis % ndim for p in (src, out) if not p.per_tensor}
+    if len(axes) > 1:
+        return None
+    return axes.pop() if axes else src.axis % ndim
+
+
 # The rounding mode of the running pass (PyExprMutator subclasses cannot take extra state
 # through the @mutator constructor).
 _FLOAT32_ROUNDING = [False]
@@ -70,27 +79,35 @@ class _Requantize(relax.PyExprMutator):
         out = q.QParams(call)
         kind, limits, inner = _activation(self, call.args[0])
         d = q.producer(self, inner, "relax.dequantize")
-        if d is None or not out.per_tensor:
+        if d is None or not out.ok:
             return None
         src = q.QParams(d)
         if not src.ok or q.dtype_of(src.data) not in q.INT_DTYPES:
             return None
-        out_dtype = str(call.attrs.out_dtype)
-        s_y, z_y = float(out.scale[0]), int(out.zero[0])
-        lo, hi = qref.activation_bounds(kind, np.float32(s_y), z_y, out_dtype, limits)
         ndim = len(q.shape_of(call))
+        axis = _channel_axis(src, out, ndim)
+        if axis is None:
+            return None
+        out_dtype = str(call.attrs.out_dtype)
+        s_y = out.scale.astype(np.float32)
+        z_y = out.zero.astype(np.int64)
+        bounds = [qref.activation_bounds(kind, sc, int(z), out_dtype, limits)
+                  for sc, z in np.broadcast(s_y, z_y)]
+        lo, hi = (np.array([b[i] for b in bounds], np.int64) for i in (0, 1))
+        if out.per_tensor:
+            lo, hi, z_y = int(lo[0]), int(hi[0]), int(z_y[0])
         emit = self.builder_.emit
-        if (src.per_tensor and src.scale[0] == out.scale[0] and src.zero[0] == z_y
-                and q.dtype_of(src.data) == out_dtype):
+        if (src.per_tensor and out.per_tensor and src.scale[0] == out.scale[0]
+                and src.zero[0] == z_y and q.dtype_of(src.data) == out_dtype):
             return self._clamp_only(src.data, lo, hi, out_dtype)
         # float32 division: the multiplier onnxruntime uses (qref module docstring)
-        multiplier = (src.scale.astype(np.float32) / np.float32(s_y)).astype(np.float32)
+        multiplier = (src.scale.astype(np.float32) / s_y).astype(np.float32)
         if np.any(multiplier >= 2.0 ** 30):
             q.skip(_NAME, call, "requantize multiplier >= 2**30")
             return None
-        axis = src.axis % ndim
         acc, offset = q.split_offset(self, src.data, ndim, axis)
-        if offset is None and src.per_tensor:  # one multiplier: any axis can carry a bias
+        if offset is None and src.per_tensor and out.per_tensor:
+            # one multiplier: any axis can carry a bias
             for other in (1, ndim - 1):
                 if 0 <= other < ndim and other != axis:
                     acc, offset = q.split_offset(self, src.data, ndim, other)

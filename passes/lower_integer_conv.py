@@ -11,7 +11,7 @@ Zero points are exact: a nonzero activation zero point ``z_x`` pads with ``z_x``
 switches to int16 operands ``x - z_x`` and ``W - z_w``.
 
 Preconditions: weights are ``dequantize`` of constants (run :class:`FoldConstantKeepQuantized`,
-not ``FoldConstant``, before); activations per-tensor; weights per-tensor or per-output-channel;
+not ``FoldConstant``, before); activations per-tensor (a depthwise conv's also per channel); weights per-tensor or per-output-channel;
 NCHW/OIHW conv. Anything else stays float (with a warning). Position: first pass of the
 quantize phase; :class:`IntegerRequantize` consumes the ``dequantize(acc)`` it leaves.
 """
@@ -57,12 +57,17 @@ def _weight(mut, expr, out_axis_of_w: int):
     return (w, scale, zero), None
 
 
-def _activation(mut, expr):
+def _activation(mut, expr, per_channel: bool = False):
+    """QParams of a dequantized int8/uint8 input, or why not. ``per_channel``: a depthwise
+    conv also takes one scale (and zero point) per input channel, which is its output
+    channel (NNCF quantizes a depthwise conv's input that way)."""
     call = q.producer(mut, expr, "relax.dequantize")
     if call is None:
         return None, "input is not dequantized"
     p = q.QParams(call)
-    if not p.per_tensor or q.dtype_of(p.data) not in ("int8", "uint8"):
+    ndim = len(q.shape_of(expr) or ())
+    channel = per_channel and p.ok and p.axis % max(ndim, 1) == 1
+    if not (p.per_tensor or channel) or q.dtype_of(p.data) not in ("int8", "uint8"):
         return None, "input is not a per-tensor int8/uint8 dequantize"
     return p, None
 
@@ -85,10 +90,10 @@ class _Lower(relax.PyExprMutator):
             return self._bias(call)
         return call
 
-    def _operands(self, call, out_axis_of_w):
+    def _operands(self, call, out_axis_of_w, per_channel_input: bool = False):
         if q.dtype_of(call) != "float32":
             return None
-        xp, why = _activation(self, call.args[0])
+        xp, why = _activation(self, call.args[0], per_channel_input)
         wt, why_w = _weight(self, call.args[1], out_axis_of_w) if xp else (None, None)
         if xp is None or wt is None:
             w_dq = q.producer(self, call.args[1], "relax.dequantize")
@@ -98,13 +103,19 @@ class _Lower(relax.PyExprMutator):
         return xp, wt
 
     def _int_input(self, xp, wt):
-        """(data, weight const, zero-point correction needed, int16 path)."""
+        """(data, weight const, activation zero point to correct; 0 on the int16 path)."""
         w, _, zw = wt
-        zx = int(xp.zero[0])
-        if np.any(zw != 0):
+        zx = int(xp.zero[0]) if xp.per_tensor else 0
+        per_channel_zx = not xp.per_tensor and np.any(xp.zero != 0)
+        if np.any(zw != 0) or per_channel_zx:
+            # int16 operands x - z_x, W - z_w: exact, padding with real zero (per-channel
+            # input zero points cannot be a conv's single pad value)
             x16 = self.builder_.emit(relax.op.astype(xp.data, "int16"))
-            if zx:
-                x16 = self.builder_.emit(relax.op.subtract(x16, q.c(zx, "int16")))
+            if zx or per_channel_zx:
+                z = zx if not per_channel_zx else \
+                    q.c(xp.zero.reshape(1, -1, 1, 1), "int16")
+                x16 = self.builder_.emit(relax.op.subtract(
+                    x16, z if per_channel_zx else q.c(zx, "int16")))
             zb = zw.reshape([-1 if i == 0 else 1 for i in range(w.ndim)]) if w.ndim == 4 \
                 else zw.reshape(1, -1)
             return x16, q.c(w - zb, "int16"), 0
@@ -115,7 +126,9 @@ class _Lower(relax.PyExprMutator):
         if (attrs.data_layout, attrs.kernel_layout) != ("NCHW", "OIHW"):
             q.skip(_NAME, call, "only NCHW/OIHW conv2d is lowered")
             return call
-        ops = self._operands(call, 0)
+        depthwise = int(attrs.groups) > 1 and int(attrs.groups) == int(q.shape_of(call)[1]) \
+            == int((q.shape_of(call.args[0]) or (0, 0))[1])
+        ops = self._operands(call, 0, per_channel_input=depthwise)
         if ops is None:
             return call
         xp, (w, sw, zw) = ops
@@ -133,7 +146,7 @@ class _Lower(relax.PyExprMutator):
             corr = zx * w.sum(axis=(1, 2, 3))
             acc = self.builder_.emit(relax.op.subtract(acc, q.c(corr.reshape(1, -1, 1, 1),
                                                                 "int32")))
-        s_acc = (np.float32(xp.scale[0]) * sw).astype(np.float32)
+        s_acc = (xp.scale.astype(np.float32) * sw).astype(np.float32)
         return q.int_dequantize(acc, s_acc, 4, 1)
 
     def _matmul(self, call):

@@ -201,9 +201,9 @@ def _rne_int(x: int, s: int) -> int:
     return q + (r > half or (r == half and q & 1))
 
 
-def int32_requantize_plan(m, n, offset, zero_out: int, lo: int, hi: int):
+def int32_requantize_plan(m, n, offset, zero_out, lo, hi):
     """Constants of an all-int32 form of ``clamp(RNE((acc + offset) * m / 2**n) + z, lo, hi)``
-    (``m``, ``n``, ``offset`` per channel or scalar; int32 ``acc``), or None where it does not
+    (every parameter per channel or scalar; int32 ``acc``), or None where it does not
     apply. The form, 10 int32 vector ops instead of ~16 in int64::
 
         a  = min(max(acc, a_lo), a_hi)      # saturation moved before the multiply
@@ -228,16 +228,15 @@ def int32_requantize_plan(m, n, offset, zero_out: int, lo: int, hi: int):
     Returns a dict of per-channel int arrays ``a_lo, a_hi, ml, mh, cl, ch, r`` and the scalar
     ``L``; :func:`apply_int32_plan` evaluates it (with int32 overflow checks).
     """
-    m = np.atleast_1d(np.asarray(m, np.int64)).astype(object)
-    n = np.atleast_1d(np.asarray(n, np.int64)).astype(object)
-    off = np.atleast_1d(np.asarray(offset, np.int64)).astype(object)
-    size = max(m.size, n.size, off.size)
-    if any(v.size not in (1, size) for v in (m, n, off)):
+    vecs = [np.atleast_1d(np.asarray(v, np.int64)).astype(object)
+            for v in (m, n, offset, zero_out, lo, hi)]
+    size = max(v.size for v in vecs)
+    if any(v.size not in (1, size) for v in vecs):
         return None
-    m, n, off = (np.broadcast_to(v, (size,)) for v in (m, n, off))
     i32_lo, i32_hi = -2 ** 31, 2 ** 31 - 1
     chans = []
-    for mi, ni, oi in zip(m.tolist(), n.tolist(), off.tolist()):
+    for mi, ni, oi, zero_out, lo, hi in zip(*(np.broadcast_to(v, (size,)).tolist()
+                                             for v in vecs)):
         if mi <= 0:
             return None
         t = (mi & -mi).bit_length() - 1
@@ -245,7 +244,7 @@ def int32_requantize_plan(m, n, offset, zero_out: int, lo: int, hi: int):
         if s < 2:
             return None
 
-        def out(acc, mp=mp, s=s, oi=oi):
+        def out(acc, mp=mp, s=s, oi=oi, zero_out=zero_out):
             return _rne_int((acc + oi) * mp, s) + zero_out
 
         # first acc with out >= lo (lo + 1 for strictly above saturation is not needed: an
@@ -321,6 +320,10 @@ def requantize(acc, multiplier, zero_point_in=0, zero_point_out=0, dtype: str = 
                float32_rounding: bool = False) -> np.ndarray:
     """Integer requantization ``clamp(R((acc - z_in) * M) + z_out)`` (module docstring).
 
+    ``multiplier``, ``zero_point_in``, ``zero_point_out``, ``lo`` and ``hi`` are scalars or
+    per index of ``axis`` (a per-channel output quantization, as NNCF writes before a
+    depthwise conv).
+
     ``multiplier`` is rounded to float32 here (the rule's ``M``); ``float32_rounding``
     selects ``R = rounding_shift_f32`` (onnxruntime's float32 product) over the exact
     ``rounding_shift``.
@@ -332,11 +335,12 @@ def requantize(acc, multiplier, zero_point_in=0, zero_point_out=0, dtype: str = 
     else:
         m, n = m.reshape(()), n.reshape(())
     z_in = _bcast(np.asarray(zero_point_in, np.int64), acc.ndim, axis)
+    z_out = _bcast(np.asarray(zero_point_out, np.int64), acc.ndim, axis)
     qmin, qmax = dtype_range(dtype)
-    lo = qmin if lo is None else max(lo, qmin)
-    hi = qmax if hi is None else min(hi, qmax)
+    lo = qmin if lo is None else np.maximum(_bcast(np.asarray(lo, np.int64), acc.ndim, axis), qmin)
+    hi = qmax if hi is None else np.minimum(_bcast(np.asarray(hi, np.int64), acc.ndim, axis), qmax)
     bits = float32_bits(dtype) if float32_rounding else None
-    y = fixed_point_multiply(acc - z_in, m, n, bits) + np.int64(zero_point_out)
+    y = fixed_point_multiply(acc - z_in, m, n, bits) + z_out
     return np.clip(y, lo, hi)
 
 

@@ -68,13 +68,19 @@ class QDQGraph:
         self.nodes.append(helper.make_node(op, list(inputs), [out], **attrs))
         return out
 
-    def _qdq(self, src: str, q, scale, zero: int, dtype: str) -> QTensor:
-        """``src`` -> QuantizeLinear -> DequantizeLinear; ``q`` is its integer reference."""
-        s = self._const(F32(scale), "s")
-        z = self._const(np.array(zero, ONNX_DTYPE[dtype]), "z")
-        qn = self._node("QuantizeLinear", [src, s, z], "q")
-        return QTensor(self._node("DequantizeLinear", [qn, s, z], "dq"), np.asarray(q, np.int64),
-                       F32(scale), int(zero), dtype)
+    def _qdq(self, src: str, q, scale, zero, dtype: str) -> QTensor:
+        """``src`` -> QuantizeLinear -> DequantizeLinear; ``q`` is its integer reference.
+        ``scale`` and ``zero`` are scalars, or ``(1, C, 1, 1)`` arrays (per channel)."""
+        per_channel = np.ndim(scale) > 0
+        s = self._const(np.asarray(scale, F32).reshape(-1) if per_channel else F32(scale), "s")
+        z = self._const(np.asarray(zero).astype(ONNX_DTYPE[dtype]).reshape(
+            -1 if per_channel else ()), "z")
+        axis = {"axis": 1} if per_channel else {}
+        qn = self._node("QuantizeLinear", [src, s, z], "q", **axis)
+        if not per_channel:
+            scale, zero = F32(scale), int(zero)
+        return QTensor(self._node("DequantizeLinear", [qn, s, z], "dq", **axis),
+                       np.asarray(q, np.int64), scale, zero, dtype)
 
     def _out_params(self, relu: bool, scale=None, dtype: str | None = None):
         """(scale, zero point, dtype) of a new quantized output."""
@@ -85,19 +91,23 @@ class QDQGraph:
             return scale, (0 if relu else int(self.rng.randint(100, 156))), "uint8"
         return scale, 0, "int8"
 
-    def _requant(self, acc, m, z_out: int, dtype: str, relu: bool):
-        lo = max(z_out, qref.dtype_range(dtype)[0]) if relu else None
-        return qref.requantize(acc, m, 0, z_out, dtype, lo=lo)
+    def _requant(self, acc, m, z_out, dtype: str, relu: bool):
+        z = np.asarray(z_out, np.int64).reshape(-1)
+        lo = np.maximum(z, qref.dtype_range(dtype)[0]) if relu else None
+        return qref.requantize(acc, m, 0, z if z.size > 1 else int(z[0]), dtype, lo=lo)
 
     # ---- ops ------------------------------------------------------------------------------
     def conv(self, t: QTensor, cout: int, k: int = 3, stride: int = 1, depthwise: bool = False,
-             relu: bool = True, per_channel: bool = True, scale=None) -> QTensor:
+             relu: bool = True, per_channel: bool = True, scale=None,
+             per_channel_out: bool = False) -> QTensor:
+        """Conv (+ ReLU) quantized per tensor, or with ``per_channel_out`` per output channel
+        with its own zero points (NNCF's quantization of a depthwise conv's input)."""
         cin = t.shape[1]
         cout, groups = (cin, cin) if depthwise else (cout, 1)
         w = self.rng.randint(-127, 128, size=(cout, cin // groups, k, k)).astype(np.int8)
         s_w = (self.rng.uniform(0.0005, 0.003, cout) if per_channel
                else np.full(cout, self.rng.uniform(0.0005, 0.003))).astype(F32)
-        s_acc = (F32(t.scale) * s_w).astype(F32)
+        s_acc = (np.asarray(t.scale, F32).reshape(-1) * s_w).astype(F32)
         b = self.rng.randint(-2000, 2000, cout)
         wdq = self._node("DequantizeLinear", [
             self._const(w, "w"), self._const(s_w if per_channel else s_w[:1].reshape(()), "sw"),
@@ -109,10 +119,18 @@ class QDQGraph:
                        strides=[stride] * 2, group=groups)
         if relu:
             y = self._node("Relu", [y], "relu")
-        acc = qref.conv2d_int(t.q, w, t.zero, 0, (stride, stride), (pad,) * 4, groups=groups)
+        zx = np.asarray(t.zero, np.int64)  # (1, C, 1, 1) when the input is per channel
+        acc = qref.conv2d_int(t.q, w, zx, 0, (stride, stride), (pad,) * 4, groups=groups)
         acc = acc + b.reshape(1, -1, 1, 1)
-        s_y, z_y, dtype = self._out_params(relu, scale)
-        q = self._requant(acc, (s_acc / s_y).astype(F32), z_y, dtype, relu)
+        if per_channel_out:
+            s_y = self.rng.uniform(0.005, 0.05, (1, cout, 1, 1)).astype(F32)
+            z_y = self.rng.randint(0, 30, (1, cout, 1, 1)) if not relu else np.zeros(
+                (1, cout, 1, 1), np.int64)
+            dtype = "uint8"
+        else:
+            s_y, z_y, dtype = self._out_params(relu, scale)
+        m = (s_acc.reshape(1, -1, 1, 1) / s_y).astype(F32).reshape(-1)
+        q = self._requant(acc, m if m.size > 1 else m[0], z_y, dtype, relu)
         return self._qdq(y, q, s_y, z_y, dtype)
 
     def dense(self, t: QTensor, n_out: int, scale=None) -> QTensor:

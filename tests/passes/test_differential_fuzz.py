@@ -47,7 +47,8 @@ def _ort_unfused(path, x):
 
 
 def _levels(y, ref):
-    return np.rint(np.asarray(y, np.float64) / float(ref.scale)).astype(np.int64) + ref.zero
+    scale = np.asarray(ref.scale, np.float64)
+    return np.rint(np.asarray(y, np.float64) / scale).astype(np.int64) + ref.zero
 
 
 def check_graph(model: onnx.ModelProto, x, refs, tmp_path, layouts=LAYOUTS) -> None:
@@ -108,6 +109,16 @@ def test_padded_channels_keep_their_width_as_outputs(tmp_path):
         list(mid.shape)))
     got = tvmq.compile(model).run(g.x)[-1]
     assert got.shape == mid.shape and np.array_equal(got, mid.q), got.shape
+
+
+@pytest.mark.build
+def test_depthwise_reads_a_per_channel_input(tmp_path):
+    """NNCF quantizes a depthwise conv's input per channel (scales and zero points): the
+    producing conv requantizes per channel, the depthwise conv runs integer on it."""
+    g = QDQGraph((1, 8, 16, 16), np.random.RandomState(3))
+    mid = g.conv(g.input, 16, relu=False, per_channel_out=True)
+    out = g.conv(mid, 0, depthwise=True)
+    check_graph(g.model([out]), g.x, [out], tmp_path)
 
 
 _GRAPH = dict(ops=st.lists(st.sampled_from(OPS), min_size=2, max_size=6),
