@@ -472,8 +472,14 @@ def int_dequantize(acc, scale, ndim: int, axis: int):
     return relax.op.dequantize(acc, c(scale, "float32"), c(zero, "int32"), axis=axis)
 
 
+#: why layers stayed float, by ``(op name, output shape)``: what ``tvmq info`` reports
+#: (:func:`tvmq.report.layer_report`); the pipeline clears it before each compile
+SKIPPED: dict[tuple, str] = {}
+
+
 def skip(pass_name: str, call, why: str) -> None:
-    """Leave a layer in float, with a warning saying why."""
+    """Leave a layer in float, with a warning saying why (also kept in :data:`SKIPPED`)."""
+    SKIPPED.setdefault((op_name(call), tuple(shape_of(call) or ())), f"{pass_name}: {why}")
     warnings.warn(f"{pass_name}: {op_name(call)} stays float: {why}", stacklevel=3)
 
 

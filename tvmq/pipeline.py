@@ -172,6 +172,9 @@ PHASES: list[tuple[str, PhaseFn]] = [
 def run_phases(mod: tvm.IRModule, board: Board, opts: PipelineOptions,
                until: str | None = None) -> tvm.IRModule:
     """Run the phases in order on ``mod`` (up to and including ``until``)."""
+    from tvmq.passes import _qcommon
+
+    _qcommon.SKIPPED.clear()  # float-fallback reasons of this compile (tvmq info)
     dump = Path(opts.dump_dir) if opts.dump_dir else None
     if dump:
         dump.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,7 @@ def format_layers(layers: list[dict[str, Any]]) -> str:
         shape = "x".join(map(str, layer.get("out_shape") or []))
         rows.append(f"{layer['name'][:17]:<18}{layer['op']:<16}{shape:<22}"
                     f"{layer.get('precision', ''):<11}{layer.get('macs', 0) / 1e6:>9.2f}  "
-                    f"{layer.get('reason', '')}")
+                    f"{layer.get('why_not') or ''}")
     return "\n".join(rows)
 
 
@@ -119,9 +119,13 @@ def _integer_info(op: str, call, bound) -> dict[str, Any]:
             wbits = _packed_bits(call.args[1], bound)
             info["weight_bits"] = wbits or _BITS.get(_dtype(call.args[1]) or "", None)
         return info
+    from tvmq.passes._qcommon import SKIPPED
+
     quantized = any(_op_name(bound.get(a)) == "relax.dequantize" for a in call.args
                     if isinstance(a, relax.Var))
-    why = ("no integer lowering for this op/pattern (tvmq.passes warned why); it runs in "
-           "float between dequantize and quantize" if quantized
-           else "inputs are float (the model does not quantize this layer)")
+    why = SKIPPED.get((_op_name(call), tuple(_shape(call) or ())))
+    if why is None:
+        why = ("no integer lowering pattern matched (an operand is not a dequantized integer "
+               "tensor); it runs in float" if quantized
+               else "inputs are float (the model does not quantize this layer)")
     return {"bits": 32, "why_not": why}

@@ -99,20 +99,29 @@ class QDQGraph:
     # ---- ops ------------------------------------------------------------------------------
     def conv(self, t: QTensor, cout: int, k: int = 3, stride: int = 1, depthwise: bool = False,
              relu: bool = True, per_channel: bool = True, scale=None,
-             per_channel_out: bool = False) -> QTensor:
+             per_channel_out: bool = False, weight_bits: int = 8,
+             weight_chain: str = "int") -> QTensor:
         """Conv (+ ReLU) quantized per tensor, or with ``per_channel_out`` per output channel
-        with its own zero points (NNCF's quantization of a depthwise conv's input)."""
+        with its own zero points (NNCF's quantization of a depthwise conv's input).
+
+        ``weight_chain``: how the integer weight reaches its DequantizeLinear: ``"int"`` (an
+        integer initializer), ``"clip"`` (integer -> Clip, Brevitas's TorchScript export),
+        ``"q_clip"`` (float -> QuantizeLinear -> Clip, its dynamo export) or ``"q"``
+        (float -> QuantizeLinear). ``weight_bits``: narrow range ``[-(2**(b-1) - 1), ...]``.
+        """
         cin = t.shape[1]
         cout, groups = (cin, cin) if depthwise else (cout, 1)
-        w = self.rng.randint(-127, 128, size=(cout, cin // groups, k, k)).astype(np.int8)
+        wmax = (1 << (weight_bits - 1)) - 1
+        w = self.rng.randint(-wmax, wmax + 1, size=(cout, cin // groups, k, k)).astype(np.int8)
         s_w = (self.rng.uniform(0.0005, 0.003, cout) if per_channel
                else np.full(cout, self.rng.uniform(0.0005, 0.003))).astype(F32)
         s_acc = (np.asarray(t.scale, F32).reshape(-1) * s_w).astype(F32)
         b = self.rng.randint(-2000, 2000, cout)
-        wdq = self._node("DequantizeLinear", [
-            self._const(w, "w"), self._const(s_w if per_channel else s_w[:1].reshape(()), "sw"),
-            self._const(np.zeros(cout if per_channel else (), np.int8), "zw")], "wdq",
-            **({"axis": 0} if per_channel else {}))
+        axis = {"axis": 0} if per_channel else {}
+        sw = self._const(s_w if per_channel else s_w[:1].reshape(()), "sw")
+        zw = self._const(np.zeros(cout if per_channel else (), np.int8), "zw")
+        wdq = self._node("DequantizeLinear", [self._weight(w, s_w, sw, zw, wmax, weight_chain,
+                                                           axis), sw, zw], "wdq", **axis)
         bias = self._const((b * s_acc.astype(np.float64)).astype(F32), "b")
         pad = k // 2
         y = self._node("Conv", [t.name, wdq, bias], "conv", pads=[pad] * 4,
@@ -132,6 +141,20 @@ class QDQGraph:
         m = (s_acc.reshape(1, -1, 1, 1) / s_y).astype(F32).reshape(-1)
         q = self._requant(acc, m if m.size > 1 else m[0], z_y, dtype, relu)
         return self._qdq(y, q, s_y, z_y, dtype)
+
+    def _weight(self, w, s_w, sw: str, zw: str, wmax: int, chain: str, axis: dict) -> str:
+        """The integer weight ``w`` as the exporter's chain ending before DequantizeLinear."""
+        if chain == "int":
+            return self._const(w, "w")
+        if chain == "clip":
+            src = self._const(w, "w")
+        else:  # float weights exactly on the grid: QuantizeLinear gives back ``w``
+            real = (w.astype(F32) * s_w.reshape(-1, *([1] * (w.ndim - 1)))).astype(F32)
+            src = self._node("QuantizeLinear", [self._const(real, "wf"), sw, zw], "wq", **axis)
+            if chain == "q":
+                return src
+        return self._node("Clip", [src, self._const(np.int8(-wmax), "lo"),
+                                   self._const(np.int8(wmax), "hi")], "wclip")
 
     def dense(self, t: QTensor, n_out: int, scale=None) -> QTensor:
         """Flatten -> Gemm (transB) of a ``[1, C, 1, 1]`` or ``[1, K]`` tensor."""

@@ -62,7 +62,7 @@ def check_graph(model: onnx.ModelProto, x, refs, tmp_path, layouts=LAYOUTS) -> N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             art = tvmq.compile(str(path), options=dataclasses.replace(opts, stats={}))
-        floats = [f"{ly['name']} ({ly.get('reason', 'no reason given')})"
+        floats = [f"{ly['name']} ({ly.get('why_not')})"
                   for ly in art.meta["layers"]
                   if ly["op"] in ("conv2d", "matmul", "dense") and not ly["integer"]]
         assert not floats, f"{layout}: layers left float: {', '.join(floats)}"
