@@ -309,7 +309,8 @@ def _rounding_shift_f32(emit: Emit, prod, n_c, half_c, bits: int):
 
 
 def fixed_point_multiply(emit: Emit, x64, multiplier, ndim: int, axis: int,
-                         float32_bits: int | None = None, bound=None, offset=None):
+                         float32_bits: int | None = None, bound=None, offset=None,
+                         addend=None):
     """``RNE((x + offset) * m / 2**n)`` on an int64 expression (``qref.fixed_point_multiply``).
 
     With ``float32_bits``, rounds as float32 would (``qref.rounding_shift_f32``) for
@@ -320,6 +321,8 @@ def fixed_point_multiply(emit: Emit, x64, multiplier, ndim: int, axis: int,
     ``axis`` (|offset| < 2**32; e.g. bias and zero-point corrections peeled off an
     accumulator, :func:`split_offset`), folded into the product's constant addend:
     ``x * m + (offset * m + 2**(n-1))`` (exact in int64: every term is below 2**62).
+    ``addend``: integers per index of ``axis`` added to the product itself (a bias residual,
+    ``qref.bias_addend``); ties are then not ruled out by ``bound``, so RNE stays exact.
     """
     m, n = qref.quantize_multiplier(multiplier)
     m_c = per_channel_const(m, ndim, axis, "int64")
@@ -332,8 +335,10 @@ def fixed_point_multiply(emit: Emit, x64, multiplier, ndim: int, axis: int,
         if np.abs(offset).max() >= 2 ** 32:
             raise ValueError(f"accumulator offset {np.abs(offset).max()} is out of range")
         om = offset * m
+    if addend is not None:
+        om = (0 if om is None else om) + np.asarray(addend, np.int64)
     prod = emit(relax.op.multiply(x64, m_c))
-    if not float32_bits and bound is not None and _tie_free(m, n, bound):
+    if not float32_bits and bound is not None and addend is None and _tie_free(m, n, bound):
         addend = half_c if om is None else per_channel_const(om + half, ndim, axis, "int64")
         return emit(relax.op.right_shift(emit(relax.op.add(prod, addend)), n_c))
     if om is not None:
@@ -406,7 +411,7 @@ def _emit_int32_plan(emit: Emit, acc, plan, out_dtype: str, ndim: int, axis: int
 
 def requantize(emit: Emit, acc, multiplier, zero_in, zero_out, lo, hi,
                out_dtype: str, ndim: int, axis: int, float32_rounding: bool = False,
-               acc_range=None, acc_offset=None):
+               acc_range=None, acc_offset=None, acc_frac=None):
     """Integer ``clamp(R((acc + acc_offset - z_in) * M) + z_out, lo, hi)`` cast to ``out_dtype``.
 
     ``M`` is rounded to float32; ``R`` rounds the exact product half to even, or, with
@@ -416,6 +421,8 @@ def requantize(emit: Emit, acc, multiplier, zero_in, zero_out, lo, hi,
     ``acc_offset``: per-channel integers (along ``axis``) added to ``acc``; they and
     ``z_in`` fold into the rounding constant instead of costing ops per element.
     ``zero_out``, ``lo``, ``hi``: scalars, or per index of ``axis`` (a per-channel output).
+    ``acc_frac``: a bias residual in accumulator units per index of ``axis``
+    (``qref.requantize``'s ``bias_residual``), added at the product's precision.
 
     An int32 ``acc`` with a narrow enough unsaturated domain (and no tie on it) gets the
     all-int32 form of :func:`tvmq.qref.int32_requantize_plan`: clamp first, two int32
@@ -425,7 +432,11 @@ def requantize(emit: Emit, acc, multiplier, zero_in, zero_out, lo, hi,
     offset = np.zeros(1, np.int64) if acc_offset is None else \
         np.asarray(acc_offset, np.int64).reshape(-1)
     offset = offset - zero_in
-    if not float32_rounding and dtype_of(acc) == "int32" and INT32_REQUANTIZE:
+    fine = None
+    if acc_frac is not None and np.any(np.asarray(acc_frac) != 0):
+        m, _ = qref.quantize_multiplier(qref.float32_multiplier(multiplier))
+        fine = qref.bias_addend(np.asarray(acc_frac).reshape(-1), m)
+    if not float32_rounding and dtype_of(acc) == "int32" and INT32_REQUANTIZE and fine is None:
         m, n = qref.quantize_multiplier(qref.float32_multiplier(multiplier))
         plan = qref.int32_requantize_plan(m, n, offset, zero_out, lo, hi)
         if plan is not None:
@@ -436,7 +447,7 @@ def requantize(emit: Emit, acc, multiplier, zero_in, zero_out, lo, hi,
         acc_range = (acc_range[0] - zr[1], acc_range[1] - zr[0])
     bits = qref.float32_bits(out_dtype) if float32_rounding else None
     y = fixed_point_multiply(emit, x, qref.float32_multiplier(multiplier), ndim, axis, bits,
-                             channel_bound(acc_range, ndim, axis), offset)
+                             channel_bound(acc_range, ndim, axis), offset, fine)
     if np.any(np.asarray(zero_out) != 0):
         y = emit(relax.op.add(y, per_channel_const(zero_out, ndim, axis, "int64")))
     y = emit(relax.op.maximum(y, per_channel_const(lo, ndim, axis, "int64")))

@@ -52,13 +52,35 @@ def _activation(mut, expr):
     return "clip", (_prim(act.args[1]), _prim(act.args[2])), act.args[0]
 
 
-def _channel_axis(src, out, ndim: int):
-    """The axis per-channel parameters run along (``src``'s, ``out``'s, or both the same),
-    or None when they disagree."""
+def _channel_axis(src, out, ndim: int, residual=None):
+    """The axis per-channel parameters run along (``src``'s, ``out``'s, a bias residual's,
+    all the same), or None when they disagree."""
     axes = {p.axis % ndim for p in (src, out) if not p.per_tensor}
+    if residual is not None and residual.size > 1:
+        axes.add(next(i for i, d in enumerate(residual.shape) if d > 1))
     if len(axes) > 1:
         return None
     return axes.pop() if axes else src.axis % ndim
+
+
+def _bias_residual(mut, expr):
+    """``(inner, residual)`` of ``add(inner, r)`` with ``inner`` a ``dequantize`` and ``r`` a
+    float constant broadcast along at most one axis (a bias residual that LowerIntegerConv
+    left off the accumulator grid, ``qref.split_bias``), else ``(expr, None)``; ``residual``
+    is reshaped to the output's rank."""
+    add = q.producer(mut, expr, "relax.add")
+    if add is None:
+        return expr, None
+    ndim = len(q.shape_of(expr) or ())
+    for a, b in ((0, 1), (1, 0)):
+        r = q.const_np(add.args[b])
+        if r is None or r.dtype.kind != "f" or r.ndim > ndim or \
+                q.producer(mut, add.args[a], "relax.dequantize") is None:
+            continue
+        r = r.reshape((1,) * (ndim - r.ndim) + r.shape)
+        if sum(d > 1 for d in r.shape) <= 1:
+            return add.args[a], r
+    return expr, None
 
 
 # The rounding mode of the running pass (PyExprMutator subclasses cannot take extra state
@@ -78,6 +100,7 @@ class _Requantize(relax.PyExprMutator):
     def _rewrite(self, call):
         out = q.QParams(call)
         kind, limits, inner = _activation(self, call.args[0])
+        inner, residual = _bias_residual(self, inner)
         d = q.producer(self, inner, "relax.dequantize")
         if d is None or not out.ok:
             return None
@@ -85,9 +108,12 @@ class _Requantize(relax.PyExprMutator):
         if not src.ok or q.dtype_of(src.data) not in q.INT_DTYPES:
             return None
         ndim = len(q.shape_of(call))
-        axis = _channel_axis(src, out, ndim)
+        axis = _channel_axis(src, out, ndim, residual)
         if axis is None:
             return None
+        frac = None
+        if residual is not None:  # in accumulator units, per index of ``axis``
+            frac = residual.reshape(-1).astype(np.float64) / src.scale.astype(np.float64)
         out_dtype = str(call.attrs.out_dtype)
         s_y = out.scale.astype(np.float32)
         z_y = out.zero.astype(np.int64)
@@ -97,7 +123,8 @@ class _Requantize(relax.PyExprMutator):
         if out.per_tensor:
             lo, hi, z_y = int(lo[0]), int(hi[0]), int(z_y[0])
         emit = self.builder_.emit
-        if (src.per_tensor and out.per_tensor and src.scale[0] == out.scale[0]
+        if (src.per_tensor and out.per_tensor and residual is None
+                and src.scale[0] == out.scale[0]
                 and src.zero[0] == z_y and q.dtype_of(src.data) == out_dtype):
             return self._clamp_only(src.data, lo, hi, out_dtype)
         # float32 division: the multiplier onnxruntime uses (qref module docstring)
@@ -106,7 +133,7 @@ class _Requantize(relax.PyExprMutator):
             q.skip(_NAME, call, "requantize multiplier >= 2**30")
             return None
         acc, offset = q.split_offset(self, src.data, ndim, axis)
-        if offset is None and src.per_tensor and out.per_tensor:
+        if offset is None and src.per_tensor and out.per_tensor and residual is None:
             # one multiplier: any axis can carry a bias
             for other in (1, ndim - 1):
                 if 0 <= other < ndim and other != axis:
@@ -116,7 +143,7 @@ class _Requantize(relax.PyExprMutator):
                         break
         return q.requantize(emit, acc, multiplier, src.zero, z_y, lo, hi, out_dtype, ndim,
                             axis, _FLOAT32_ROUNDING[0], acc_range=q.int_range(self, src.data),
-                            acc_offset=offset)
+                            acc_offset=offset, acc_frac=frac)
 
     def _clamp_only(self, data, lo, hi, dtype):
         qmin, qmax = qref.dtype_range(dtype)

@@ -4,7 +4,10 @@ Rewrites ``conv2d(dequantize(x_q), dequantize(W_q))`` (any groups, so depthwise 
 ``matmul(dequantize(x_q), [permute_dims](dequantize(W_q)))`` into an integer op with
 ``out_dtype="int32"`` followed by ``dequantize(acc, s_x*s_w, 0)``, and folds a following
 constant bias add ``acc_f + b`` into ``acc + round(b / (s_x*s_w))`` (exact when the bias is an
-int32 tensor quantized at ``s_x*s_w``, as ONNX QDQ exporters write it).
+int32 tensor quantized at ``s_x*s_w``, as onnxruntime's quantizer writes it). A float bias
+off that grid (NNCF, Brevitas, BatchNorm folded into the conv) keeps the rest as a float
+``add`` after the ``dequantize`` (:func:`tvmq.qref.split_bias`), which
+:class:`IntegerRequantize` folds into its rounding constant.
 
 Zero points are exact: a nonzero activation zero point ``z_x`` pads with ``z_x`` and subtracts
 ``z_x * sum(W)`` per output channel (activations stay uint8/int8); a nonzero weight zero point
@@ -183,17 +186,37 @@ class _Lower(relax.PyExprMutator):
         ndim = len(q.shape_of(call))
         bias = bias.reshape((1,) * (ndim - bias.ndim) + bias.shape)
         scale = q.qref._bcast(p.scale.astype(np.float64), ndim, p.axis)
-        b_int = np.rint(bias / scale)
+        b_int, residual = q.qref.split_bias(bias, scale)
         if np.abs(b_int).max(initial=0) >= 2 ** 31 or tuple(q.shape_of(call)) != \
                 np.broadcast_shapes(q.shape_of(call), b_int.shape):
             return None
         acc = self.builder_.emit(relax.op.add(d.args[0], q.c(b_int, "int32")))
-        return relax.op.dequantize(acc, d.args[1], d.args[2], axis=p.axis)
+        out = relax.op.dequantize(acc, d.args[1], d.args[2], axis=p.axis)
+        if not _SPLIT_BIAS[0] or not np.any(residual):
+            return out
+        # the bias off the accumulator grid stays a float add: IntegerRequantize folds it
+        # into its rounding constant (qref.split_bias); a float consumer adds it as it is
+        return relax.op.add(self.builder_.emit(out), q.c(residual, "float32"))
+
+
+# Whether the running pass keeps off-grid bias residuals (the @mutator classes take no
+# constructor arguments; as IntegerRequantize's rounding mode)
+_SPLIT_BIAS = [True]
 
 
 @tvm.transform.module_pass(opt_level=0, name=_NAME)
 class LowerIntegerConv:
     """Lower dequantized conv2d/matmul (+ constant bias) to int32-accumulating integer ops."""
 
+    def __init__(self, split_bias: bool = True):
+        """``split_bias``: a float bias off the accumulator grid keeps its residual (exact
+        against the QDQ graph); False rounds it to the grid, as onnxruntime's integer
+        kernels do (``PipelineOptions(match_onnxruntime=True)``)."""
+        self.split_bias = split_bias
+
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return q.run_mutator(mod, _Lower)
+        _SPLIT_BIAS[0] = self.split_bias
+        try:
+            return q.run_mutator(mod, _Lower)
+        finally:
+            _SPLIT_BIAS[0] = True

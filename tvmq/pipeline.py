@@ -82,7 +82,7 @@ def quantize_passes(board: Board, opts: PipelineOptions) -> list:
     if not opts.integer:
         return []
     f32 = opts.match_onnxruntime
-    return [P.SinkDequantize(), P.LowerIntegerConv(), P.LowerIntegerAdd(f32),
+    return [P.SinkDequantize(), P.LowerIntegerConv(split_bias=not f32), P.LowerIntegerAdd(f32),
             P.LowerIntegerConcat(),
             P.LowerIntegerPool(), P.SinkDequantize(), P.IntegerRequantize(f32),
             P.SinkDequantize(), P.IntegerRequantize(f32),

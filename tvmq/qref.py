@@ -182,13 +182,16 @@ def rounding_shift_f32(prod, n, bits: int = 21) -> np.ndarray:
     return k + np.where(on_tie, odd, d > 0).astype(np.int64)
 
 
-def fixed_point_multiply(acc, m, n, float32_bits: int | None = None) -> np.ndarray:
-    """``RNE(acc * m / 2**n)``; ``m``, ``n`` broadcast against ``acc``.
+def fixed_point_multiply(acc, m, n, float32_bits: int | None = None,
+                         addend=0) -> np.ndarray:
+    """``RNE((acc * m + addend) / 2**n)``; ``m``, ``n``, ``addend`` broadcast against ``acc``.
 
     With ``float32_bits`` the product is rounded as float32 would first
     (:func:`rounding_shift_f32`, the requantization rule); without, exactly once.
+    ``addend``: integers in units of ``2**-n`` output steps (:func:`bias_addend`).
     """
-    prod = np.asarray(acc, dtype=np.int64) * np.asarray(m, np.int64)
+    prod = np.asarray(acc, dtype=np.int64) * np.asarray(m, np.int64) + \
+        np.asarray(addend, np.int64)
     if float32_bits:
         return rounding_shift_f32(prod, n, float32_bits)
     return rounding_shift(prod, n)
@@ -317,12 +320,14 @@ def float32_multiplier(multiplier) -> np.ndarray:
 
 def requantize(acc, multiplier, zero_point_in=0, zero_point_out=0, dtype: str = "int8",
                axis: int = 1, lo: int | None = None, hi: int | None = None,
-               float32_rounding: bool = False) -> np.ndarray:
+               float32_rounding: bool = False, bias_residual=None) -> np.ndarray:
     """Integer requantization ``clamp(R((acc - z_in) * M) + z_out)`` (module docstring).
 
     ``multiplier``, ``zero_point_in``, ``zero_point_out``, ``lo`` and ``hi`` are scalars or
     per index of ``axis`` (a per-channel output quantization, as NNCF writes before a
-    depthwise conv).
+    depthwise conv). ``bias_residual``: the part of a float bias off the accumulator grid,
+    in accumulator units, per channel (:func:`split_bias`); it joins the product at the
+    fixed point's precision (:func:`bias_addend`) instead of being rounded away.
 
     ``multiplier`` is rounded to float32 here (the rule's ``M``); ``float32_rounding``
     selects ``R = rounding_shift_f32`` (onnxruntime's float32 product) over the exact
@@ -340,8 +345,42 @@ def requantize(acc, multiplier, zero_point_in=0, zero_point_out=0, dtype: str = 
     lo = qmin if lo is None else np.maximum(_bcast(np.asarray(lo, np.int64), acc.ndim, axis), qmin)
     hi = qmax if hi is None else np.minimum(_bcast(np.asarray(hi, np.int64), acc.ndim, axis), qmax)
     bits = float32_bits(dtype) if float32_rounding else None
-    y = fixed_point_multiply(acc - z_in, m, n, bits) + z_out
+    addend = 0
+    if bias_residual is not None:
+        addend = bias_addend(np.asarray(bias_residual).reshape(-1), m.reshape(-1))
+        addend = _bcast(addend, acc.ndim, axis) if np.size(addend) > 1 else addend.reshape(())
+    y = fixed_point_multiply(acc - z_in, m, n, bits, addend) + z_out
     return np.clip(y, lo, hi)
+
+
+#: a float bias within this relative distance of the accumulator grid is taken as the integer
+#: there (an exporter's int32 bias times its scale, rounded to float32: 2**-24 relative)
+BIAS_GRID_TOLERANCE = 2.0 ** -18
+
+
+def split_bias(bias, s_acc) -> tuple[np.ndarray, np.ndarray]:
+    """``(b_int, residual)`` of a float bias at accumulator scale ``s_acc`` (broadcast).
+
+    ``b_int = RNE(bias / s_acc)`` is added to the int32 accumulator; ``residual`` (float32,
+    in the bias's units) is what is left where the bias is *off* the grid (NNCF's and
+    Brevitas's float biases, BatchNorm folded into a quantized conv), zero where it is on it
+    up to float32 rounding (:data:`BIAS_GRID_TOLERANCE`; onnxruntime's int32 biases). Rounding
+    an off-grid bias to the grid would move every output by up to ``s_acc / (2 s_y)`` steps
+    and flip the rounding of that fraction of them against the model's float graph.
+    """
+    bias = np.asarray(bias, np.float64)
+    s_acc = np.asarray(s_acc, np.float64)
+    b_int = np.rint(bias / s_acc)
+    off = np.abs(bias / s_acc - b_int) > BIAS_GRID_TOLERANCE * np.maximum(np.abs(b_int), 1)
+    residual = np.where(off, bias - b_int * s_acc, 0.0).astype(np.float32)
+    return b_int, residual
+
+
+def bias_addend(residual_acc, m) -> np.ndarray:
+    """``RNE(residual_acc * m)``: a bias residual in accumulator units, as the addend of the
+    fixed-point product ``acc * m`` (units of ``2**-n`` output steps; |value| < 2**31)."""
+    return np.rint(np.asarray(residual_acc, np.float64) * np.asarray(m, np.float64)).astype(
+        np.int64)
 
 
 def activation_bounds(kind: str | None, scale: float, zero_point: int, dtype: str,

@@ -91,16 +91,27 @@ class QDQGraph:
             return scale, (0 if relu else int(self.rng.randint(100, 156))), "uint8"
         return scale, 0, "int8"
 
-    def _requant(self, acc, m, z_out, dtype: str, relu: bool):
+    def _requant(self, acc, m, z_out, dtype: str, relu: bool, frac=None, axis: int = 1):
         z = np.asarray(z_out, np.int64).reshape(-1)
         lo = np.maximum(z, qref.dtype_range(dtype)[0]) if relu else None
-        return qref.requantize(acc, m, 0, z if z.size > 1 else int(z[0]), dtype, lo=lo)
+        return qref.requantize(acc, m, 0, z if z.size > 1 else int(z[0]), dtype, axis=axis,
+                               lo=lo, bias_residual=frac)
+
+    def _bias(self, b_int, s_acc, float_bias: bool):
+        """(float32 bias for the graph, its integer part, its residual in accumulator units
+        or None), split as tvmq splits it (``qref.split_bias``)."""
+        s64 = np.asarray(s_acc, np.float64)
+        if not float_bias:
+            return (b_int * s64).astype(F32), b_int, None
+        bias = (self.rng.uniform(-2000, 2000, b_int.shape) * s64).astype(F32)
+        b, residual = qref.split_bias(bias, s64)
+        return bias, b.astype(np.int64), residual.astype(np.float64) / s64
 
     # ---- ops ------------------------------------------------------------------------------
     def conv(self, t: QTensor, cout: int, k: int = 3, stride: int = 1, depthwise: bool = False,
              relu: bool = True, per_channel: bool = True, scale=None,
              per_channel_out: bool = False, weight_bits: int = 8,
-             weight_chain: str = "int") -> QTensor:
+             weight_chain: str = "int", float_bias: bool = False) -> QTensor:
         """Conv (+ ReLU) quantized per tensor, or with ``per_channel_out`` per output channel
         with its own zero points (NNCF's quantization of a depthwise conv's input).
 
@@ -108,6 +119,8 @@ class QDQGraph:
         integer initializer), ``"clip"`` (integer -> Clip, Brevitas's TorchScript export),
         ``"q_clip"`` (float -> QuantizeLinear -> Clip, its dynamo export) or ``"q"``
         (float -> QuantizeLinear). ``weight_bits``: narrow range ``[-(2**(b-1) - 1), ...]``.
+        ``float_bias``: a float bias off the accumulator grid (NNCF, Brevitas, folded
+        BatchNorm), else an integer one times ``s_acc`` (onnxruntime's quantizer).
         """
         cin = t.shape[1]
         cout, groups = (cin, cin) if depthwise else (cout, 1)
@@ -122,7 +135,8 @@ class QDQGraph:
         zw = self._const(np.zeros(cout if per_channel else (), np.int8), "zw")
         wdq = self._node("DequantizeLinear", [self._weight(w, s_w, sw, zw, wmax, weight_chain,
                                                            axis), sw, zw], "wdq", **axis)
-        bias = self._const((b * s_acc.astype(np.float64)).astype(F32), "b")
+        bias_f, b, frac = self._bias(b, s_acc, float_bias)
+        bias = self._const(bias_f, "b")
         pad = k // 2
         y = self._node("Conv", [t.name, wdq, bias], "conv", pads=[pad] * 4,
                        strides=[stride] * 2, group=groups)
@@ -139,7 +153,7 @@ class QDQGraph:
         else:
             s_y, z_y, dtype = self._out_params(relu, scale)
         m = (s_acc.reshape(1, -1, 1, 1) / s_y).astype(F32).reshape(-1)
-        q = self._requant(acc, m if m.size > 1 else m[0], z_y, dtype, relu)
+        q = self._requant(acc, m if m.size > 1 else m[0], z_y, dtype, relu, frac)
         return self._qdq(y, q, s_y, z_y, dtype)
 
     def _weight(self, w, s_w, sw: str, zw: str, wmax: int, chain: str, axis: dict) -> str:
@@ -156,23 +170,23 @@ class QDQGraph:
         return self._node("Clip", [src, self._const(np.int8(-wmax), "lo"),
                                    self._const(np.int8(wmax), "hi")], "wclip")
 
-    def dense(self, t: QTensor, n_out: int, scale=None) -> QTensor:
+    def dense(self, t: QTensor, n_out: int, scale=None, float_bias: bool = False) -> QTensor:
         """Flatten -> Gemm (transB) of a ``[1, C, 1, 1]`` or ``[1, K]`` tensor."""
         a = t.q.reshape(t.shape[0], -1)
         k = a.shape[1]
         w = self.rng.randint(-127, 128, size=(n_out, k)).astype(np.int8)
         s_w = F32(self.rng.uniform(0.0005, 0.003))
         s_acc = F32(F32(t.scale) * s_w)
-        b = self.rng.randint(-2000, 2000, n_out)
+        bias_f, b, frac = self._bias(self.rng.randint(-2000, 2000, n_out),
+                                     np.full(n_out, s_acc, F32), float_bias)
         wdq = self._node("DequantizeLinear", [self._const(w, "w"), self._const(s_w, "sw"),
                                               self._const(np.int8(0), "zw")], "wdq")
         flat = self._node("Flatten", [t.name], "flat") if t.q.ndim > 2 else t.name
-        y = self._node("Gemm", [flat, wdq, self._const((b * float(s_acc)).astype(F32), "b")],
-                       "gemm", transB=1)
+        y = self._node("Gemm", [flat, wdq, self._const(bias_f, "b")], "gemm", transB=1)
         acc = qref.matmul_int(a, w.T.astype(np.int64), t.zero) + b
         s_y, z_y, dtype = self._out_params(False, scale)
-        return self._qdq(y, self._requant(acc, F32(s_acc / s_y), z_y, dtype, False),
-                         s_y, z_y, dtype)
+        q = self._requant(acc, F32(s_acc / s_y), z_y, dtype, False, frac, axis=1)
+        return self._qdq(y, q, s_y, z_y, dtype)
 
     def requant(self, t: QTensor, scale=None, dtype: str | None = None) -> QTensor:
         """The same tensor quantized again at another scale (Q -> DQ -> Q -> DQ)."""
@@ -260,11 +274,12 @@ def random_graph(ops, channels: int, hw: int, seed: int):
         t = pick(2 if op in ("conv_s2", "maxpool", "avgpool", "maxpool_conv") else 1)
         cout = int(rng.choice([4, 8, 16, 20, 24, 32]))
         if op == "conv":
-            t = g.conv(t, cout, relu=rng.rand() < 0.7, per_channel=rng.rand() < 0.8)
+            t = g.conv(t, cout, relu=rng.rand() < 0.7, per_channel=rng.rand() < 0.8,
+                       float_bias=rng.rand() < 0.5)
         elif op == "conv_s2":
             t = g.conv(t, cout, stride=2)
         elif op == "conv1x1":
-            t = g.conv(t, cout, k=1, relu=rng.rand() < 0.5)
+            t = g.conv(t, cout, k=1, relu=rng.rand() < 0.5, float_bias=rng.rand() < 0.5)
         elif op == "depthwise":
             t = g.conv(t, 0, depthwise=True)
         elif op in ("add", "add_requant"):
@@ -285,7 +300,8 @@ def random_graph(ops, channels: int, hw: int, seed: int):
         elif op == "requant_chain":
             t = g.requant(g.requant(t))
         pool.append(t)
-    head = g.dense(g.global_pool(pool[-2] if len(pool) > 2 else pool[-1]), 10)
+    head = g.dense(g.global_pool(pool[-2] if len(pool) > 2 else pool[-1]), 10,
+                   float_bias=rng.rand() < 0.5)
     outputs = [pool[-1], head]
     return g.model(outputs), g.x, outputs
 

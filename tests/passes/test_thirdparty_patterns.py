@@ -21,6 +21,18 @@ def _graph(seed: int = 0, shape=(1, 8, 16, 16)) -> QDQGraph:
     return QDQGraph(shape, np.random.RandomState(seed))
 
 
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_float_bias_off_the_accumulator_grid(tmp_path, per_channel):
+    """NNCF and Brevitas keep float biases (BatchNorm folded in): not rounded to the
+    accumulator grid (that moved outputs by up to s_acc / 2 and flipped ~2% of them by one
+    step against the QDQ graph), but added at the fixed point's precision."""
+    g = _graph(5)
+    mid = g.conv(g.input, 16, float_bias=True, per_channel=per_channel)
+    out = g.dense(g.global_pool(g.conv(mid, 16, float_bias=True, relu=False)), 10,
+                  float_bias=True)
+    check_graph(g.model([out, mid]), g.x, [out, mid], tmp_path, ONE_LAYOUT)
+
+
 def test_dequantize_maxpool_conv(tmp_path):
     """NNCF: DQ -> MaxPool -> Conv (the pool between the dequantize and the conv)."""
     g = _graph()
