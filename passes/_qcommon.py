@@ -322,7 +322,7 @@ def fixed_point_multiply(emit: Emit, x64, multiplier, ndim: int, axis: int,
     accumulator, :func:`split_offset`), folded into the product's constant addend:
     ``x * m + (offset * m + 2**(n-1))`` (exact in int64: every term is below 2**62).
     ``addend``: integers per index of ``axis`` added to the product itself (a bias residual,
-    ``qref.bias_addend``); ties are then not ruled out by ``bound``, so RNE stays exact.
+    ``qref.bias_addend``); the product then rounds half up (``qref.requantize``).
     """
     m, n = qref.quantize_multiplier(multiplier)
     m_c = per_channel_const(m, ndim, axis, "int64")
@@ -338,7 +338,7 @@ def fixed_point_multiply(emit: Emit, x64, multiplier, ndim: int, axis: int,
     if addend is not None:
         om = (0 if om is None else om) + np.asarray(addend, np.int64)
     prod = emit(relax.op.multiply(x64, m_c))
-    if not float32_bits and bound is not None and addend is None and _tie_free(m, n, bound):
+    if not float32_bits and (addend is not None or bound is not None and _tie_free(m, n, bound)):
         addend = half_c if om is None else per_channel_const(om + half, ndim, axis, "int64")
         return emit(relax.op.right_shift(emit(relax.op.add(prod, addend)), n_c))
     if om is not None:
@@ -436,9 +436,9 @@ def requantize(emit: Emit, acc, multiplier, zero_in, zero_out, lo, hi,
     if acc_frac is not None and np.any(np.asarray(acc_frac) != 0):
         m, _ = qref.quantize_multiplier(qref.float32_multiplier(multiplier))
         fine = qref.bias_addend(np.asarray(acc_frac).reshape(-1), m)
-    if not float32_rounding and dtype_of(acc) == "int32" and INT32_REQUANTIZE and fine is None:
+    if not float32_rounding and dtype_of(acc) == "int32" and INT32_REQUANTIZE:
         m, n = qref.quantize_multiplier(qref.float32_multiplier(multiplier))
-        plan = qref.int32_requantize_plan(m, n, offset, zero_out, lo, hi)
+        plan = qref.int32_requantize_plan(m, n, offset, zero_out, lo, hi, fine)
         if plan is not None:
             return _emit_int32_plan(emit, acc, plan, out_dtype, ndim, axis)
     x = emit(relax.op.astype(acc, "int64"))

@@ -182,16 +182,13 @@ def rounding_shift_f32(prod, n, bits: int = 21) -> np.ndarray:
     return k + np.where(on_tie, odd, d > 0).astype(np.int64)
 
 
-def fixed_point_multiply(acc, m, n, float32_bits: int | None = None,
-                         addend=0) -> np.ndarray:
-    """``RNE((acc * m + addend) / 2**n)``; ``m``, ``n``, ``addend`` broadcast against ``acc``.
+def fixed_point_multiply(acc, m, n, float32_bits: int | None = None) -> np.ndarray:
+    """``RNE(acc * m / 2**n)``; ``m``, ``n`` broadcast against ``acc``.
 
     With ``float32_bits`` the product is rounded as float32 would first
     (:func:`rounding_shift_f32`, the requantization rule); without, exactly once.
-    ``addend``: integers in units of ``2**-n`` output steps (:func:`bias_addend`).
     """
-    prod = np.asarray(acc, dtype=np.int64) * np.asarray(m, np.int64) + \
-        np.asarray(addend, np.int64)
+    prod = np.asarray(acc, dtype=np.int64) * np.asarray(m, np.int64)
     if float32_bits:
         return rounding_shift_f32(prod, n, float32_bits)
     return rounding_shift(prod, n)
@@ -204,7 +201,7 @@ def _rne_int(x: int, s: int) -> int:
     return q + (r > half or (r == half and q & 1))
 
 
-def int32_requantize_plan(m, n, offset, zero_out, lo, hi):
+def int32_requantize_plan(m, n, offset, zero_out, lo, hi, addend=None):
     """Constants of an all-int32 form of ``clamp(RNE((acc + offset) * m / 2**n) + z, lo, hi)``
     (every parameter per channel or scalar; int32 ``acc``), or None where it does not
     apply. The form, 10 int32 vector ops instead of ~16 in int64::
@@ -228,18 +225,24 @@ def int32_requantize_plan(m, n, offset, zero_out, lo, hi):
     int32 for every ``a`` in the domain (checked, bounds from the domain's endpoints: each is
     linear in ``a``). Applies when the domain is narrow enough: roughly ``M >= 2**-10``.
 
+    With ``addend`` (:func:`bias_addend`, a multiple of ``2**t``) the form is
+    ``clamp(floor(((acc + offset) * m + addend) / 2**n + 1/2) + z, lo, hi)`` (half up, see
+    :func:`requantize`): ``addend / 2**t`` joins ``c'`` and no tie check applies.
+
     Returns a dict of per-channel int arrays ``a_lo, a_hi, ml, mh, cl, ch, r`` and the scalar
     ``L``; :func:`apply_int32_plan` evaluates it (with int32 overflow checks).
     """
+    half_up = addend is not None
+    addend = np.zeros(1, np.int64) if addend is None else addend
     vecs = [np.atleast_1d(np.asarray(v, np.int64)).astype(object)
-            for v in (m, n, offset, zero_out, lo, hi)]
+            for v in (m, n, offset, zero_out, lo, hi, addend)]
     size = max(v.size for v in vecs)
     if any(v.size not in (1, size) for v in vecs):
         return None
     i32_lo, i32_hi = -2 ** 31, 2 ** 31 - 1
     chans = []
-    for mi, ni, oi, zero_out, lo, hi in zip(*(np.broadcast_to(v, (size,)).tolist()
-                                             for v in vecs)):
+    for mi, ni, oi, zero_out, lo, hi, ai in zip(*(np.broadcast_to(v, (size,)).tolist()
+                                                 for v in vecs)):
         if mi <= 0:
             return None
         t = (mi & -mi).bit_length() - 1
@@ -247,7 +250,11 @@ def int32_requantize_plan(m, n, offset, zero_out, lo, hi):
         if s < 2:
             return None
 
-        def out(acc, mp=mp, s=s, oi=oi, zero_out=zero_out):
+        fi = ai >> t  # exact: bias_addend is a multiple of 2**t
+
+        def out(acc, mp=mp, s=s, oi=oi, zero_out=zero_out, fi=fi):
+            if half_up:
+                return (((acc + oi) * mp + fi + (1 << (s - 1))) >> s) + zero_out
             return _rne_int((acc + oi) * mp, s) + zero_out
 
         # first acc with out >= lo (lo + 1 for strictly above saturation is not needed: an
@@ -266,9 +273,9 @@ def int32_requantize_plan(m, n, offset, zero_out, lo, hi):
             return None
         bound = max(abs(a_lo + oi), abs(a_hi + oi))
         free = int(tie_free_bound(np.int64(mi), np.int64(ni))[0])
-        if free >= 0 and bound > free:
+        if free >= 0 and bound > free and not half_up:
             return None
-        c = oi * mp + (1 << (s - 1)) + zero_out * (1 << s)
+        c = oi * mp + fi + (1 << (s - 1)) + zero_out * (1 << s)
         chans.append((a_lo, a_hi, mp, s, c))
     for L in range(1, 31):
         plan = {k: [] for k in ("a_lo", "a_hi", "ml", "mh", "cl", "ch", "r")}
@@ -327,7 +334,10 @@ def requantize(acc, multiplier, zero_point_in=0, zero_point_out=0, dtype: str = 
     per index of ``axis`` (a per-channel output quantization, as NNCF writes before a
     depthwise conv). ``bias_residual``: the part of a float bias off the accumulator grid,
     in accumulator units, per channel (:func:`split_bias`); it joins the product at the
-    fixed point's precision (:func:`bias_addend`) instead of being rounded away.
+    fixed point's precision (:func:`bias_addend`) instead of being rounded away, and the
+    product rounds half up (:func:`rounding_shift_half_up`): an exact half of the fixed-point
+    value is an artifact of its approximation of ``acc * M + b / s_y`` (whose ties a float
+    bias makes measure-zero), and half up is the two-op form. Not with ``float32_rounding``.
 
     ``multiplier`` is rounded to float32 here (the rule's ``M``); ``float32_rounding``
     selects ``R = rounding_shift_f32`` (onnxruntime's float32 product) over the exact
@@ -345,11 +355,14 @@ def requantize(acc, multiplier, zero_point_in=0, zero_point_out=0, dtype: str = 
     lo = qmin if lo is None else np.maximum(_bcast(np.asarray(lo, np.int64), acc.ndim, axis), qmin)
     hi = qmax if hi is None else np.minimum(_bcast(np.asarray(hi, np.int64), acc.ndim, axis), qmax)
     bits = float32_bits(dtype) if float32_rounding else None
-    addend = 0
     if bias_residual is not None:
+        if float32_rounding:
+            raise ValueError("a bias residual is not combined with float32_rounding")
         addend = bias_addend(np.asarray(bias_residual).reshape(-1), m.reshape(-1))
         addend = _bcast(addend, acc.ndim, axis) if np.size(addend) > 1 else addend.reshape(())
-    y = fixed_point_multiply(acc - z_in, m, n, bits, addend) + z_out
+        y = rounding_shift_half_up((acc - z_in) * m + addend, n) + z_out
+    else:
+        y = fixed_point_multiply(acc - z_in, m, n, bits) + z_out
     return np.clip(y, lo, hi)
 
 
@@ -377,10 +390,20 @@ def split_bias(bias, s_acc) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bias_addend(residual_acc, m) -> np.ndarray:
-    """``RNE(residual_acc * m)``: a bias residual in accumulator units, as the addend of the
-    fixed-point product ``acc * m`` (units of ``2**-n`` output steps; |value| < 2**31)."""
-    return np.rint(np.asarray(residual_acc, np.float64) * np.asarray(m, np.float64)).astype(
-        np.int64)
+    """A bias residual in accumulator units as the addend of the fixed-point product
+    ``acc * m`` (units of ``2**-n`` output steps): ``RNE(residual_acc * m') * 2**t`` with
+    ``m = m' * 2**t``, ``m'`` odd, so that the all-int32 form (:func:`int32_requantize_plan`)
+    holds it exactly too. ``|residual_acc| <= 1/2``, so ``|addend| < 2**30``."""
+    m = np.asarray(m, np.int64)
+    t = np.where(m > 0, np.log2(np.maximum(m & -m, 1)).astype(np.int64), 0)
+    return np.rint(np.asarray(residual_acc, np.float64) * (m >> t)).astype(np.int64) << t
+
+
+def rounding_shift_half_up(prod, n) -> np.ndarray:
+    """``floor(prod / 2**n + 1/2)``: the rounding of a requantization that carries a bias
+    residual (:func:`requantize`)."""
+    n = np.asarray(n, np.int64)
+    return (np.asarray(prod, np.int64) + (np.int64(1) << (n - 1))) >> n
 
 
 def activation_bounds(kind: str | None, scale: float, zero_point: int, dtype: str,

@@ -226,3 +226,52 @@ def test_int32_plan_declines_ties_and_wide_domains():
     acc = np.arange(-2000, 2000)
     np.testing.assert_array_equal(qref.apply_int32_plan(acc, plan, axis=0),
                                   qref.requantize(acc, np.float32(0.3), 0, 3, "int8"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(2.0 ** -12, 0.875, width=32), min_size=1, max_size=4),
+       st.integers(-2 ** 18, 2 ** 18), _DTYPES, st.integers(0, 2 ** 30), st.booleans(),
+       st.lists(st.floats(-0.5, 0.5), min_size=4, max_size=4))
+def test_int32_plan_with_bias_residual(reals, offset, dtype, seed, relu, residuals):
+    """With a float bias's residual (``qref.split_bias``) the product rounds half up at the
+    fixed point's precision; the all-int32 form equals it for every int32 accumulator."""
+    m, n = qref.quantize_multiplier(qref.float32_multiplier(np.array(reals)))
+    rng = np.random.default_rng(seed)
+    offsets = offset + rng.integers(-1000, 1000, len(reals))
+    addend = qref.bias_addend(np.array(residuals[:len(reals)]), m)
+    qlo, qhi = qref.dtype_range(dtype)
+    z = int(rng.integers(qlo, qhi + 1))
+    lo, hi = (max(qlo, z), qhi) if relu else (qlo, qhi)
+    plan = qref.int32_requantize_plan(m, n, offsets, z, lo, hi, addend)
+    if plan is None:
+        return
+    inside = rng.integers(plan["a_lo"], plan["a_hi"] + 1, (200, len(reals)))
+    edges = np.concatenate([plan["a_lo"][None] + np.arange(-2, 3)[:, None],
+                            plan["a_hi"][None] + np.arange(-2, 3)[:, None]])
+    acc = np.concatenate([edges, inside, rng.integers(-2 ** 31, 2 ** 31, (50, len(reals)))])
+    want = np.clip(qref.rounding_shift_half_up((acc + offsets) * m + addend, n) + z, lo, hi)
+    np.testing.assert_array_equal(qref.apply_int32_plan(acc, plan, axis=1), want)
+    res = np.array(residuals[:len(reals)]).reshape(1, -1)
+    np.testing.assert_array_equal(
+        qref.requantize(acc + offsets, np.array(reals), 0, z, dtype, lo=lo, hi=hi,
+                        bias_residual=res), want)
+
+
+def test_bias_residual_rounds_half_up_and_split():
+    """An exact half of the fixed-point value rounds up (2.5 -> 3, -2.5 -> -2), unlike RNE;
+    a bias on the accumulator grid up to float32 rounding has no residual, one off it keeps
+    the rest (exactly: b_int * s + residual == bias in float64 up to float32 rounding)."""
+    m, n = qref.quantize_multiplier(np.float32(0.5))
+    y = qref.requantize(np.array([5, -5]), 0.5, bias_residual=np.array([0.0]))
+    np.testing.assert_array_equal(y, [3, -2])
+    np.testing.assert_array_equal(qref.requantize(np.array([5, -5]), 0.5), [2, -2])
+    s = np.float32(0.0123)
+    on = (np.array([3, -700, 123456]) * np.float64(s)).astype(np.float32)
+    b, r = qref.split_bias(on, s)
+    np.testing.assert_array_equal(b, [3, -700, 123456])
+    assert not np.any(r)
+    off = np.array([0.3 * s, -2.25 * s], np.float32)
+    b, r = qref.split_bias(off, s)
+    np.testing.assert_array_equal(b, [0, -2])
+    np.testing.assert_allclose(b * np.float64(s) + r, off, rtol=1e-6)
+    assert np.all(qref.bias_addend(np.array([0.5]), m) % (m & -m) == 0)
