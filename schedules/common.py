@@ -172,19 +172,23 @@ def _inline_all(sch, blocks: list) -> bool:
 
 
 def parallel_overlaps(func) -> list[str]:
-    """Spatial blocks of a scheduled ``func`` that run under a parallel loop more often than
-    the elements of the buffer they write: several threads then compute the same outputs,
-    and at least one of them from a region its tile did not produce. ``[]`` when none.
+    """Spatial blocks of a scheduled ``func`` that several iterations of a parallel loop
+    compute alike: their bindings do not depend on any parallel loop (every iteration
+    computes the same instances: a consumer placed under a tile loop but sized to the whole
+    tensor), or, unpredicated, they run more often than the elements they write. Threads
+    then compute the same outputs, at least one from a region its tile did not produce.
+    ``[]`` when none.
 
     The packing, padding and weight-decoding blocks (``KEEP_BLOCKS``) are exempt: a tile may
     recompute its own input window or weights (identical values, into a buffer that lowering
     allocates per parallel iteration, since every access is inside that loop).
     """
-    from tvmq._tvm import s_tir, tir
+    from tvmq._tvm import s_tir, tir, tvm
 
     sch = s_tir().Schedule(func)
     if not _has_root(sch):
         return []
+    realize_of = tvm.get_global_func("s_tir.schedule.GetSBlockRealize")
     bad = []
     for blk in child_blocks(sch):
         block = sch.get(blk)
@@ -192,13 +196,24 @@ def parallel_overlaps(func) -> list[str]:
                 or len(block.writes) != 1:
             continue
         loops = [sch.get(lp) for lp in sch.get_loops(blk)]
-        if not any(int(lp.kind) == int(tir.ForKind.PARALLEL) for lp in loops):
+        par = [lp.loop_var for lp in loops if int(lp.kind) == int(tir.ForKind.PARALLEL)
+               and _const(lp.extent) != 1]
+        if not par:
+            continue
+        realize = realize_of(sch, blk)
+        used = [v for e in realize.iter_values for v in tir.analysis.undefined_vars(e)]
+        if not any(v.same_as(p) for v in used for p in par):
+            bad.append(block.name_hint)
             continue
         runs, size = 1, 1
         for lp in loops:
-            runs *= int(lp.extent) if hasattr(lp.extent, "value") else 1
+            runs *= _const(lp.extent) or 1
         for dim in block.writes[0].source.shape:
             size *= int(dim)
-        if runs > size:
+        if runs > size and _const(realize.predicate) == 1:
             bad.append(block.name_hint)
     return bad
+
+
+def _const(expr) -> int | None:
+    return int(expr.value) if hasattr(expr, "value") else None

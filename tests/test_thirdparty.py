@@ -5,7 +5,8 @@ Branchy net (depthwise, Hardswish, concat), quantized by NNCF 3.4 (``nncf.quanti
 ONNX, default and MIXED presets) and by Brevitas 0.13.4 QAT layers at W8A8 / W4A8 / W4A4
 exported through ``export_onnx_qcdq`` (TorchScript and dynamo paths). Each must
 
-* compile with every conv and dense integer (``tvmq info``'s per-layer report),
+* compile with every conv and dense integer (``tvmq info``'s per-layer report), Brevitas's
+  4-bit weights stored packed,
 * give every quantized tensor within one step of onnxruntime's unfused QDQ graph
   (``tvmq.verify``, ``reference="qdq-float"``; the measured worst step and mismatched
   fraction are printed), and
@@ -78,6 +79,10 @@ def test_thirdparty_model_compiles_integer_and_agrees(tmp_path, key):
         floats = [f"{ly['name']}: {ly['why_not']}" for ly in art.meta["layers"]
                   if ly["op"] in ("conv2d", "matmul", "dense") and not ly["integer"]]
         assert not floats, f"layers left float: {floats}"
+        if key[0] == "brevitas":  # 4-bit weights stored packed, 2 per byte
+            wbits = {ly.get("weight_bits") for ly in art.meta["layers"]
+                     if ly["op"] in ("conv2d", "matmul", "dense")}
+            assert wbits == {tp.BITS[key[2]][0]}, wbits
         rng = np.random.RandomState(0)
         xs = [rng.randn(*tp.INPUT_SHAPE).astype(np.float32) for _ in range(8)]
         rep = verify(str(path), str(path), {"x": xs[0]}, reference="qdq-float")
