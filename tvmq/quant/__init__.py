@@ -13,6 +13,7 @@ from tvmq.quant.config import (FakeQuantConfig, LSQConfig, LSQPlusConfig, PerCha
 from tvmq.quant.export import export
 from tvmq.quant.layers import QuantConv2d, QuantConvBn2d, QuantLinear
 from tvmq.quant.observers import MinMaxObserver, MSEObserver, Observer, PercentileObserver
+from tvmq.quant.plan import load_plan, save_plan
 from tvmq.quant.presets import PRESETS, get_preset, list_presets
 from tvmq.quant.qat import fit
 from tvmq.quant.quantizer import FakeQuantizer, fake_quant, grad_scale, round_ste
@@ -22,6 +23,6 @@ __all__ = [
     "MinMaxObserver", "Observer", "PRESETS", "PTQConfig", "PerChannel", "PerTensor",
     "PercentileObserver", "QATConfig", "QuantConv2d", "QuantConvBn2d", "QuantLinear",
     "QuantSpec", "calibrate", "convert", "export", "fake_quant", "fit", "freeze_bn",
-    "get_preset", "grad_scale", "list_presets", "quantizable_layers", "quantize_",
+    "get_preset", "grad_scale", "list_presets", "load_plan", "save_plan", "quantizable_layers", "quantize_",
     "quantizers", "register_method", "register_step", "round_ste",
 ]

@@ -132,12 +132,16 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _layer_config(name: str, base, overrides, first_last: set[str]):
-    cfg = overrides.get(name, base)
-    if cfg is None or name in cfg.skip:
+    """The config of layer ``name``: a plan's (``overrides``) entry exactly as written, else
+    ``base``, raised to ``first_last_bits`` for the first and last layers."""
+    if name in overrides:
+        cfg = overrides[name]
+        return None if cfg is None or name in cfg.skip else cfg
+    if base is None or name in base.skip:
         return None
-    if name in first_last and cfg.first_last_bits is not None:
-        cfg = cfg.with_bits(cfg.first_last_bits)
-    return cfg
+    if name in first_last and base.first_last_bits is not None:
+        return base.with_bits(base.first_last_bits)
+    return base
 
 
 def prepare(model: nn.Module, base: _MethodConfig, overrides: dict, fold_bn: bool) -> nn.Module:

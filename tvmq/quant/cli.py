@@ -26,6 +26,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=15, help="QAT epochs")
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--freeze-bn-after", type=int, default=None)
+    p.add_argument("--plan", default=None, metavar="PLAN.json",
+                   help="per-layer plan (module name -> null, preset or config), applied as "
+                        "written; layers it does not name use --preset")
     p.add_argument("-o", "--output", default="qmodel.onnx")
     p.set_defaults(func=run)
     return p
@@ -53,12 +56,14 @@ def run(args: argparse.Namespace) -> int:
                   lr=models.train_lr(args.model))
     print(f"fp32 accuracy {accuracy(predict(model, test_set.x), test_set.y):.2f}%")
     base = tq.get_preset(args.preset)
+    plan = tq.load_plan(args.plan) if args.plan else {}
     if args.method == "ptq":
-        tq.quantize_(model, tq.PTQConfig(base, calibration=train_set))
+        tq.quantize_(model, tq.PTQConfig(base, calibration=train_set, overrides=plan))
     else:
-        tq.quantize_(model, tq.QATConfig(base, freeze_bn_after=args.freeze_bn_after))
+        tq.quantize_(model, tq.QATConfig(base, overrides=plan,
+                                         freeze_bn_after=args.freeze_bn_after))
         tq.fit(model, train_set, epochs=args.epochs, lr=args.lr)
-        tq.quantize_(model, tq.QATConfig(base, step="convert"))
+        tq.quantize_(model, tq.QATConfig(base, step="convert", overrides=plan))
     print(f"{args.preset} {args.method} accuracy {accuracy(predict(model, test_set.x), test_set.y):.2f}%")
     path = tq.export(model, torch.from_numpy(test_set.x[:1]), args.output)
     print(f"wrote {path}")
