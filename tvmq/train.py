@@ -11,28 +11,52 @@ from tqdm.auto import tqdm
 from tvmq.data import Dataset
 
 
+#: ``loss_fn(model, x, y)``: a scalar loss tensor (``sgd_loop`` backpropagates it), or None
+#: when it called ``backward`` itself (several sub-networks per step)
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+
+
+def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The default loss of :func:`sgd_loop`: cross-entropy of ``model(x)`` against labels."""
+    return nn.functional.cross_entropy(model(x), y)
+
+
 def sgd_loop(model: nn.Module, data: Dataset, params, epochs: int, lr: float,
              batch_size: int = 64, seed: int = 0, progress: bool = True, desc: str = "train",
-             before_epoch: Callable[[int], None] | None = None) -> nn.Module:
-    """SGD (momentum 0.9, cosine schedule) with cross-entropy over ``data``.
+             before_epoch: Callable[[int], None] | None = None,
+             loss_fn: LossFn | None = None,
+             before_step: Callable[[int], None] | None = None) -> nn.Module:
+    """SGD (momentum 0.9, cosine schedule) over ``data``; returns the model in eval mode.
 
     ``params`` is what ``torch.optim.SGD`` takes (parameters or param groups with their own
-    weight decay); ``before_epoch(epoch)`` runs before each epoch (e.g. to freeze BN).
-    Returns the model in eval mode.
+    weight decay); ``before_epoch(epoch)`` runs before each epoch (e.g. to freeze BN),
+    ``before_step(step)`` before each optimizer step (e.g. to sample a sub-configuration).
+    ``loss_fn(model, x, y)`` (default :func:`cross_entropy_loss`) returns the loss to
+    backpropagate, or None when it ran ``backward`` itself. Distillation from a teacher::
+
+        kd = lambda m, x, y: nn.functional.kl_div(m(x).log_softmax(1),
+                                                  teacher(x).softmax(1), reduction="batchmean")
+        sgd_loop(student, data, student.parameters(), 5, 1e-2, loss_fn=kd)
     """
     torch.manual_seed(seed)
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = loss_fn or cross_entropy_loss
     loader = data.loader(batch_size, shuffle=True, seed=seed)
+    step = 0
     for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
         if before_epoch is not None:
             before_epoch(epoch)
         model.train()
         for xb, yb in loader:
+            if before_step is not None:
+                before_step(step)
             opt.zero_grad()
-            loss_fn(model(xb), yb).backward()
+            loss = loss_fn(model, xb, yb)
+            if loss is not None:
+                loss.backward()
             opt.step()
+            step += 1
         sched.step()
     return model.eval()
 

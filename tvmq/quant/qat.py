@@ -19,13 +19,15 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def fit(model: nn.Module, data: Dataset, epochs: int = 10, lr: float = 5e-3,
         batch_size: int = 64, seed: int = 0, freeze_bn_after: int | None = None,
         calibration_batches: int = 4, weight_decay: float = 1e-4,
-        progress: bool = True) -> nn.Module:
+        progress: bool = True, loss_fn=None, before_step=None) -> nn.Module:
     """Fine-tune a model prepared with ``QATConfig(..., step="prepare")``.
 
     Activation quantizers are first initialized from ``calibration_batches`` batches; then
     SGD (momentum 0.9, cosine schedule) trains weights and quantizer parameters. BN
     statistics freeze after ``freeze_bn_after`` epochs (default: the prepare config's
-    ``freeze_bn_after``; ``None`` never freezes). Returns the model in eval mode.
+    ``freeze_bn_after``; ``None`` never freezes). ``loss_fn`` and ``before_step``: the
+    training hooks of :func:`tvmq.train.sgd_loop` (distillation, unlabelled data, a
+    sub-configuration per step). Returns the model in eval mode.
     """
     if freeze_bn_after is None:
         cfg = getattr(model, "tvmq_qat_config", None)
@@ -37,4 +39,5 @@ def fit(model: nn.Module, data: Dataset, epochs: int = 10, lr: float = 5e-3,
             freeze_bn(model)
 
     return sgd_loop(model, data, _param_groups(model, weight_decay), epochs, lr, batch_size,
-                    seed, progress, desc="qat", before_epoch=_freeze)
+                    seed, progress, desc="qat", before_epoch=_freeze, loss_fn=loss_fn,
+                    before_step=before_step)
