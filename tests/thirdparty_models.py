@@ -80,22 +80,66 @@ def _seeded(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN + skip (identity or 1x1 conv+BN), then ReLU."""
+class FloatLayers:
+    """Layer factory of the float models (quantizers are identities)."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1):
+    def conv(self, cin, cout, k, stride=1, pad=0, groups=1, bias=False) -> nn.Module:
+        return nn.Conv2d(cin, cout, k, stride, pad, groups=groups, bias=bias)
+
+    def linear(self, cin, cout) -> nn.Module:
+        return nn.Linear(cin, cout)
+
+    def relu(self) -> nn.Module:
+        return nn.ReLU()
+
+    def quant(self, signed: bool = True) -> nn.Module:
+        return nn.Identity()
+
+
+class BrevitasLayers(FloatLayers):
+    """Layer factory of the Brevitas models: QuantConv2d / QuantLinear at ``wbits``,
+    QuantReLU / QuantIdentity at ``abits`` (BatchNorm stays a float ``nn.BatchNorm2d``,
+    exported as ONNX ``BatchNormalization``)."""
+
+    def __init__(self, wbits: int, abits: int):
+        import brevitas.nn as qnn
+
+        self.qnn, self.wbits, self.abits = qnn, wbits, abits
+
+    def conv(self, cin, cout, k, stride=1, pad=0, groups=1, bias=False) -> nn.Module:
+        return self.qnn.QuantConv2d(cin, cout, k, stride=stride, padding=pad, groups=groups,
+                                    bias=bias, weight_bit_width=self.wbits)
+
+    def linear(self, cin, cout) -> nn.Module:
+        return self.qnn.QuantLinear(cin, cout, bias=True, weight_bit_width=self.wbits)
+
+    def relu(self) -> nn.Module:
+        return self.qnn.QuantReLU(bit_width=self.abits, return_quant_tensor=False)
+
+    def quant(self, signed: bool = True) -> nn.Module:
+        if signed:
+            return self.qnn.QuantIdentity(bit_width=self.abits, return_quant_tensor=False)
+        return self.relu()
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN + skip (identity or 1x1 conv+BN), then ReLU. Both addends
+    pass one shared quantizer (Brevitas: a ``QuantIdentity``, so they share a scale)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, L: FloatLayers):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.conv1 = L.conv(cin, cout, 3, stride, 1)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.relu1 = L.relu()
+        self.conv2 = L.conv(cout, cout, 3, 1, 1)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.relu2 = nn.ReLU()
-        self.downsample_conv: Optional[nn.Conv2d] = None
+        self.downsample_conv: Optional[nn.Module] = None
         self.downsample_bn: Optional[nn.BatchNorm2d] = None
         if stride != 1 or cin != cout:
-            self.downsample_conv = nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+            self.downsample_conv = L.conv(cin, cout, 1, stride, 0)
             self.downsample_bn = nn.BatchNorm2d(cout)
+        self.add_quant = L.quant(signed=True)
+        self.relu2 = L.relu()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x
@@ -103,68 +147,79 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         if self.downsample_conv is not None:
             identity = self.downsample_bn(self.downsample_conv(x))
-        return self.relu2(out + identity)
+        return self.relu2(self.add_quant(out) + self.add_quant(identity))
 
 
 class ResNetAttr(nn.Module):
     """Small ResNet: stem conv3x3(3->16)+BN+ReLU, maxpool, two basic blocks (the second with
     stride 2 and a 1x1 downsample), global average pool, Linear(->10). Input 1x3x32x32."""
 
-    def __init__(self, seed: int = 0, num_classes: int = NUM_CLASSES):
+    def __init__(self, seed: int = 0, num_classes: int = NUM_CLASSES,
+                 layers: Optional[FloatLayers] = None):
         super().__init__()
         _seeded(seed)
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        L = layers or FloatLayers()
+        self.input_quant = L.quant(signed=True)
+        self.conv1 = L.conv(3, 16, 3, 1, 1)
         self.bn1 = nn.BatchNorm2d(16)
-        self.relu = nn.ReLU()
+        self.relu = L.relu()
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = BasicBlock(16, 16, stride=1)
-        self.layer2 = BasicBlock(16, 32, stride=2)
+        self.layer1 = BasicBlock(16, 16, 1, L)
+        self.layer2 = BasicBlock(16, 32, 2, L)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(32, num_classes)
+        self.fc_quant = L.quant(signed=False)
+        self.fc = L.linear(32, num_classes)
         _randomize_bn(self)
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(self.input_quant(x)))))
         x = self.layer2(self.layer1(x))
         x = torch.flatten(self.avgpool(x), 1)
-        return self.fc(x)
+        return self.fc(self.fc_quant(x))
 
 
 class BranchyNet(nn.Module):
     """Stem conv, depthwise conv (groups=C)+BN, Hardswish, 1x1 pointwise conv, two branches
     (3x3 conv / 1x1 conv) concatenated on channels, global average pool, Linear. Input
-    1x3x32x32."""
+    1x3x32x32. Brevitas: Hardswish stays float, followed by a ``QuantIdentity``; the
+    concatenation joins two ``QuantReLU`` outputs and is re-quantized."""
 
-    def __init__(self, seed: int = 0, num_classes: int = NUM_CLASSES):
+    def __init__(self, seed: int = 0, num_classes: int = NUM_CLASSES,
+                 layers: Optional[FloatLayers] = None):
         super().__init__()
         _seeded(seed)
-        self.stem = nn.Conv2d(3, 16, 3, 2, 1, bias=False)
+        L = layers or FloatLayers()
+        self.input_quant = L.quant(signed=True)
+        self.stem = L.conv(3, 16, 3, 2, 1)
         self.stem_bn = nn.BatchNorm2d(16)
-        self.stem_relu = nn.ReLU()
-        self.dw = nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False)
+        self.stem_relu = L.relu()
+        self.dw = L.conv(16, 16, 3, 1, 1, groups=16)
         self.dw_bn = nn.BatchNorm2d(16)
         self.hswish = nn.Hardswish()
-        self.pw = nn.Conv2d(16, 24, 1, bias=True)
-        self.pw_relu = nn.ReLU()
-        self.branch_a = nn.Conv2d(24, 16, 3, 1, 1, bias=True)
-        self.branch_a_relu = nn.ReLU()
-        self.branch_b = nn.Conv2d(24, 8, 1, bias=True)
-        self.branch_b_relu = nn.ReLU()
+        self.hswish_quant = L.quant(signed=True)
+        self.pw = L.conv(16, 24, 1, bias=True)
+        self.pw_relu = L.relu()
+        self.branch_a = L.conv(24, 16, 3, 1, 1, bias=True)
+        self.branch_a_relu = L.relu()
+        self.branch_b = L.conv(24, 8, 1, bias=True)
+        self.branch_b_relu = L.relu()
+        self.cat_quant = L.quant(signed=False)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(24, num_classes)
+        self.fc_quant = L.quant(signed=False)
+        self.fc = L.linear(24, num_classes)
         _randomize_bn(self)
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem_relu(self.stem_bn(self.stem(x)))
-        x = self.hswish(self.dw_bn(self.dw(x)))
+        x = self.stem_relu(self.stem_bn(self.stem(self.input_quant(x))))
+        x = self.hswish_quant(self.hswish(self.dw_bn(self.dw(x))))
         x = self.pw_relu(self.pw(x))
         a = self.branch_a_relu(self.branch_a(x))
         b = self.branch_b_relu(self.branch_b(x))
-        x = torch.cat([a, b], dim=1)
+        x = self.cat_quant(torch.cat([a, b], dim=1))
         x = torch.flatten(self.avgpool(x), 1)
-        return self.fc(x)
+        return self.fc(self.fc_quant(x))
 
 
 def _randomize_bn(model: nn.Module) -> None:
@@ -251,126 +306,6 @@ def nncf_qdq(model: nn.Module, shape: Sequence[int], path, preset: str = "defaul
 # ---------------------------------------------------------------------------------------------
 
 
-def _qnn():
-    import brevitas.nn as qnn
-
-    return qnn
-
-
-def _act(bits: int, signed: bool = True) -> nn.Module:
-    """A Brevitas activation quantizer: signed QuantIdentity or unsigned QuantReLU."""
-    qnn = _qnn()
-    if signed:
-        return qnn.QuantIdentity(bit_width=bits, return_quant_tensor=False)
-    return qnn.QuantReLU(bit_width=bits, return_quant_tensor=False)
-
-
-def _qconv(cin: int, cout: int, k: int, stride: int, pad: int, wbits: int,
-           groups: int = 1, bias: bool = False) -> nn.Module:
-    qnn = _qnn()
-    return qnn.QuantConv2d(cin, cout, k, stride=stride, padding=pad, groups=groups,
-                           bias=bias, weight_bit_width=wbits)
-
-
-def _qlinear(cin: int, cout: int, wbits: int) -> nn.Module:
-    qnn = _qnn()
-    return qnn.QuantLinear(cin, cout, bias=True, weight_bit_width=wbits)
-
-
-class QuantBasicBlock(nn.Module):
-    """Brevitas counterpart of :class:`BasicBlock`. BN stays a float ``nn.BatchNorm2d``
-    (exported as ONNX ``BatchNormalization``). Both addends of the residual add are
-    re-quantized by one shared ``QuantIdentity`` so they share a scale."""
-
-    def __init__(self, cin: int, cout: int, stride: int, wbits: int, abits: int):
-        super().__init__()
-        self.conv1 = _qconv(cin, cout, 3, stride, 1, wbits)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu1 = _act(abits, signed=False)
-        self.conv2 = _qconv(cout, cout, 3, 1, 1, wbits)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample_conv = None
-        self.downsample_bn = None
-        if stride != 1 or cin != cout:
-            self.downsample_conv = _qconv(cin, cout, 1, stride, 0, wbits)
-            self.downsample_bn = nn.BatchNorm2d(cout)
-        self.add_quant = _act(abits, signed=True)
-        self.relu2 = _act(abits, signed=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.downsample_conv is not None:
-            identity = self.downsample_bn(self.downsample_conv(x))
-        return self.relu2(self.add_quant(out) + self.add_quant(identity))
-
-
-class QuantResNetAttr(nn.Module):
-    """Brevitas counterpart of :class:`ResNetAttr`."""
-
-    def __init__(self, wbits: int, abits: int, num_classes: int = NUM_CLASSES):
-        super().__init__()
-        self.input_quant = _act(abits, signed=True)
-        self.conv1 = _qconv(3, 16, 3, 1, 1, wbits)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.relu = _act(abits, signed=False)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = QuantBasicBlock(16, 16, 1, wbits, abits)
-        self.layer2 = QuantBasicBlock(16, 32, 2, wbits, abits)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc_quant = _act(abits, signed=False)
-        self.fc = _qlinear(32, num_classes, wbits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(self.input_quant(x)))))
-        x = self.layer2(self.layer1(x))
-        x = torch.flatten(self.avgpool(x), 1)
-        return self.fc(self.fc_quant(x))
-
-
-class QuantBranchyNet(nn.Module):
-    """Brevitas counterpart of :class:`BranchyNet`. Hardswish stays float and is followed by a
-    ``QuantIdentity``; the concatenation joins two ``QuantReLU`` outputs and is re-quantized."""
-
-    def __init__(self, wbits: int, abits: int, num_classes: int = NUM_CLASSES):
-        super().__init__()
-        self.input_quant = _act(abits, signed=True)
-        self.stem = _qconv(3, 16, 3, 2, 1, wbits)
-        self.stem_bn = nn.BatchNorm2d(16)
-        self.stem_relu = _act(abits, signed=False)
-        self.dw = _qconv(16, 16, 3, 1, 1, wbits, groups=16)
-        self.dw_bn = nn.BatchNorm2d(16)
-        self.hswish = nn.Hardswish()
-        self.hswish_quant = _act(abits, signed=True)
-        self.pw = _qconv(16, 24, 1, 1, 0, wbits, bias=True)
-        self.pw_relu = _act(abits, signed=False)
-        self.branch_a = _qconv(24, 16, 3, 1, 1, wbits, bias=True)
-        self.branch_a_relu = _act(abits, signed=False)
-        self.branch_b = _qconv(24, 8, 1, 1, 0, wbits, bias=True)
-        self.branch_b_relu = _act(abits, signed=False)
-        self.cat_quant = _act(abits, signed=False)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc_quant = _act(abits, signed=False)
-        self.fc = _qlinear(24, num_classes, wbits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem_relu(self.stem_bn(self.stem(self.input_quant(x))))
-        x = self.hswish_quant(self.hswish(self.dw_bn(self.dw(x))))
-        x = self.pw_relu(self.pw(x))
-        a = self.branch_a_relu(self.branch_a(x))
-        b = self.branch_b_relu(self.branch_b(x))
-        x = self.cat_quant(torch.cat([a, b], dim=1))
-        x = torch.flatten(self.avgpool(x), 1)
-        return self.fc(self.fc_quant(x))
-
-
-QUANT_MODELS: Dict[str, Callable[..., nn.Module]] = {
-    "ResNetAttr": QuantResNetAttr,
-    "BranchyNet": QuantBranchyNet,
-}
-
-
 def brevitas_model(model_name: str, bits: str = "w8a8", seed: int = 0,
                    shape: Sequence[int] = INPUT_SHAPE, n_init: int = 2) -> nn.Module:
     """A Brevitas model with initialised quantizers, in eval mode.
@@ -382,7 +317,7 @@ def brevitas_model(model_name: str, bits: str = "w8a8", seed: int = 0,
         raise ValueError(f"unknown bits {bits!r}, expected one of {sorted(BITS)}")
     wbits, abits = BITS[bits]
     ref = float_model(model_name, seed=seed)
-    model = QUANT_MODELS[model_name](wbits, abits)
+    model = FLOAT_MODELS[model_name](seed=seed, layers=BrevitasLayers(wbits, abits))
     model.load_state_dict(ref.state_dict(), strict=False)
     gen = torch.Generator().manual_seed(seed)
     model.train()
