@@ -15,10 +15,14 @@ points) proves that no accumulator value lands on an exact half
 instead of five, with identical results (74 of MobileNetV2's 84 rescales).
 A ``quantize(dequantize(x))`` with identical parameters becomes ``x`` (or a clamp).
 
+A float bias residual that :class:`LowerIntegerConv` left as ``add(dequantize(acc), r)``
+(``qref.split_bias``) joins the rounding constant (``qref.requantize``'s ``bias_residual``).
+
 Preconditions: constant scales/zero points; ``s_a`` and ``s_y`` (with ``z_y``) per-tensor or
-per-channel along one axis (NNCF quantizes a depthwise conv's input per channel). Position: quantize phase, after the passes that produce ``dequantize(acc)``
-(:class:`LowerIntegerConv`, :class:`LowerIntegerAdd`, :class:`LowerIntegerConcat`,
-:class:`LowerIntegerPool`) and :class:`SinkDequantize`.
+per-channel along one axis (NNCF quantizes a depthwise conv's input per channel). Position:
+quantize phase, after the passes that produce ``dequantize(acc)`` (:class:`LowerIntegerConv`,
+:class:`LowerIntegerAdd`, :class:`LowerIntegerConcat`, :class:`LowerIntegerPool`) and
+:class:`SinkDequantize`.
 """
 from __future__ import annotations
 
@@ -114,6 +118,8 @@ class _Requantize(relax.PyExprMutator):
         frac = None
         if residual is not None:  # in accumulator units, per index of ``axis``
             frac = residual.reshape(-1).astype(np.float64) / src.scale.astype(np.float64)
+            if np.any(np.abs(frac) > 0.5 + 1e-6):  # not a bias residual: a float add stays
+                return None
         out_dtype = str(call.attrs.out_dtype)
         s_y = out.scale.astype(np.float32)
         z_y = out.zero.astype(np.int64)

@@ -14,7 +14,8 @@ Zero points are exact: a nonzero activation zero point ``z_x`` pads with ``z_x``
 switches to int16 operands ``x - z_x`` and ``W - z_w``.
 
 Preconditions: weights are ``dequantize`` of constants (run :class:`FoldConstantKeepQuantized`,
-not ``FoldConstant``, before); activations per-tensor (a depthwise conv's also per channel); weights per-tensor or per-output-channel;
+not ``FoldConstant``, before); activations per-tensor (a depthwise conv's also per
+channel); weights per-tensor or per-output-channel;
 NCHW/OIHW conv. Anything else stays float (with a warning). Position: first pass of the
 quantize phase; :class:`IntegerRequantize` consumes the ``dequantize(acc)`` it leaves.
 """
@@ -115,10 +116,8 @@ class _Lower(relax.PyExprMutator):
             # input zero points cannot be a conv's single pad value)
             x16 = self.builder_.emit(relax.op.astype(xp.data, "int16"))
             if zx or per_channel_zx:
-                z = zx if not per_channel_zx else \
-                    q.c(xp.zero.reshape(1, -1, 1, 1), "int16")
-                x16 = self.builder_.emit(relax.op.subtract(
-                    x16, z if per_channel_zx else q.c(zx, "int16")))
+                z = q.c(xp.zero.reshape(1, -1, 1, 1) if per_channel_zx else zx, "int16")
+                x16 = self.builder_.emit(relax.op.subtract(x16, z))
             zb = zw.reshape([-1 if i == 0 else 1 for i in range(w.ndim)]) if w.ndim == 4 \
                 else zw.reshape(1, -1)
             return x16, q.c(w - zb, "int16"), 0
