@@ -99,26 +99,32 @@ class FloatLayers:
 class BrevitasLayers(FloatLayers):
     """Layer factory of the Brevitas models: QuantConv2d / QuantLinear at ``wbits``,
     QuantReLU / QuantIdentity at ``abits`` (BatchNorm stays a float ``nn.BatchNorm2d``,
-    exported as ONNX ``BatchNormalization``)."""
+    exported as ONNX ``BatchNormalization``). Holds plain ints only (models deep-copy)."""
 
     def __init__(self, wbits: int, abits: int):
-        import brevitas.nn as qnn
-
-        self.qnn, self.wbits, self.abits = qnn, wbits, abits
+        self.wbits, self.abits = wbits, abits
 
     def conv(self, cin, cout, k, stride=1, pad=0, groups=1, bias=False) -> nn.Module:
-        return self.qnn.QuantConv2d(cin, cout, k, stride=stride, padding=pad, groups=groups,
-                                    bias=bias, weight_bit_width=self.wbits)
+        import brevitas.nn as qnn
+
+        return qnn.QuantConv2d(cin, cout, k, stride=stride, padding=pad, groups=groups,
+                               bias=bias, weight_bit_width=self.wbits)
 
     def linear(self, cin, cout) -> nn.Module:
-        return self.qnn.QuantLinear(cin, cout, bias=True, weight_bit_width=self.wbits)
+        import brevitas.nn as qnn
+
+        return qnn.QuantLinear(cin, cout, bias=True, weight_bit_width=self.wbits)
 
     def relu(self) -> nn.Module:
-        return self.qnn.QuantReLU(bit_width=self.abits, return_quant_tensor=False)
+        import brevitas.nn as qnn
+
+        return qnn.QuantReLU(bit_width=self.abits, return_quant_tensor=False)
 
     def quant(self, signed: bool = True) -> nn.Module:
+        import brevitas.nn as qnn
+
         if signed:
-            return self.qnn.QuantIdentity(bit_width=self.abits, return_quant_tensor=False)
+            return qnn.QuantIdentity(bit_width=self.abits, return_quant_tensor=False)
         return self.relu()
 
 
@@ -150,36 +156,49 @@ class BasicBlock(nn.Module):
         return self.relu2(self.add_quant(out) + self.add_quant(identity))
 
 
-class ResNetAttr(nn.Module):
+class _Net(nn.Module):
+    """Shared frame of the two nets: seeded init, an input quantizer, a global-pool +
+    quantized Linear head, BatchNorm statistics randomized, eval mode."""
+
+    def __init__(self, seed: int, layers: Optional[FloatLayers]):
+        super().__init__()
+        _seeded(seed)
+        self.L = layers or FloatLayers()
+        self.input_quant = self.L.quant(signed=True)
+
+    def _head(self, features: int, num_classes: int) -> None:
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc_quant = self.L.quant(signed=False)
+        self.fc = self.L.linear(features, num_classes)
+        _randomize_bn(self)
+        self.eval()
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.fc_quant(torch.flatten(self.avgpool(x), 1)))
+
+
+class ResNetAttr(_Net):
     """Small ResNet: stem conv3x3(3->16)+BN+ReLU, maxpool, two basic blocks (the second with
     stride 2 and a 1x1 downsample), global average pool, Linear(->10). Input 1x3x32x32."""
 
     def __init__(self, seed: int = 0, num_classes: int = NUM_CLASSES,
                  layers: Optional[FloatLayers] = None):
-        super().__init__()
-        _seeded(seed)
-        L = layers or FloatLayers()
-        self.input_quant = L.quant(signed=True)
+        super().__init__(seed, layers)
+        L = self.L
         self.conv1 = L.conv(3, 16, 3, 1, 1)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = L.relu()
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.layer1 = BasicBlock(16, 16, 1, L)
         self.layer2 = BasicBlock(16, 32, 2, L)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc_quant = L.quant(signed=False)
-        self.fc = L.linear(32, num_classes)
-        _randomize_bn(self)
-        self.eval()
+        self._head(32, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(self.input_quant(x)))))
-        x = self.layer2(self.layer1(x))
-        x = torch.flatten(self.avgpool(x), 1)
-        return self.fc(self.fc_quant(x))
+        return self.classify(self.layer2(self.layer1(x)))
 
 
-class BranchyNet(nn.Module):
+class BranchyNet(_Net):
     """Stem conv, depthwise conv (groups=C)+BN, Hardswish, 1x1 pointwise conv, two branches
     (3x3 conv / 1x1 conv) concatenated on channels, global average pool, Linear. Input
     1x3x32x32. Brevitas: Hardswish stays float, followed by a ``QuantIdentity``; the
@@ -187,10 +206,8 @@ class BranchyNet(nn.Module):
 
     def __init__(self, seed: int = 0, num_classes: int = NUM_CLASSES,
                  layers: Optional[FloatLayers] = None):
-        super().__init__()
-        _seeded(seed)
-        L = layers or FloatLayers()
-        self.input_quant = L.quant(signed=True)
+        super().__init__(seed, layers)
+        L = self.L
         self.stem = L.conv(3, 16, 3, 2, 1)
         self.stem_bn = nn.BatchNorm2d(16)
         self.stem_relu = L.relu()
@@ -205,11 +222,7 @@ class BranchyNet(nn.Module):
         self.branch_b = L.conv(24, 8, 1, bias=True)
         self.branch_b_relu = L.relu()
         self.cat_quant = L.quant(signed=False)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc_quant = L.quant(signed=False)
-        self.fc = L.linear(24, num_classes)
-        _randomize_bn(self)
-        self.eval()
+        self._head(24, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem_relu(self.stem_bn(self.stem(self.input_quant(x))))
@@ -217,9 +230,7 @@ class BranchyNet(nn.Module):
         x = self.pw_relu(self.pw(x))
         a = self.branch_a_relu(self.branch_a(x))
         b = self.branch_b_relu(self.branch_b(x))
-        x = self.cat_quant(torch.cat([a, b], dim=1))
-        x = torch.flatten(self.avgpool(x), 1)
-        return self.fc(self.fc_quant(x))
+        return self.classify(self.cat_quant(torch.cat([a, b], dim=1)))
 
 
 def _randomize_bn(model: nn.Module) -> None:
