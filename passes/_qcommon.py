@@ -432,12 +432,11 @@ def requantize(emit: Emit, acc, multiplier, zero_in, zero_out, lo, hi,
     offset = np.zeros(1, np.int64) if acc_offset is None else \
         np.asarray(acc_offset, np.int64).reshape(-1)
     offset = offset - zero_in
+    m, n = qref.quantize_multiplier(qref.float32_multiplier(multiplier))
     fine = None
     if acc_frac is not None and np.any(np.asarray(acc_frac) != 0):
-        m, _ = qref.quantize_multiplier(qref.float32_multiplier(multiplier))
         fine = qref.bias_addend(np.asarray(acc_frac).reshape(-1), m)
     if not float32_rounding and dtype_of(acc) == "int32" and INT32_REQUANTIZE:
-        m, n = qref.quantize_multiplier(qref.float32_multiplier(multiplier))
         plan = qref.int32_requantize_plan(m, n, offset, zero_out, lo, hi, fine)
         if plan is not None:
             return _emit_int32_plan(emit, acc, plan, out_dtype, ndim, axis)

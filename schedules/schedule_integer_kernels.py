@@ -122,8 +122,8 @@ class ParallelRaceError(RuntimeError):
 
 
 def check_parallel_writes(func) -> None:
-    """Raise :class:`ParallelRaceError` when a block of the scheduled ``func`` runs under a
-    parallel loop more often than the elements it writes (:func:`parallel_overlaps`)."""
+    """Raise :class:`ParallelRaceError` when several iterations of a parallel loop of the
+    scheduled ``func`` compute the same instances of a block (:func:`parallel_overlaps`)."""
     bad = parallel_overlaps(func)
     if bad:
         raise ParallelRaceError(f"blocks {', '.join(bad)} would be computed whole in every "

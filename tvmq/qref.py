@@ -352,8 +352,10 @@ def requantize(acc, multiplier, zero_point_in=0, zero_point_out=0, dtype: str = 
     z_in = _bcast(np.asarray(zero_point_in, np.int64), acc.ndim, axis)
     z_out = _bcast(np.asarray(zero_point_out, np.int64), acc.ndim, axis)
     qmin, qmax = dtype_range(dtype)
-    lo = qmin if lo is None else np.maximum(_bcast(np.asarray(lo, np.int64), acc.ndim, axis), qmin)
-    hi = qmax if hi is None else np.minimum(_bcast(np.asarray(hi, np.int64), acc.ndim, axis), qmax)
+    lo = qmin if lo is None else np.maximum(_bcast(np.asarray(lo, np.int64), acc.ndim, axis),
+                                            qmin)
+    hi = qmax if hi is None else np.minimum(_bcast(np.asarray(hi, np.int64), acc.ndim, axis),
+                                            qmax)
     bits = float32_bits(dtype) if float32_rounding else None
     if bias_residual is not None:
         if float32_rounding:

@@ -3,9 +3,9 @@
 Each graph (:func:`._random_qdq.random_graph`: conv / strided / 1x1 / depthwise, residual
 adds, concats, max and average pools, requantize chains, tensors with several consumers,
 channel counts that do and do not divide the kernels' 16-channel block, 24-channel tensors
-padded to 32 inside the model, feature maps above and below the blocked layout's threshold) is compiled with the
-default options and with each layout choice, every build runs several times on the
-machine's threads, and the test requires
+padded to 32 inside the model, feature maps above and below the blocked layout's
+threshold) is compiled with the default options and with each layout choice, every build
+runs several times on the machine's threads, and the test requires
 
 * every conv and dense layer integer (none silently left float),
 * identical outputs from run to run (no race between parallel tiles),

@@ -23,6 +23,7 @@ __all__ = [
     "MinMaxObserver", "Observer", "PRESETS", "PTQConfig", "PerChannel", "PerTensor",
     "PercentileObserver", "QATConfig", "QuantConv2d", "QuantConvBn2d", "QuantLinear",
     "QuantSpec", "calibrate", "convert", "export", "fake_quant", "fit", "freeze_bn",
-    "get_preset", "grad_scale", "list_presets", "load_plan", "save_plan", "quantizable_layers", "quantize_",
+    "get_preset", "grad_scale", "list_presets", "load_plan", "save_plan",
+    "quantizable_layers", "quantize_",
     "quantizers", "register_method", "register_step", "round_ste",
 ]

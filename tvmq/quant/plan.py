@@ -98,7 +98,8 @@ def config_from_json(d, where: str = "") -> C.MethodConfig | None:
     methods, observers = _methods(), _observers()
     if not isinstance(d, dict) or d.get("method") not in methods:
         raise ConfigError(f"plan entry {where}: {d!r} names no method config",
-                          f"use null, a preset name, or {{\"method\": one of {sorted(methods)}, ...}}")
+                          "use null, a preset name, or "
+                          f"{{\"method\": one of {sorted(methods)}, ...}}")
     cls = methods[d["method"]]
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names - {"method"})
