@@ -1,10 +1,9 @@
 """``quantize_(model, config)``: handlers registered by config type (torchao style).
 
-Two registries, both keyed by type, never by method-name strings:
-
-* step handlers (:class:`QATConfig`, :class:`PTQConfig`) rewrite the model;
-* method handlers (:class:`FakeQuantConfig`, :class:`LSQConfig`, ...) build the quantizers
-  of one layer.
+Step handlers (:class:`QATConfig`, :class:`PTQConfig`) rewrite the model; they are keyed by
+type, never by method-name strings. The quantizers of one layer come from the method
+handlers of :mod:`tvmq.quant.registry` (one file per method in :mod:`tvmq.quant.methods`),
+and everything here talks to them only through the :class:`~tvmq.quant.Quantizer` protocol.
 
 Layers are found by type (``nn.Conv2d`` / ``nn.Linear``) in module order; the first and the
 last are "first/last" for ``first_last_bits``. BatchNorm folding recognizes a conv followed
@@ -19,27 +18,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tvmq.errors import ConfigError
-from tvmq.quant.config import (FakeQuantConfig, LSQConfig, LSQPlusConfig, PTQConfig, QATConfig,
-                               QuantSpec, _MethodConfig)
+from tvmq.quant.config import MethodConfig, PTQConfig, QATConfig
 from tvmq.quant.layers import QUANT_LAYERS, QuantConv2d, QuantConvBn2d, QuantLinear
-from tvmq.quant.quantizer import FakeQuantizer
+from tvmq.quant.quantizer import Quantizer
+from tvmq.quant.registry import method_handler
 
 _STEP_HANDLERS: dict[type, Callable] = {}
-_METHOD_HANDLERS: dict[type, Callable] = {}
 
 
 def register_step(config_type: type):
     """Register ``fn(model, config) -> model`` for a step config type."""
     def wrap(fn):
         _STEP_HANDLERS[config_type] = fn
-        return fn
-    return wrap
-
-
-def register_method(config_type: type):
-    """Register ``fn(config, spec, role) -> FakeQuantizer`` for a method config type."""
-    def wrap(fn):
-        _METHOD_HANDLERS[config_type] = fn
         return fn
     return wrap
 
@@ -61,7 +51,7 @@ def quantize_(model: nn.Module, config) -> nn.Module:
     """
     handler = _STEP_HANDLERS.get(type(config))
     if handler is None:
-        if isinstance(config, _MethodConfig):
+        if isinstance(config, MethodConfig):
             raise ConfigError(f"{type(config).__name__} is a method, not a step",
                               f"use quantize_(model, QATConfig({type(config).__name__}(...))) "
                               "or PTQConfig(..., calibration=data)")
@@ -70,35 +60,15 @@ def quantize_(model: nn.Module, config) -> nn.Module:
     return handler(model, config)
 
 
-# -- method handlers: one per method config type -------------------------------------------
-def _observer(cfg: _MethodConfig, role: str):
-    return cfg.weight_observer if role == "weight" else cfg.act_observer
-
-
-@register_method(FakeQuantConfig)
-def _fixed_quantizer(cfg: FakeQuantConfig, spec: QuantSpec, role: str) -> FakeQuantizer:
-    return FakeQuantizer(spec, role, _observer(cfg, role))
-
-
-@register_method(LSQConfig)
-def _lsq_quantizer(cfg: LSQConfig, spec: QuantSpec, role: str) -> FakeQuantizer:
-    return FakeQuantizer(spec, role, _observer(cfg, role), learn_scale=True)
-
-
-@register_method(LSQPlusConfig)
-def _lsqplus_quantizer(cfg: LSQPlusConfig, spec: QuantSpec, role: str) -> FakeQuantizer:
-    offset = role == "act" and not spec.symmetric
-    return FakeQuantizer(spec, role, _observer(cfg, role), learn_scale=True, learn_offset=offset)
-
-
-def _make_quantizer(cfg: _MethodConfig, spec: QuantSpec | None, role: str):
+def _make_quantizer(cfg: MethodConfig, spec, role: str) -> Quantizer | None:
     if spec is None:
         return None
-    handler = next((h for t, h in _METHOD_HANDLERS.items() if type(cfg) is t), None)
-    if handler is None:
-        raise ConfigError(f"no quantizer registered for {type(cfg).__name__}",
-                          "decorate a factory with @register_method(YourConfig)")
-    return handler(cfg, spec, role)
+    quantizer = method_handler(cfg)(cfg, spec, role)
+    if not isinstance(quantizer, Quantizer):
+        raise ConfigError(f"the handler of {type(cfg).__name__} returned "
+                          f"{type(quantizer).__name__}, not a tvmq.quant.Quantizer",
+                          "subclass tvmq.quant.Quantizer and implement its methods")
+    return quantizer
 
 
 # -- prepare ---------------------------------------------------------------------------------
@@ -144,7 +114,7 @@ def _layer_config(name: str, base, overrides, first_last: set[str]):
     return base
 
 
-def prepare(model: nn.Module, base: _MethodConfig, overrides: dict, fold_bn: bool) -> nn.Module:
+def prepare(model: nn.Module, base: MethodConfig, overrides: dict, fold_bn: bool) -> nn.Module:
     """Swap conv/linear layers (and conv+BN pairs) for quantized layers."""
     names = quantizable_layers(model)
     unknown = sorted(set(overrides) - set(names))
@@ -173,10 +143,10 @@ def prepare(model: nn.Module, base: _MethodConfig, overrides: dict, fold_bn: boo
     return model
 
 
-def quantizers(model: nn.Module, role: str | None = None) -> Iterable[FakeQuantizer]:
-    """All fake quantizers of ``model`` (only weights or activations when ``role`` is given)."""
+def quantizers(model: nn.Module, role: str | None = None) -> list[Quantizer]:
+    """All quantizers of ``model`` (only weights or activations when ``role`` is given)."""
     return [m for m in model.modules()
-            if isinstance(m, FakeQuantizer) and (role is None or m.role == role)]
+            if isinstance(m, Quantizer) and (role is None or m.role == role)]
 
 
 # -- calibration, BN freezing, convert ------------------------------------------------------
@@ -199,9 +169,7 @@ def calibrate(model: nn.Module, data, max_batches: int | None = None, observer=N
     was_training = model.training
     model.eval()
     for q in acts:
-        q.observing, q.stats = True, type(q.stats)()
-        if observer is not None:
-            q.observer = observer
+        q.begin_observing(observer)
     try:
         for i, x in enumerate(tqdm(_batches(data), desc="calibrate", disable=not progress,
                                    leave=False)):
@@ -210,10 +178,7 @@ def calibrate(model: nn.Module, data, max_batches: int | None = None, observer=N
             model(x)
     finally:
         for q in acts:
-            q.observing = False
-    for q in acts:
-        q.set_from_stats()
-        q.stats = type(q.stats)()
+            q.end_observing()
     return model.train(was_training)
 
 
@@ -228,17 +193,17 @@ def freeze_bn(model: nn.Module) -> nn.Module:
 def convert(model: nn.Module) -> nn.Module:
     """Fold BN into the conv weights for good and freeze every quantizer (eval mode).
 
-    LSQ+ offsets need no snapping here: their zero point is an integer by construction.
+    Each quantizer freezes itself (:meth:`~tvmq.quant.Quantizer.freeze`); LSQ+ offsets need
+    no snapping: their zero point is an integer by construction.
     """
     for name, m in list(model.named_modules()):
         if isinstance(m, QuantConvBn2d):
             _set_module(model, name, m.to_conv())
     for q in quantizers(model):
-        if not bool(q.initialized):
-            raise ConfigError("an activation quantizer was never initialized",
+        if not q.is_initialized():
+            raise ConfigError(f"a {q.role} quantizer was never initialized",
                               "run data through the model (fit/calibrate) before convert")
-        q.scale.requires_grad_(False)
-        q.offset.requires_grad_(False)
+        q.freeze()
     return model.eval()
 
 

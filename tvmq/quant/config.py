@@ -13,7 +13,7 @@ import dataclasses
 from typing import Any, Mapping, Union
 
 from tvmq.errors import ConfigError
-from tvmq.quant.observers import MinMaxObserver, MSEObserver, Observer
+from tvmq.quant.observers import MinMaxObserver, Observer
 
 MIN_BITS, MAX_BITS = 2, 8
 SUPPORTED_LAYERS = ("Conv2d", "Linear")
@@ -71,8 +71,13 @@ class QuantSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class _MethodConfig:
-    """Fields shared by every method config (see the subclasses)."""
+class MethodConfig:
+    """Fields shared by every method config (subclasses: one per method, in
+    :mod:`tvmq.quant.methods`).
+
+    A subclass whose weights are not described by a :class:`QuantSpec` (a codebook, an
+    elastic bit width) overrides :meth:`_check_spec`.
+    """
 
     weight: QuantSpec | None = QuantSpec(8, PerChannel())
     activation: QuantSpec | None = QuantSpec(8)
@@ -84,11 +89,9 @@ class _MethodConfig:
 
     def __post_init__(self):
         for field in ("weight", "activation"):
-            val = getattr(self, field)
-            if val is not None and not isinstance(val, QuantSpec):
-                raise ConfigError(f"{field}={val!r} is not a QuantSpec",
-                                  f"use {_call(self, **{field: QuantSpec(8)})}")
-        if self.activation is not None and not isinstance(self.activation.granularity, PerTensor):
+            self._check_spec(field, getattr(self, field))
+        act = self.activation
+        if isinstance(act, QuantSpec) and not isinstance(act.granularity, PerTensor):
             raise ConfigError("per-channel activations are not supported",
                               f"use {_call(self, activation=dataclasses.replace(self.activation, granularity=PerTensor()))}")
         fl = self.first_last_bits
@@ -100,13 +103,10 @@ class _MethodConfig:
             raise ConfigError(f"layer_types={self.layer_types!r} has unsupported entries",
                               f"use {_call(self, layer_types=SUPPORTED_LAYERS)}")
 
-    @property
-    def learn_scale(self) -> bool:
-        return False
-
-    @property
-    def learn_offset(self) -> bool:
-        return False
+    def _check_spec(self, field: str, val) -> None:
+        if val is not None and not isinstance(val, QuantSpec):
+            raise ConfigError(f"{field}={val!r} is not a QuantSpec",
+                              f"use {_call(self, **{field: QuantSpec(8)})}")
 
     def with_bits(self, bits: int) -> "_MethodConfig":
         """This config with weight and activation raised to at least ``bits`` bits."""
@@ -115,67 +115,7 @@ class _MethodConfig:
                                    activation=raise_to(self.activation))
 
 
-@dataclasses.dataclass(frozen=True)
-class FakeQuantConfig(_MethodConfig):
-    """Uniform fake-quant with fixed scales from observers (min/max tracked during QAT).
-
-    ``x_hat = (clamp(round(x / s) + z, qmin, qmax) - z) * s`` where ``round`` rounds half to
-    even (``torch.round``), exactly as ONNX QuantizeLinear does.
-    """
-
-
-@dataclasses.dataclass(frozen=True)
-class LSQConfig(_MethodConfig):
-    """LSQ (Esser et al. 2020): learned step size, gradient scaled by ``1/sqrt(N * qmax)``.
-
-    Scale-only: weights and activations are symmetric (zero point 0); an activation that is
-    never negative at initialization uses the unsigned grid ``[0, 2**bits - 1]``.
-    """
-
-    weight_observer: Observer = MSEObserver()
-    act_observer: Observer = MSEObserver()
-
-    def __post_init__(self):
-        super().__post_init__()
-        for field in ("weight",) if self.learn_offset else ("weight", "activation"):
-            spec = getattr(self, field)
-            if spec is not None and not spec.symmetric:
-                hint = ("LSQPlusConfig(...) for a learned offset, or " if field == "activation"
-                        else "")
-                raise ConfigError(f"{type(self).__name__} {field} must be symmetric",
-                                  f"use {hint}{_call(self, **{field: dataclasses.replace(spec, symmetric=True)})}")
-
-    @property
-    def learn_scale(self) -> bool:
-        return True
-
-
-@dataclasses.dataclass(frozen=True)
-class LSQPlusConfig(LSQConfig):
-    """LSQ+ (Bhalgat et al. 2020): learned scale ``s`` and offset ``beta`` for activations.
-
-    ``x_hat = clamp(round((x - beta) / s), qmin, qmax) * s + beta``, with ``beta`` snapped to
-    the integer grid (``beta = -z * s``, ``z = round(-beta / s)`` with a straight-through
-    estimator) so that the export's integer zero point ``z`` reproduces it exactly.
-    Weights stay symmetric with a learned scale (LSQ).
-    """
-
-    activation: QuantSpec | None = QuantSpec(8, symmetric=False)
-
-    def __post_init__(self):
-        super().__post_init__()
-        act = self.activation
-        if act is not None and act.symmetric:
-            raise ConfigError("LSQPlusConfig learns an activation offset, so it is asymmetric",
-                              f"use {_call(self, activation=dataclasses.replace(act, symmetric=False))}"
-                              " (or LSQConfig for scale only)")
-
-    @property
-    def learn_offset(self) -> bool:
-        return True
-
-
-MethodConfig = _MethodConfig
+_MethodConfig = MethodConfig  # the name used before methods moved to tvmq.quant.methods
 Overrides = Mapping[str, Union[_MethodConfig, None]]
 
 
@@ -211,7 +151,7 @@ class QATConfig:
         Epoch after which :func:`tvmq.quant.fit` freezes BN statistics.
     """
 
-    base: _MethodConfig = dataclasses.field(default_factory=LSQConfig)
+    base: MethodConfig = dataclasses.field(default_factory=lambda: _method("LSQConfig")())
     step: str = "prepare"
     overrides: Overrides = dataclasses.field(default_factory=dict)
     fold_bn: bool = True
@@ -244,7 +184,7 @@ class PTQConfig:
         Stop calibrating after this many batches.
     """
 
-    base: _MethodConfig = dataclasses.field(default_factory=FakeQuantConfig)
+    base: MethodConfig = dataclasses.field(default_factory=lambda: _method("FakeQuantConfig")())
     calibration: Any = None
     observer: Observer | None = MinMaxObserver()
     overrides: Overrides = dataclasses.field(default_factory=dict)
@@ -261,6 +201,12 @@ class PTQConfig:
         if self.observer is not None and not isinstance(self.observer, Observer):
             raise ConfigError(f"observer={self.observer!r} is not an observer",
                               "use observer=MinMaxObserver(), PercentileObserver(99.99) or MSEObserver()")
+
+
+def _method(name: str) -> type:
+    """A method config class by name (the methods import this module, so not at import time)."""
+    from tvmq.quant import methods
+    return getattr(methods, name)
 
 
 def _call(obj: Any, **changes: Any) -> str:

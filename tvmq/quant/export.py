@@ -8,7 +8,7 @@ What the graph holds
   ``QuantizeLinear``: saturation alone would clamp to the container's range. With the clip,
   ``DQ(Q(Clip(x)))`` equals the fake-quant forward exactly (both round half to even).
 * Learned offsets (LSQ+): ``beta = -z * s`` with ``z`` an integer by construction (see
-  :class:`~tvmq.quant.quantizer.FakeQuantizer`), so the zero point is exactly ``z``. Grids
+  :class:`~tvmq.quant.methods.uniform.FakeQuantizer`), so the zero point is exactly ``z``. Grids
   that do not fit ``uint8`` as is are shifted by an integer ``c`` (``q' = q + c``,
   ``zp = z + c``): ``DQ`` gives ``(q' - zp) * s``, unchanged.
 * Weights: integer initializers (``DequantizeLinear`` only), per output channel
@@ -34,8 +34,9 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from tvmq.errors import ArtifactError
-from tvmq.quant.api import _set_module, convert
-from tvmq.quant.quantizer import FakeQuantizer, fake_quant
+from tvmq.quant.api import convert
+from tvmq.quant.quantizer import Quantizer, UniformActivation, UniformWeight, fake_quant
+from tvmq.quant.registry import export_handler, register_export
 
 _INT8_OPSET, _INT4_OPSET = 13, 21
 _TORCHSCRIPT_OPSET = 17
@@ -64,78 +65,71 @@ class _WeightDQ(torch.autograd.Function):
     """The dequantized weight forward; ``DequantizeLinear(int initializer)`` in ONNX."""
 
     @staticmethod
-    def forward(ctx, w, p):
-        shape = (-1,) + (1,) * (w.dim() - 1) if p["scale"].ndim else ()
-        q = p["q"].astype(np.float32)
-        zp, scale = p["zp"].astype(np.float32).reshape(shape), p["scale"].reshape(shape)
+    def forward(ctx, w, d: UniformWeight):
+        shape = (-1,) + (1,) * (w.dim() - 1) if d.scale.ndim else ()
+        q = d.q.astype(np.float32)
+        zp, scale = d.zero_point.astype(np.float32).reshape(shape), d.scale.reshape(shape)
         return torch.from_numpy((q - zp) * scale)
 
     @staticmethod
-    def symbolic(g, w, p):
+    def symbolic(g, w, d: UniformWeight):
         consts = [g.op("Constant", value_t=torch.from_numpy(np.ascontiguousarray(a)))
-                  for a in (p["q"], p["scale"], p["zp"])]
-        kwargs = {"axis_i": 0} if p["scale"].ndim else {}
+                  for a in (d.q, d.scale, d.zero_point)]
+        kwargs = {"axis_i": 0} if d.scale.ndim else {}
         return g.op("DequantizeLinear", *consts, **kwargs)
 
 
-def _act_params(q: FakeQuantizer) -> dict:
-    scale, z = (t.detach() for t in q.effective_qparams())
-    s, z = float(scale.reshape(-1)[0]), int(z.reshape(-1)[0])
-    signed = q.qmin < 0
+def _act_params(d: UniformActivation) -> dict:
+    """Container (int8/uint8), shifted zero point and clip of an activation grid."""
+    s, z = d.scale, d.zero_point
+    signed = d.qmin < 0
     lo_c, hi_c = (-128, 127) if signed else (0, 255)
     shift = 0 if signed else max(0, -z)
     clip = None
-    if (q.qmin + shift, q.qmax + shift) != (lo_c, hi_c):
-        clip = (float(np.float32(q.qmin - z) * np.float32(s)),
-                float(np.float32(q.qmax - z) * np.float32(s)))
-    return {"scale": s, "z": z, "zp": z + shift, "qmin": q.qmin, "qmax": q.qmax, "clip": clip,
+    if (d.qmin + shift, d.qmax + shift) != (lo_c, hi_c):
+        clip = (float(np.float32(d.qmin - z) * np.float32(s)),
+                float(np.float32(d.qmax - z) * np.float32(s)))
+    return {"scale": s, "z": z, "zp": z + shift, "qmin": d.qmin, "qmax": d.qmax, "clip": clip,
             "dtype": torch.int8 if signed else torch.uint8}
 
 
-def _weight_params(q: FakeQuantizer, w: torch.Tensor) -> dict:
-    scale, z = (t.detach() for t in q.effective_qparams())
-    shape = (-1,) + (1,) * (w.dim() - 1) if q.per_channel else ()
-    ints = torch.clamp(torch.round(w.detach() / scale.reshape(shape)) + z.reshape(shape),
-                       q.qmin, q.qmax)
-    dtype = np.int8 if q.qmin < 0 else np.uint8
-    per = q.per_channel and scale.numel() > 1
-    sc = scale.numpy().astype(np.float32) if per else np.float32(scale.reshape(-1)[0].item())
-    zp = z.numpy().astype(dtype) if per else dtype(z.reshape(-1)[0].item())
-    return {"q": ints.numpy().astype(dtype), "scale": np.asarray(sc), "zp": np.asarray(zp),
-            "bits": q.bits}
+class _Emit(nn.Module):
+    """Stands in for a quantizer during tracing: ``fn.apply(x, params)``."""
 
-
-class _ExportAct(nn.Module):
-    def __init__(self, params: dict):
+    def __init__(self, fn, params):
         super().__init__()
-        self.params = params
+        self.fn, self.params = fn, params
 
     def forward(self, x):
-        return _ActQDQ.apply(x, self.params)
+        return self.fn.apply(x, self.params)
 
 
-def _export_module(model: nn.Module) -> tuple[nn.Module, list[dict]]:
-    """A copy of the converted model whose quantizers emit Q/DQ nodes; plus the weight records."""
+@register_export(UniformActivation)
+def _export_uniform_act(d: UniformActivation) -> nn.Module:
+    return _Emit(_ActQDQ, _act_params(d))
+
+
+@register_export(UniformWeight)
+def _export_uniform_weight(d: UniformWeight) -> nn.Module:
+    return _Emit(_WeightDQ, d)
+
+
+def _export_module(model: nn.Module) -> tuple[nn.Module, list]:
+    """A copy of the converted model whose quantizers emit ONNX nodes; plus the weights'
+    descriptions. Each quantizer describes itself (:meth:`Quantizer.describe`) and the
+    export handler registered for the description's type builds the emitting module."""
     model = convert(copy.deepcopy(model))
     records = []
-    for name, layer in list(model.named_modules()):
+    for layer in list(model.modules()):
         wq, aq = getattr(layer, "weight_quant", None), getattr(layer, "input_quant", None)
-        if isinstance(aq, FakeQuantizer):
-            layer.input_quant = _ExportAct(_act_params(aq))
-        if isinstance(wq, FakeQuantizer):
-            params = _weight_params(wq, layer.weight)
-            records.append(params)
-            layer.weight_quant = _ExportWeight(params)
+        if isinstance(aq, Quantizer):
+            desc = aq.describe()
+            layer.input_quant = export_handler(desc)(desc)
+        if isinstance(wq, Quantizer):
+            desc = wq.describe(layer.weight)
+            records.append(desc)
+            layer.weight_quant = export_handler(desc)(desc)
     return model, records
-
-
-class _ExportWeight(nn.Module):
-    def __init__(self, params: dict):
-        super().__init__()
-        self.params = params
-
-    def forward(self, w):
-        return _WeightDQ.apply(w, self.params)
 
 
 # -- ONNX post-processing --------------------------------------------------------------------
@@ -158,8 +152,8 @@ def _constants_to_initializers(model: onnx.ModelProto) -> None:
 
 def _pack_int4(model: onnx.ModelProto, records: list[dict]) -> None:
     """Retype the initializers of weights with at most 4 bits to INT4/UINT4 (opset 21)."""
-    small = {r["q"].tobytes() + bytes(str(r["q"].shape), "ascii"): r for r in records
-             if r["bits"] <= 4}
+    small = {r.q.tobytes() + bytes(str(r.q.shape), "ascii"): r for r in records
+             if isinstance(r, UniformWeight) and r.bits <= 4}
     inits = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
@@ -169,7 +163,7 @@ def _pack_int4(model: onnx.ModelProto, records: list[dict]) -> None:
         if rec is None:
             continue
         kind = TensorProto.INT4 if arr.dtype == np.int8 else TensorProto.UINT4
-        for slot, values in ((0, rec["q"]), (2, rec["zp"])):
+        for slot, values in ((0, rec.q), (2, rec.zero_point)):
             name = f"{node.name or node.output[0]}_int4_{slot}"
             model.graph.initializer.append(helper.make_tensor(
                 name, kind, values.shape, values.astype(np.int32).reshape(-1).tolist()))
@@ -224,7 +218,7 @@ def export(qmodel: nn.Module, example_inputs, path: str | os.PathLike,
     """
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     module, records = _export_module(qmodel)
-    int4 = any(r["bits"] <= 4 for r in records)
+    int4 = any(isinstance(r, UniformWeight) and r.bits <= 4 for r in records)
     opset = opset or (_INT4_OPSET if int4 else _INT8_OPSET)
     names = [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
     tmp = tempfile.NamedTemporaryFile(suffix=".onnx", delete=False)

@@ -12,18 +12,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tvmq.quant.quantizer import FakeQuantizer
+from tvmq.quant.quantizer import Quantizer
 
 
-def _maybe(quant: FakeQuantizer | None, x: torch.Tensor) -> torch.Tensor:
+def _maybe(quant: Quantizer | None, x: torch.Tensor) -> torch.Tensor:
     return x if quant is None else quant(x)
 
 
 class QuantConv2d(nn.Conv2d):
     """``conv2d(input_quant(x), weight_quant(w)) + b``; the bias stays float."""
 
-    weight_quant: FakeQuantizer | None
-    input_quant: FakeQuantizer | None
+    weight_quant: Quantizer | None
+    input_quant: Quantizer | None
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, weight_quant, input_quant) -> "QuantConv2d":
@@ -41,8 +41,8 @@ class QuantConv2d(nn.Conv2d):
 class QuantLinear(nn.Linear):
     """``linear(input_quant(x), weight_quant(w)) + b``; the bias stays float."""
 
-    weight_quant: FakeQuantizer | None
-    input_quant: FakeQuantizer | None
+    weight_quant: Quantizer | None
+    input_quant: Quantizer | None
 
     @classmethod
     def from_float(cls, linear: nn.Linear, weight_quant, input_quant) -> "QuantLinear":
@@ -62,7 +62,7 @@ class QuantConvBn2d(nn.Module):
     Parameters
     ----------
     conv, bn : nn.Conv2d, nn.BatchNorm2d
-    weight_quant, input_quant : FakeQuantizer or None
+    weight_quant, input_quant : Quantizer or None
     """
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, weight_quant, input_quant):

@@ -8,8 +8,8 @@ offset) for activations. ``w8a8_minmax``: fixed min/max scales, asymmetric activ
 from __future__ import annotations
 
 from tvmq.errors import ConfigError
-from tvmq.quant.config import (FakeQuantConfig, LSQConfig, LSQPlusConfig, PerChannel,
-                               QuantSpec, _MethodConfig)
+from tvmq.quant.config import MethodConfig, PerChannel, QuantSpec
+from tvmq.quant.methods import FakeQuantConfig, LSQConfig, LSQPlusConfig
 
 
 def _lsq(w: int, a: int) -> LSQConfig:
@@ -23,7 +23,7 @@ def _lsqplus(w: int, a: int) -> LSQPlusConfig:
 
 _BITS = {"w8a8": (8, 8), "w4a8": (4, 8), "w4a4": (4, 4), "w3a3": (3, 3), "w2a2": (2, 2)}
 
-PRESETS: dict[str, _MethodConfig] = {
+PRESETS: dict[str, MethodConfig] = {
     **{name: _lsq(*bits) for name, bits in _BITS.items()},
     **{f"{name}_lsqplus": _lsqplus(*bits) for name, bits in _BITS.items()},
     "w8a8_minmax": FakeQuantConfig(weight=QuantSpec(8, PerChannel()),
@@ -31,7 +31,7 @@ PRESETS: dict[str, _MethodConfig] = {
 }
 
 
-def get_preset(name: str) -> _MethodConfig:
+def get_preset(name: str) -> MethodConfig:
     """The method config registered under ``name`` (see :data:`PRESETS`)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}", f"use one of {', '.join(PRESETS)}")

@@ -1,4 +1,10 @@
-"""Uniform fake quantization with straight-through rounding, and the :class:`FakeQuantizer` module.
+"""The quantizer protocol (:class:`Quantizer`), export descriptions, and uniform-grid math.
+
+Every quantizer that ``prepare`` puts into a layer is a :class:`Quantizer`; ``calibrate``,
+``convert`` and ``export`` call only its methods, never a grid's fields, so a quantizer whose
+values are not on a uniform grid (a codebook) or whose bit width changes from step to step
+(a supernet) plugs in without touching them. Implementations live one per method in
+:mod:`tvmq.quant.methods` (uniform fake-quant, LSQ, LSQ+).
 
 Rounding rule (everywhere in tvmq.quant): ``torch.round``, i.e. round half to even
 (0.5 -> 0, 1.5 -> 2, 2.5 -> 2), which is what ONNX ``QuantizeLinear`` does, so the
@@ -6,16 +12,12 @@ PyTorch fake-quant model and the exported QDQ graph agree bit for bit.
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 
+import numpy as np
 import torch
 from torch import nn
 
-from tvmq.quant.config import PerChannel, QuantSpec
-from tvmq.quant.observers import Observer, RangeStats
-
-# An offset-learned zero point must fit an 8-bit container together with its grid.
-_CONTAINER_LEVELS = 255
 _EPS = 1e-8
 
 
@@ -63,127 +65,81 @@ def qparams(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int,
     return scale, torch.clamp(torch.round(qmin - lo / scale), qmin, qmax)
 
 
-class FakeQuantizer(nn.Module):
-    """Fake-quantizes a weight or activation tensor; scale (and offset) fixed or learned.
+class Quantizer(nn.Module):
+    """What a quantizer must provide to be trained, calibrated, frozen and exported.
 
     Parameters
     ----------
-    spec : QuantSpec
     role : {"weight", "act"}
-    observer : Observer
-        Picks the range that initializes (or, when not learned, sets) the parameters.
-    learn_scale : bool
-        LSQ: ``scale`` is a parameter whose gradient is scaled by ``1 / sqrt(N * qmax)``
-        (``N``: elements per channel for weights, per sample for activations).
-    learn_offset : bool
-        LSQ+: also learn ``offset`` (beta); its zero point ``z = round(-beta / s)`` is an
-        integer (straight-through), so ``beta = -z * s`` is exactly representable in ONNX.
+        A weight quantizer sees the layer's (BN-folded) float weight; an activation
+        quantizer sees the layer's input.
+
+    Life cycle, and who calls what:
+
+    1. ``prepare`` builds it (the method's registered handler) and, for a weight, calls
+       :meth:`init_from` with the float weight;
+    2. training calls :meth:`forward` (it must be differentiable, e.g. straight-through);
+    3. ``calibrate`` calls :meth:`begin_observing`, runs float batches through the model
+       (``forward`` must then return its input unchanged), then :meth:`end_observing`;
+    4. ``convert`` checks :meth:`is_initialized` and calls :meth:`freeze`;
+    5. ``export`` calls :meth:`describe` and hands the description to the export handler
+       registered for its type (:func:`tvmq.quant.register_export`).
     """
 
-    def __init__(self, spec: QuantSpec, role: str, observer: Observer,
-                 learn_scale: bool = False, learn_offset: bool = False):
+    def __init__(self, role: str):
         super().__init__()
-        self.spec, self.role, self.observer = spec, role, observer
-        self.learn_scale, self.learn_offset = learn_scale, learn_offset
-        self.per_channel = isinstance(spec.granularity, PerChannel)
-        self.observing = False  # PTQ calibration: record statistics, pass values through
-        self.stats = RangeStats()
-        self.qmin, self.qmax = grid(spec.bits, signed=spec.symmetric)
-        self.register_buffer("initialized", torch.tensor(False))
-        self.scale = nn.Parameter(torch.ones(1), requires_grad=learn_scale)
-        self.offset = nn.Parameter(torch.zeros(1), requires_grad=learn_offset)
-        self.register_buffer("zero_point", torch.zeros(1))
+        if role not in ("weight", "act"):
+            raise ValueError(f"role={role!r}: use 'weight' or 'act'")
+        self.role = role
 
     @property
     def bits(self) -> int:
-        return self.spec.bits
-
-    # -- initialization from statistics ---------------------------------------------------
-    def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], -1) if self.per_channel else x.reshape(1, -1)
-
-    def set_from_stats(self) -> None:
-        """Set ``scale`` / zero point (and the grid's signedness) from the recorded statistics."""
-        stats = self.stats
-        if stats.lo is None:
-            return
-        if self.spec.symmetric and self.role == "act":
-            self.qmin, self.qmax = grid(self.bits, signed=bool((stats.lo < 0).any()))
-        vals = stats.values()
-        lo, hi = self.observer.choose(stats, lambda l, h: self._row_mse(vals, l, h))
-        if self.learn_offset:
-            scale = ((hi - lo) / (self.qmax - self.qmin)).clamp(min=_EPS)
-            offset = lo - self.qmin * scale
-            self.offset.data = offset.clone()
-            zp = torch.zeros_like(scale)
-        else:
-            scale, zp = qparams(lo, hi, self.qmin, self.qmax, self.spec.symmetric)
-        self.scale.data = scale.clone()
-        self.zero_point = zp.clone()
-        self.initialized.fill_(True)
-
-    def _row_mse(self, vals, lo, hi) -> torch.Tensor:
-        if self.learn_offset:
-            scale = ((hi - lo) / (self.qmax - self.qmin)).clamp(min=_EPS)
-            zp = torch.round(self.qmin - lo / scale)
-        else:
-            scale, zp = qparams(lo, hi, self.qmin, self.qmax, self.spec.symmetric)
-        xq = fake_quant(vals, scale[:, None], zp[:, None], self.qmin, self.qmax)
-        return ((xq - vals) ** 2).mean(dim=1)
+        """The bit width the forward currently quantizes to."""
+        raise NotImplementedError
 
     def init_from(self, x: torch.Tensor) -> None:
-        """Initialize from one tensor (a weight, or the first activation batch)."""
-        self.stats = RangeStats()
-        self.stats.update(self._rows(x))
-        self.set_from_stats()
-        self.stats = RangeStats()  # do not keep weight copies around
+        """Initialize the parameters from one tensor (a weight, or an activation batch)."""
+        raise NotImplementedError
 
-    # -- forward ----------------------------------------------------------------------------
-    def effective_qparams(self, g: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(scale, zero_point)`` as the forward pass uses them (zero point integer-valued).
+    def is_initialized(self) -> bool:
+        raise NotImplementedError
 
-        ``g`` scales the gradients of the learned scale and offset (LSQ); 1 leaves them alone.
-        """
-        scale = grad_scale(self.scale, g).abs().clamp(min=_EPS)
-        if not self.learn_offset:
-            return scale, self.zero_point
-        offset = grad_scale(self.offset, g)
-        lo_z, hi_z = self.qmax - _CONTAINER_LEVELS, _CONTAINER_LEVELS
-        return scale, torch.clamp(round_ste(-offset / scale), lo_z, hi_z)
+    def begin_observing(self, observer=None) -> None:
+        """Calibration starts; ``observer`` (if given) replaces the quantizer's own."""
 
-    def _shape(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if self.per_channel and t.numel() > 1:
-            return t.reshape(-1, *([1] * (x.dim() - 1)))
-        return t.reshape(())
+    def end_observing(self) -> None:
+        """Calibration ends: set the parameters from what was observed."""
 
-    def _grad_factor(self, x: torch.Tensor) -> float:
-        n = x[0].numel() if self.role == "act" else x.numel() // self.scale.numel()
-        return 1.0 / math.sqrt(n * self.qmax)
+    def freeze(self) -> None:
+        """Stop learning and tracking; afterwards ``forward`` is exactly what export writes."""
+        for p in self.parameters():
+            p.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observing:
-            self.stats.update(self._rows(x))
-            return x
-        if not self.learn_scale and self.training:
-            self._track(x)
-        elif not bool(self.initialized):
-            self.init_from(x)
-        g = self._grad_factor(x) if self.learn_scale and self.training else 1.0
-        scale, zp = self.effective_qparams(g)
-        return fake_quant(x, self._shape(scale, x), self._shape(zp, x), self.qmin, self.qmax)
+    def describe(self, tensor: torch.Tensor | None = None):
+        """The export description: for a weight quantizer, of ``tensor`` (the float weight)."""
+        raise NotImplementedError
 
-    @torch.no_grad()
-    def _track(self, x: torch.Tensor) -> None:
-        """Fixed-scale quantizers in QAT: weights follow their current range, activations an EMA."""
-        if self.role == "weight" or not bool(self.initialized):
-            self.init_from(x)
-            return
-        old_s, old_z = self.scale.data.clone(), self.zero_point.clone()
-        self.init_from(x)
-        self.scale.data = 0.9 * old_s + 0.1 * self.scale.data
-        self.zero_point = torch.round(0.9 * old_z + 0.1 * self.zero_point)
 
-    def extra_repr(self) -> str:
-        kind = "lsq+" if self.learn_offset else "lsq" if self.learn_scale else "fixed"
-        gran = "per_channel" if self.per_channel else "per_tensor"
-        return f"{self.role}, bits={self.bits}, grid=[{self.qmin}, {self.qmax}], {gran}, {kind}"
+@dataclasses.dataclass(frozen=True)
+class UniformActivation:
+    """An activation on the grid ``[qmin, qmax]``: ``x_hat = (clamp(round(x/s) + z) - z) * s``.
+
+    Exported as ``[Clip ->] QuantizeLinear -> DequantizeLinear`` (8-bit container).
+    """
+
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+
+@dataclasses.dataclass(frozen=True)
+class UniformWeight:
+    """A weight's integers ``q`` with ``w_hat = (q - zp) * scale`` (per output channel when
+    ``scale`` has one entry per row). Exported as ``DequantizeLinear`` of an integer
+    initializer: int8/uint8, or int4/uint4 (opset 21) when ``bits <= 4``."""
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray
+    bits: int
