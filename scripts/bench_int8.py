@@ -1,5 +1,10 @@
 """Benchmark tvmq int8 vs onnxruntime int8 QDQ vs onnxruntime fp32 vs PyTorch fp32 (JSON out).
 
+``tvmq_int8`` compiles onnxruntime's ``quantize_static`` QDQ graph; ``tvmq_export_int8``
+compiles the same network quantized by tvmq itself (``PTQConfig(get_preset("w8a8"))`` on
+the same 4 random calibration inputs, ``tq.export``): ``export_over_ort_qdq`` is their
+latency ratio, same run.
+
     python scripts/bench_int8.py --models resnet18 mobilenet_v2 --out bench.json
 
 Batch 1, 2 threads, peers timed alternately, each in its own worker process
@@ -30,6 +35,19 @@ def _export(name: str, workdir: Path):
     return net, shape, export_float(net, shape, workdir / f"{name}.onnx")
 
 
+def _tvmq_export(name: str, shape, workdir: Path) -> Path:
+    """The network quantized by tvmq's own PTQ (w8a8) and exported as QDQ."""
+    import torch
+
+    import tvmq.quant as tq
+
+    net = tvmq.models.create(name).eval()
+    rng = np.random.default_rng(0)
+    calib = [torch.from_numpy(rng.standard_normal(shape).astype(np.float32)) for _ in range(4)]
+    tq.quantize_(net, tq.PTQConfig(tq.get_preset("w8a8"), calibration=calib, progress=False))
+    return tq.export(net, torch.randn(*shape), workdir / f"{name}_tvmq_w8a8.onnx")
+
+
 def _size(art, workdir: Path, tag: str) -> int:
     path = art.save(workdir / f"art_{tag}")
     return (path / "lib.so").stat().st_size
@@ -41,10 +59,12 @@ def bench_model(name: str, workdir: Path, repeats: int) -> dict:
     _, shape, fp32 = _export(name, workdir)
     qdq = ort_quantize_static(fp32, workdir / f"{name}_qdq.onnx")
     int4 = requantize_weights(qdq, workdir / f"{name}_int4.onnx", bits=4)
+    own = _tvmq_export(name, shape, workdir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         arts = {tag: tvmq.compile(str(p)) for tag, p in
                 (("fp32", fp32), ("int8", qdq), ("int4", int4))}
+        arts["export_int8"] = tvmq.compile(str(own), input_shapes={"input": shape})
         decoded = tvmq.PipelineOptions(keep_subbyte_packed=False)
         arts["int4_decoded"] = tvmq.compile(str(int4), options=decoded)
     sizes = {tag: _size(a, workdir, tag) for tag, a in arts.items()}
@@ -55,7 +75,7 @@ def bench_model(name: str, workdir: Path, repeats: int) -> dict:
     x = np.random.RandomState(0).randn(*shape).astype(np.float32)
     med = time_peers({
         **{f"tvmq_{tag}": ("tvmq", workdir / f"art_{tag}") for tag in
-           ("int8", "int4", "int4_decoded")},
+           ("int8", "int4", "int4_decoded", "export_int8")},
         "ort_int8_qdq": ("ort", qdq), "ort_fp32": ("ort", fp32), "torch_fp32": ("torch", name),
     }, x, repeats)
     agree = float(np.mean(np.argmax(arts["int8"].run([x])[0], -1)
@@ -64,6 +84,9 @@ def bench_model(name: str, workdir: Path, repeats: int) -> dict:
             "artifact_bytes": sizes, "int4_over_int8": round(sizes["int4"] / sizes["int8"], 3),
             "int4_decoded_over_int8": round(sizes["int4_decoded"] / sizes["int8"], 3),
             "int4_latency_over_int8": round(med["tvmq_int4"] / med["tvmq_int8"], 3),
+            "export_over_ort_qdq": round(med["tvmq_export_int8"] / med["tvmq_int8"], 3),
+            "export_float_layers": [l["name"] for l in arts["export_int8"].meta["layers"]
+                                    if l["op"] in ("conv2d", "matmul") and not l["integer"]],
             "top1_agrees_with_ort_int8": agree,
             "integer_layers": sum(1 for l in arts["int8"].meta["layers"] if l["integer"])}
 

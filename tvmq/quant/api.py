@@ -6,8 +6,8 @@ handlers of :mod:`tvmq.quant.registry` (one file per method in :mod:`tvmq.quant.
 and everything here talks to them only through the :class:`~tvmq.quant.Quantizer` protocol.
 
 Layers are found by type (``nn.Conv2d`` / ``nn.Linear``) in module order; the first and the
-last are "first/last" for ``first_last_bits``. BatchNorm folding recognizes a conv followed
-directly by a BatchNorm2d inside an ``nn.Sequential``.
+last are "first/last" for ``first_last_bits``. Conv -> BatchNorm pairs, residual adds,
+concats and pools are found on the ``torch.fx`` graph (:mod:`tvmq.quant.graph`).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tvmq.errors import ConfigError
+from tvmq.quant import graph
 from tvmq.quant.config import MethodConfig, PTQConfig, QATConfig
 from tvmq.quant.layers import QUANT_LAYERS, QuantConv2d, QuantConvBn2d, QuantLinear
 from tvmq.quant.quantizer import Quantizer
@@ -80,7 +81,11 @@ def quantizable_layers(model: nn.Module) -> list[str]:
 
 
 def _bn_pairs(model: nn.Module) -> dict[str, str]:
-    """conv name -> name of the BatchNorm2d that directly follows it in an nn.Sequential."""
+    """conv name -> name of the BatchNorm2d it feeds: on the traced graph, or (untraceable
+    models) the BatchNorm2d that directly follows it in an nn.Sequential."""
+    found = graph.conv_bn_pairs(model)
+    if found is not None:
+        return found
     pairs = {}
     for prefix, seq in model.named_modules():
         if not isinstance(seq, nn.Sequential):
@@ -114,8 +119,19 @@ def _layer_config(name: str, base, overrides, first_last: set[str]):
     return base
 
 
-def prepare(model: nn.Module, base: MethodConfig, overrides: dict, fold_bn: bool) -> nn.Module:
-    """Swap conv/linear layers (and conv+BN pairs) for quantized layers."""
+def _join_quantizer(base: MethodConfig | None):
+    """Builds the quantizers of adds/concats/pools: the base method, activations at >= 8 bits
+    (the integer lowering keeps joins in 8-bit containers; fewer bits would only add error)."""
+    if base is None or base.activation is None:
+        return None
+    cfg = base.with_bits(8)
+    return lambda: _make_quantizer(cfg, cfg.activation, "act")
+
+
+def prepare(model: nn.Module, base: MethodConfig, overrides: dict, fold_bn: bool,
+            quantize_joins: bool = True) -> nn.Module:
+    """Swap conv/linear layers (and conv+BN pairs) for quantized layers; with
+    ``quantize_joins``, quantize the inputs and outputs of adds, concats and pools too."""
     names = quantizable_layers(model)
     unknown = sorted(set(overrides) - set(names))
     if unknown:
@@ -140,6 +156,10 @@ def prepare(model: nn.Module, base: MethodConfig, overrides: dict, fold_bn: bool
         if wq is not None:
             wq.init_from(weight.detach())
         _set_module(model, name, new)
+    make = _join_quantizer(base)
+    if quantize_joins and make is not None and any(isinstance(m, QUANT_LAYERS)
+                                                   for m in model.modules()):
+        graph.quantize_joins(model, make)
     return model
 
 
@@ -210,7 +230,8 @@ def convert(model: nn.Module) -> nn.Module:
 @register_step(QATConfig)
 def _qat(model: nn.Module, config: QATConfig) -> nn.Module:
     if config.step == "prepare":
-        prepare(model, config.base, dict(config.overrides), config.fold_bn)
+        prepare(model, config.base, dict(config.overrides), config.fold_bn,
+                config.quantize_joins)
         model.tvmq_qat_config = config
         return model
     if not any(isinstance(m, QUANT_LAYERS) for m in model.modules()):
@@ -222,6 +243,6 @@ def _qat(model: nn.Module, config: QATConfig) -> nn.Module:
 @register_step(PTQConfig)
 def _ptq(model: nn.Module, config: PTQConfig) -> nn.Module:
     model.eval()
-    prepare(model, config.base, dict(config.overrides), config.fold_bn)
+    prepare(model, config.base, dict(config.overrides), config.fold_bn, config.quantize_joins)
     calibrate(model, config.calibration, config.max_batches, config.observer, config.progress)
     return convert(model)

@@ -149,6 +149,9 @@ class QATConfig:
         weights, so what is trained is what is deployed.
     freeze_bn_after : int or None
         Epoch after which :func:`tvmq.quant.fit` freezes BN statistics.
+    quantize_joins : bool
+        Also quantize the inputs and outputs of residual adds, concats and pools (8-bit,
+        the base method), so the compiled model is integer end to end.
     """
 
     base: MethodConfig = dataclasses.field(default_factory=lambda: _method("LSQConfig")())
@@ -156,6 +159,7 @@ class QATConfig:
     overrides: Overrides = dataclasses.field(default_factory=dict)
     fold_bn: bool = True
     freeze_bn_after: int | None = None
+    quantize_joins: bool = True
 
     def __post_init__(self):
         _check_base(self)
@@ -182,6 +186,8 @@ class PTQConfig:
         Module name -> method config (or ``None`` to keep that layer float).
     max_batches : int or None
         Stop calibrating after this many batches.
+    quantize_joins : bool
+        Also quantize adds, concats and pools (see :class:`QATConfig`).
     """
 
     base: MethodConfig = dataclasses.field(default_factory=lambda: _method("FakeQuantConfig")())
@@ -191,6 +197,7 @@ class PTQConfig:
     fold_bn: bool = True
     max_batches: int | None = None
     progress: bool = True
+    quantize_joins: bool = True
 
     def __post_init__(self):
         _check_base(self)

@@ -34,7 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from tvmq.errors import ArtifactError
-from tvmq.quant.api import convert
+from tvmq.quant.api import _set_module, convert
 from tvmq.quant.quantizer import Quantizer, UniformActivation, UniformWeight, fake_quant
 from tvmq.quant.registry import export_handler, register_export
 
@@ -121,14 +121,15 @@ def _export_module(model: nn.Module) -> tuple[nn.Module, list]:
     model = convert(copy.deepcopy(model))
     records = []
     for layer in list(model.modules()):
-        wq, aq = getattr(layer, "weight_quant", None), getattr(layer, "input_quant", None)
-        if isinstance(aq, Quantizer):
-            desc = aq.describe()
-            layer.input_quant = export_handler(desc)(desc)
+        wq = getattr(layer, "weight_quant", None)
         if isinstance(wq, Quantizer):
             desc = wq.describe(layer.weight)
             records.append(desc)
             layer.weight_quant = export_handler(desc)(desc)
+    for name, quant in list(model.named_modules()):
+        if isinstance(quant, Quantizer):  # layer inputs and the joins' quantizers
+            desc = quant.describe()
+            _set_module(model, name, export_handler(desc)(desc))
     return model, records
 
 
