@@ -49,6 +49,21 @@ if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
 # before.
 Constant = getattr(relax, "Constant", None) or tvm.ir.expr.Constant
 
+# A TIR buffer load is ``tvm.ir.TensorLoad`` (its buffer in ``.source``) in 0.27;
+# ``tir.BufferLoad`` (``.buffer``) before.
+TensorLoad = getattr(tvm.ir, "TensorLoad", None) or tir.BufferLoad
+
+# ``tvm.ir.structural_hash`` moved to ``tvm_ffi`` in 0.27
+structural_hash = getattr(tvm.ir, "structural_hash", None)
+if structural_hash is None:
+    from tvm_ffi import structural_hash
+
+
+def loaded_buffer(load):
+    """The buffer a :data:`TensorLoad` reads."""
+    source = getattr(load, "source", None)  # an Expr: no truth value
+    return load.buffer if source is None else source
+
 
 def meta_schedule():
     """Return ``tvm.s_tir.meta_schedule`` (imported lazily: it is slow to import)."""

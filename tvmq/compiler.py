@@ -11,6 +11,7 @@ from tvmq._tvm import TVM_VERSION, tvm
 from tvmq.artifact import FORMAT_VERSION, Artifact
 from tvmq.boards import Board, ensure_cross_compiler, get_board
 from tvmq.frontend import ImportedModel, import_model
+from tvmq.layermap import layer_table
 from tvmq.pipeline import PipelineOptions, run_phases
 from tvmq.report import layer_report
 
@@ -46,10 +47,13 @@ def compile(model, example_inputs=None, board: str | Board = "host", *,
     mod = imported.bind_params()
     param_bytes = sum(int(v.nbytes) for v in imported.params.values())
     lowered = run_phases(mod, board, opts, until="quantize")
-    layers = layer_report(lowered)
+    ops = layer_report(lowered)
     rest = dataclasses.replace(opts, dump_dir=None)
-    executable = _build(lowered, board, rest, dump_dir=opts.dump_dir)
+    stages: dict[str, tvm.IRModule] = {}
+    executable = _build(lowered, board, rest, dump_dir=opts.dump_dir, keep=stages)
+    layers = layer_table(imported, lowered, stages.get("legalize"))
     meta = _meta(imported, board, layers, param_bytes, time.perf_counter() - t0)
+    meta["ops"] = ops
     meta["schedules"] = {"database": rest.stats.get("database"),
                          "tuned_funcs": rest.stats.get("tuned", [])}
     if "shipped_databases" in rest.stats:  # none shipped for this CPU; these CPUs have one
@@ -59,7 +63,10 @@ def compile(model, example_inputs=None, board: str | Board = "host", *,
     return Artifact(executable, meta)
 
 
-def _build(mod: tvm.IRModule, board: Board, opts: PipelineOptions, dump_dir=None):
+def _build(mod: tvm.IRModule, board: Board, opts: PipelineOptions, dump_dir=None,
+           keep: dict | None = None):
+    """Build from the phase after ``quantize`` on; ``keep`` receives the module after each
+    phase (by phase name)."""
     from tvmq.pipeline import PHASES
 
     start = [name for name, _ in PHASES].index("quantize") + 1
@@ -69,6 +76,8 @@ def _build(mod: tvm.IRModule, board: Board, opts: PipelineOptions, dump_dir=None
         with tvm.transform.PassContext(opt_level=3):
             for i, (name, phase) in enumerate(PHASES[start:], start=start + 1):
                 m = tvm.transform.Sequential(phase(board, opts), name=name)(m)
+                if keep is not None:  # a copy: later phases update functions in place
+                    keep[name] = m.clone()
                 if dump_dir:  # the phases before were dumped by run_phases
                     (Path(dump_dir) / f"{i:02d}-{name}.py").write_text(m.script(show_meta=False))
         return m

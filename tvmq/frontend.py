@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tvmq import layermap
 from tvmq._tvm import (detach_params, from_exported_program, from_onnx, relax, struct_dtype,
                        struct_shape, tvm)
 from tvmq.errors import ModelLoadError, UnsupportedOpError, TvmqError
@@ -37,6 +38,9 @@ class ImportedModel:
     inputs: list[TensorSpec]
     source: str  # "torch" or "onnx"
     output_names: list[str] | None = None
+    #: per compute binding of ``mod["main"]`` (program order): the layer's ONNX node and
+    #: user-facing name (:mod:`tvmq.layermap`)
+    layer_sources: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def outputs(self) -> list[dict[str, Any]]:
@@ -105,7 +109,8 @@ def import_torch(model, example_inputs=None) -> ImportedModel:
     names = [p.name for p in main.params]
     param_arrays = {n: p.numpy() for n, p in zip(names[n_in:], params.get("main", []))}
     specs = [TensorSpec(p.name, struct_shape(p), struct_dtype(p)) for p in main.params[:n_in]]
-    return ImportedModel(mod, param_arrays, specs, "torch")
+    return ImportedModel(mod, param_arrays, specs, "torch",
+                         layer_sources=layermap.torch_sources(ep, mod))
 
 
 def load_onnx(path: str | os.PathLike):
@@ -180,7 +185,8 @@ def import_onnx(model, shape_dict: dict[str, Sequence[int]] | None = None) -> Im
     for spec, name in zip(inputs, names):
         spec.name = name
     outputs = [o.name for o in model.graph.output]
-    return ImportedModel(mod, param_arrays, inputs, "onnx", outputs)
+    return ImportedModel(mod, param_arrays, inputs, "onnx", outputs,
+                         layermap.onnx_sources(model, mod))
 
 
 def _onnx_inputs(model, shape_dict) -> list[TensorSpec]:

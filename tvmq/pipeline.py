@@ -170,17 +170,21 @@ PHASES: list[tuple[str, PhaseFn]] = [
 
 
 def run_phases(mod: tvm.IRModule, board: Board, opts: PipelineOptions,
-               until: str | None = None) -> tvm.IRModule:
-    """Run the phases in order on ``mod`` (up to and including ``until``)."""
+               until: str | None = None, start: str | None = None) -> tvm.IRModule:
+    """Run the phases in order on ``mod`` (from ``start``, up to and including ``until``)."""
     from tvmq.passes import _qcommon
 
-    _qcommon.SKIPPED.clear()  # float-fallback reasons of this compile (tvmq info)
+    names = [name for name, _ in PHASES]
+    first = names.index(start) if start else 0
+    if not first:
+        _qcommon.SKIPPED.clear()  # float-fallback reasons of this compile (tvmq info)
     dump = Path(opts.dump_dir) if opts.dump_dir else None
     if dump:
         dump.mkdir(parents=True, exist_ok=True)
-        (dump / "00-input.py").write_text(mod.script(show_meta=False))
+        if not first:
+            (dump / "00-input.py").write_text(mod.script(show_meta=False))
     with board.tvm_target(), tvm.transform.PassContext(opt_level=3):
-        for i, (name, phase) in enumerate(PHASES, start=1):
+        for i, (name, phase) in enumerate(PHASES[first:], start=first + 1):
             passes = phase(board, opts)
             if passes:
                 mod = tvm.transform.Sequential(passes, name=name)(mod)

@@ -43,26 +43,32 @@ def layer_report(mod) -> list[dict[str, Any]]:
 
     class _Visitor(relax.PyExprVisitor):
         def visit_var_binding_(self, binding):
-            value = binding.value
-            if isinstance(value, relax.Call) and isinstance(value.op, tvm_ir_op):
-                op = _LAYER_OPS.get(value.op.name)
-                if op is not None and _dtype(binding.var) not in ("int64", "bool"):
-                    # int64/bool ops are the fixed-point requantization arithmetic, not layers
-                    out = _shape(binding.var)
-                    entry = {
-                        "name": binding.var.name, "op": op, "out_shape": out,
-                        "dtype": _dtype(binding.var), "macs": _macs(op, value, out),
-                        "precision": "float32", "integer": False,
-                    }
-                    entry.update(_integer_info(op, value, bound))
-                    layers.append(entry)
+            entry = describe_binding(binding.var, binding.value, bound)
+            if entry is not None:
+                layers.append(entry)
             bound[binding.var] = binding.value
             super().visit_var_binding_(binding)
 
-    from tvm.ir import Op as tvm_ir_op
-
     relax.expr_functor.visitor(_Visitor)().visit_expr(func)
     return layers
+
+
+def describe_binding(var, value, bound) -> dict[str, Any] | None:
+    """The report entry of one binding ``var = value`` (``bound``: the bindings before it),
+    or None when it is no layer (data movement, requantization arithmetic)."""
+    from tvm.ir import Op
+
+    if not (isinstance(value, relax.Call) and isinstance(value.op, Op)):
+        return None
+    op = _LAYER_OPS.get(value.op.name)
+    if op is None or _dtype(var) in ("int64", "bool"):
+        # int64/bool ops are the fixed-point requantization arithmetic, not layers
+        return None
+    out = _shape(var)
+    entry = {"name": var.name, "op": op, "out_shape": out, "dtype": _dtype(var),
+             "macs": _macs(op, value, out), "precision": "float32", "integer": False}
+    entry.update(_integer_info(op, value, bound))
+    return entry
 
 
 def _dtype(expr) -> str | None:
@@ -73,14 +79,33 @@ def _dtype(expr) -> str | None:
 
 
 def format_layers(layers: list[dict[str, Any]]) -> str:
-    """A fixed-width table of the per-layer report."""
-    rows = [f"{'layer':<18}{'op':<16}{'out shape':<22}{'precision':<11}{'MMACs':>9}  note"]
+    """A fixed-width table of the per-layer map (``meta.json``'s ``layers``), by layer name."""
+    width = min(max([len(str(ly.get("name", ""))) for ly in layers] + [5]) + 2, 42)
+    rows = [f"{'layer':<{width}}{'op':<9}{'out shape':<16}{'precision':<10}{'W':>3}{'A':>4}"
+            f"{'weight B':>10}{'MMACs':>9}{'GBOPs':>9}  note"]
     for layer in layers:
         shape = "x".join(map(str, layer.get("out_shape") or []))
-        rows.append(f"{layer['name'][:17]:<18}{layer['op']:<16}{shape:<22}"
-                    f"{layer.get('precision', ''):<11}{layer.get('macs', 0) / 1e6:>9.2f}  "
-                    f"{layer.get('why_not') or ''}")
+        w, a = ("" if layer.get(k) is None else layer[k] for k in ("weight_bits", "act_bits"))
+        rows.append(f"{str(layer.get('name', ''))[:width - 1]:<{width}}{layer.get('op', ''):<9}"
+                    f"{shape:<16}{layer.get('precision') or '':<10}{w:>3}{a:>4}"
+                    f"{layer.get('weight_bytes', ''):>10}{(layer.get('macs') or 0) / 1e6:>9.2f}"
+                    f"{(layer.get('bops') or 0) / 1e9:>9.3f}  {layer.get('why_not') or ''}")
     return "\n".join(rows)
+
+
+def format_float_ops(ops: list[dict[str, Any]]) -> str:
+    """One line per reason the ops of ``meta.json``'s ``ops`` that run in float do so."""
+    why: dict[str, list[str]] = {}
+    for op in ops:
+        if op.get("op") in ("conv2d", "matmul", "dense"):
+            continue  # in the layer table
+        if not op.get("integer") and op.get("why_not"):
+            why.setdefault(op["why_not"], []).append(op["op"])
+    lines = []
+    for reason, names in why.items():
+        counts = ", ".join(f"{names.count(n)}x {n}" for n in dict.fromkeys(names))
+        lines.append(f"float ops  {counts}: {reason}")
+    return "\n".join(lines)
 
 
 _BITS = {"int8": 8, "uint8": 8, "int16": 16, "uint16": 16, "int32": 32, "bool": 1}

@@ -21,6 +21,7 @@ from tvmq.device import tracker as _tracker
 from tvmq.device.layers import profile_layers
 from tvmq.device.result import BenchResult
 from tvmq.errors import DeviceError
+from tvmq.layermap import label_rows
 
 
 class OutputMismatchError(DeviceError):
@@ -148,6 +149,7 @@ class Remote:
             layers, method = (profile_layers(self._session, root, dev, number, repeat,
                                              self._local_library(root)) if per_layer
                               else (None, None))
+        label_rows(layers, art.meta.get("layers"))  # the user's layer names, bit widths
         return self._result(art, samples, number, repeat, min_repeat_ms, warmup, check,
                             max_err, layers, method)
 

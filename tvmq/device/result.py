@@ -86,12 +86,13 @@ class BenchResult:
         """One table: a row per timing sample, then a row per layer."""
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["kind", "index", "name", "latency_ms", "share", "args"])
+        w.writerow(["kind", "index", "name", "latency_ms", "share", "args", "layer"])
         for i, ms in enumerate(self.samples_ms):
-            w.writerow(["sample", i, "end_to_end", f"{ms:.6f}", "", ""])
+            w.writerow(["sample", i, "end_to_end", f"{ms:.6f}", "", "", ""])
         for i, layer in enumerate(self.layers or []):
             w.writerow(["layer", i, layer["name"], _fmt(layer.get("median_ms")),
-                        _fmt(layer.get("share")), layer.get("args", "")])
+                        _fmt(layer.get("share")), layer.get("args", ""),
+                        layer.get("layer") or ""])
         return _atomic_write(path, lambda f: f.write(buf.getvalue()))
 
     def write_plot(self, path: str | os.PathLike) -> Path:
@@ -126,11 +127,15 @@ def _fmt(value) -> str:
 
 
 def format_layers(layers: list[dict[str, Any]]) -> str:
-    rows = [f"{'#':>3}  {'function':<34}{'median ms':>11}{'share':>8}  args"]
+    """Per-PrimFunc timings; ``layer`` (the user's layer name) and its widths where known."""
+    rows = [f"{'#':>3}  {'layer':<24}{'W/A':>6}  {'function':<34}{'median ms':>11}{'share':>8}"
+            f"  args"]
     for i, lay in enumerate(layers):
         ms = "-" if lay.get("median_ms") is None else f"{lay['median_ms']:.4f}"
         share = "" if lay.get("share") is None else f"{100 * lay['share']:.1f}%"
-        rows.append(f"{i:>3}  {lay['name'][:33]:<34}{ms:>11}{share:>8}  "
+        bits = f"{lay['weight_bits']}/{lay['act_bits']}" if lay.get("layer") else ""
+        rows.append(f"{i:>3}  {str(lay.get('layer') or '')[:23]:<24}{bits:>6}  "
+                    f"{lay['name'][:33]:<34}{ms:>11}{share:>8}  "
                     f"{lay.get('args') or lay.get('skipped', '')}")
     return "\n".join(rows)
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from tvmq.errors import ArtifactError
 from tvmq.quant.api import _set_module, convert
+from tvmq.quant.names import record_module_names
 from tvmq.quant.quantizer import Quantizer, UniformActivation, UniformWeight, fake_quant
 from tvmq.quant.registry import export_handler, register_export
 
@@ -235,6 +236,7 @@ def export(qmodel: nn.Module, example_inputs, path: str | os.PathLike,
     finally:
         os.unlink(tmp.name)
     _constants_to_initializers(model)
+    record_module_names(model, module)  # PyTorch module names for tvmq info/bench/tune
     model = _set_opset(model, opset)
     if opset >= _INT4_OPSET:
         _pack_int4(model, records)

@@ -26,7 +26,8 @@ def cmd_tune(args) -> int:
           f"tuned {len(report.tasks)} task(s): no successful measurement yet", file=out)
     for task in report.tasks:
         best = f"{task['best_us']:.1f} us" if task["best_us"] is not None else "-"
-        name = task["name"] if len(task["name"]) <= 48 else task["name"][:45] + "..."
+        name = ", ".join(task.get("layers") or []) or task["name"]  # the user's layer names
+        name = name if len(name) <= 48 else name[:45] + "..."
         print(f"  {name:<48} x{task['weight']:<3} {task['records']:>5} records  {best}",
               file=out)
     if args.export_db:

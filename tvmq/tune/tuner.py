@@ -26,6 +26,7 @@ from tvmq.artifact import atomic_write
 from tvmq.boards import Board, ensure_cross_compiler, get_board
 from tvmq.errors import TvmqError
 from tvmq.frontend import import_model
+from tvmq.layermap import layer_table, task_layers
 from tvmq.pipeline import PipelineOptions, run_phases
 from tvmq.schedules import database as dbmod
 
@@ -35,7 +36,11 @@ BUILDER_TIMEOUT_S = 300  # workers import tvm.s_tir.tensor_intrin (~33 s, more u
 
 @dataclasses.dataclass
 class TuneReport:
-    """What a tuning run did: per-task best latencies, trials, the tuning curve."""
+    """What a tuning run did: per-task best latencies, trials, the tuning curve.
+
+    Each task: ``name`` (its PrimFunc), ``layers`` (the model's layers it runs, by the
+    user's names: :mod:`tvmq.layermap`), ``weight``, ``records``, ``best_us``.
+    """
 
     board: str
     db: str
@@ -55,16 +60,20 @@ class TuneReport:
 
 
 def _legalized(model, board: Board, example_inputs, input_shapes):
+    """The model (an artifact's source), its legalized module and its per-layer map."""
     if isinstance(model, (str, Path)) and (Path(model) / "meta.json").is_file():
         model = _artifact_source(Path(model))
     imported = import_model(model, example_inputs, input_shapes)
-    return model, run_phases(imported.bind_params(), board, PipelineOptions(), until="legalize")
+    opts = PipelineOptions()
+    lowered = run_phases(imported.bind_params(), board, opts, until="quantize")
+    legal = run_phases(lowered, board, opts, start="legalize", until="legalize")
+    return model, legal, layer_table(imported, lowered, legal)
 
 
 def _tasks(model, board: Board, example_inputs, input_shapes, max_tasks: int | None = None,
            kernels: bool = True):
     ms = meta_schedule()
-    model, mod = _legalized(model, board, example_inputs, input_shapes)
+    model, mod, layers = _legalized(model, board, example_inputs, input_shapes)
     tasks = ms.relax_integration.extract_tasks(mod, board.tvm_target())
     tasks = [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled")]
     if not kernels:
@@ -74,7 +83,7 @@ def _tasks(model, board: Board, example_inputs, input_shapes, max_tasks: int | N
     # each task's default-schedule time per call (us), for the tuning curve's untuned tasks
     baseline = [measured[t.task_name] * 1e3 / max(float(t.weight), 1.0)
                 if measured and measured.get(t.task_name) else None for t in kept]
-    return kept, baseline
+    return kept, baseline, task_layers([t.task_name for t in kept], mod, layers)
 
 
 def _is_kernel_task(task) -> bool:
@@ -312,7 +321,8 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
         raise TvmqError(f"{db_dir} holds a database for another TVM version or target",
                         "pass a new --db directory")
     dbmod.write_meta(db_dir, board.target, TVM_VERSION, board.name)
-    tasks, baseline_us = _tasks(model, board, example_inputs, input_shapes, max_tasks, kernels)
+    tasks, baseline_us, task_names = _tasks(model, board, example_inputs, input_shapes,
+                                            max_tasks, kernels)
     existing = _existing(database, tasks)
     before = sum(n for n, _ in existing)
     remaining = max(trials - before, 0)
@@ -340,8 +350,8 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
         atomic_write(db_dir / COST_MODEL_FILE, lambda f: _save_cost_model(cost_model, f))
     after = _existing(database, tasks)
     report = TuneReport(board.name, str(db_dir), [
-        {"name": n, "weight": w, "records": c, "best_us": b}
-        for n, w, (c, b) in zip(names, weights, after)], before,
+        {"name": n, "layers": lays, "weight": w, "records": c, "best_us": b}
+        for n, lays, w, (c, b) in zip(names, task_names, weights, after)], before,
         sum(c for c, _ in after) - before, time.monotonic() - t0, cb.curve if cb else [])
     atomic_write(db_dir / "tune_report.json",
                  lambda f: f.write(json.dumps(report.to_json(), indent=2).encode()))
@@ -440,7 +450,7 @@ def validate_database(db: str | Path, models, board: str | Board = "host",
     key = lambda m: json.dumps(ms.database.Workload(m).as_json()[0])  # noqa: E731 structural hash
     for model in models:
         model, example = model if isinstance(model, tuple) else (model, None)
-        model_src, mod = _legalized(model, board, example, None)
+        model_src, mod, _ = _legalized(model, board, example, None)
         by_name = {t.task_name: t.dispatched[0] for t in
                    ms.relax_integration.extract_tasks(mod, board.tvm_target())}
         seen.append((model, model_src, example, list(by_name.values())))
