@@ -14,7 +14,8 @@ Integer lowering of QDQ graphs, in pipeline order::
     LowerIntegerPool               avg / global-average pool as integer window sums
     SinkDequantize                 move dequantize below reshape/permute/max_pool
     IntegerRequantize              fixed-point requantize fused with ReLU/Clip and zero point
-    PackSubByteWeights             int4/int2 weights packed into uint8 (no FoldConstant after)
+    PackSubByteWeights             2..7-bit weights bit-packed (tvmq.ir codecs; the mark
+                                   survives FoldConstant)
 """
 from tvmq.passes.fold_batchnorm_into_conv import FoldBatchNormIntoConv
 from tvmq.passes.fold_constant_keep_quantized import FoldConstantKeepQuantized

@@ -1,26 +1,31 @@
-"""PackSubByteWeights: store int4/int2 weights of integer conv/matmul packed in uint8.
+"""PackSubByteWeights: store narrow integer weights of integer conv/matmul bit-packed.
 
 A constant int8 weight of an integer (``out_dtype="int32"``) ``conv2d``/``matmul`` whose
-values all fit in ``bits`` signed bits (2 tried first, then 4) is replaced by a uint8
-constant holding ``8 // bits`` values per byte (:func:`tvmq.qref.pack_subbyte` layout) and an
-unpacking expression (``right_shift``, ``bitwise_and``, sign extension by
-``(v ^ 2**(b-1)) - 2**(b-1)``) that runs inside the compiled program. Packing is lossless, so
-it only depends on the values (ONNX int4/uint4/int2 weights arrive widened to int8).
+values all fit in ``b`` signed bits, ``b`` the smallest of 2..``max_bits``, is replaced by
+its ``packed`` encoding (:mod:`tvmq.ir.codecs`: an LSB-first bitstream of ``b``-bit fields,
+``ceil(n*b/8)`` bytes; for 2 and 4 bits the :func:`tvmq.qref.pack_subbyte` layout) behind
+a call of a marked decode function (:func:`tvmq.ir.encode_weight`). Packing is lossless,
+so it depends on the values only (ONNX int4/uint4/int2 weights arrive widened to int8;
+3-, 5-, 6- and 7-bit weights arrive as int8 clipped to their range).
 
-Preconditions: integer lowering done (:class:`LowerIntegerConv`). Position: **last** pass
-that may see constants: a ``FoldConstant`` after it evaluates the unpacking at compile time
-and stores the dense weights again (the artifact grows back). tvmq's pipeline folds
-constants before it and drops ``FoldConstant`` from the legalize phase.
+The blocked kernels (``tvmq.schedules.BlockIntegerOps``) read the mark and decode inside
+their loop nest; any other consumer runs the decode function at run time. ``FoldConstant``
+never evaluates the decode (it does not fold calls of Relax functions), so the weight stays
+encoded whatever runs after this pass.
+
+Preconditions: integer lowering done (:class:`LowerIntegerConv`), constants folded.
+Position: end of the quantize phase.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from tvmq import qref
 from tvmq._tvm import relax, tvm
+from tvmq.ir import encode_weight, get_codec
 from tvmq.passes import _qcommon as q
 
 _NAME = "PackSubByteWeights"
+MAX_BITS = 7  # 8 bits: the plain int8 weight
 
 
 def _pattern():
@@ -29,30 +34,11 @@ def _pattern():
 
 
 def _bits_for(w: np.ndarray, max_bits: int) -> int | None:
-    for bits in (2, 4):
-        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-        if bits <= max_bits and w.min() >= lo and w.max() <= hi:
+    """Smallest width in 2..``max_bits`` whose signed range holds every value of ``w``."""
+    for bits in range(2, min(max_bits, MAX_BITS) + 1):
+        if get_codec("packed", bits).fits(w):
             return bits
     return None
-
-
-def unpack_expr(emit, packed: np.ndarray, bits: int, shape, dtype: str = "int8"):
-    """Relax expression rebuilding the signed ``shape`` tensor from packed uint8 bytes."""
-    size = int(np.prod(shape))
-    k = 8 // bits
-    p = q.c(packed, "uint8")
-    lanes = []
-    for j in range(k):
-        shifted = emit(relax.op.right_shift(p, q.c(j * bits, "uint8"))) if j else p
-        lane = emit(relax.op.bitwise_and(shifted, q.c((1 << bits) - 1, "uint8")))
-        lanes.append(emit(relax.op.expand_dims(lane, [1])))
-    flat = emit(relax.op.reshape(emit(relax.op.concat(lanes, axis=1)), [packed.size * k]))
-    if packed.size * k != size:
-        flat = emit(relax.op.strided_slice(flat, axes=[0], begin=[0], end=[size]))
-    v = emit(relax.op.astype(flat, dtype))
-    sign = q.c(1 << (bits - 1), dtype)
-    v = emit(relax.op.subtract(emit(relax.op.bitwise_xor(v, sign)), sign))
-    return emit(relax.op.reshape(v, list(shape)))
 
 
 def _mutator(max_bits: int, min_elements: int):
@@ -69,8 +55,8 @@ def _mutator(max_bits: int, min_elements: int):
             bits = _bits_for(w, max_bits)
             if bits is None:
                 return call
-            packed = qref.pack_subbyte(w, bits)
-            weight = unpack_expr(self.builder_.emit, packed, bits, w.shape)
+            weight = self.builder_.emit(encode_weight(self.builder_, get_codec("packed", bits),
+                                                      w))
             return relax.Call(call.op, [call.args[0], weight], call.attrs)
 
     return _Pack
@@ -78,17 +64,20 @@ def _mutator(max_bits: int, min_elements: int):
 
 @tvm.transform.module_pass(opt_level=0, name=_NAME)
 class PackSubByteWeights:
-    """Pack integer weights that fit in 2 or 4 bits into uint8 constants.
+    """Store integer weights that fit in 2..7 bits bit-packed (``packed`` codec).
 
     Parameters
     ----------
     max_bits : int
-        Largest width to pack to (4 or 2).
+        Widest width to pack to (2..7); a weight that needs more stays int8.
     min_elements : int
-        Leave smaller weights alone (the unpacking code outweighs the saving).
+        Leave smaller weights alone (the decode code outweighs the saving).
     """
 
-    def __init__(self, max_bits: int = 4, min_elements: int = 64):
+    def __init__(self, max_bits: int = MAX_BITS, min_elements: int = 64):
+        if not 2 <= max_bits <= MAX_BITS:
+            raise ValueError(f"max_bits={max_bits} is outside 2..{MAX_BITS}: use "
+                             f"PackSubByteWeights(max_bits={MAX_BITS})")
         self.max_bits = max_bits
         self.min_elements = min_elements
 

@@ -21,8 +21,8 @@ def legalize_prelude(target, subbyte_in_kernel: bool = True, blocked_layout: boo
 
     ``blocked_layout``: integer layers exchange activations in ``NCHW{ob}c``
     (:class:`BlockedActivationLayout`), so layout transforms happen at the graph's edges,
-    not around every conv. ``subbyte_in_kernel=False`` stores int4/int2 weights as int8
-    (see :class:`BlockIntegerOps`).
+    not around every conv. ``subbyte_in_kernel=False`` stores bit-packed (2..7-bit)
+    weights as int8 (see :class:`BlockIntegerOps`).
     """
     st = strategy_for(target)
     layout = [BlockedActivationLayout(st)] if blocked_layout and st is not None else []

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from tvmq._tvm import Constant, const_value, relax, struct_dtype, struct_shape, te, tvm
+from tvmq.ir import find_encoded
 from tvmq.schedules import blocked as B
 from tvmq.schedules.strategy import Strategy
 
@@ -35,42 +36,6 @@ def _const(mut, expr) -> np.ndarray | None:
         expr, seen = mut.lookup_binding(expr), seen + 1
     if isinstance(expr, Constant):
         return const_value(expr).numpy()
-    return None
-
-
-def _subbyte_weight(mut, expr, depth: int = 0):
-    """``(int8 values, bits)`` of a weight that ``PackSubByteWeights`` stored packed, else None.
-
-    Follows the unpacking chain (``reshape(sub(xor(astype(...)), 2**(b-1)))``) down to its
-    uint8 constant and decodes it with :func:`tvmq.qref.unpack_subbyte`; the result is
-    re-packed and compared, so an unexpected chain is never misread.
-    """
-    from tvmq import qref
-
-    shape = struct_shape(expr)
-    consts, sign = [], None
-    stack, seen = [expr], 0
-    while stack and seen < 64:
-        e, seen = stack.pop(), seen + 1
-        if isinstance(e, relax.Var):
-            e = mut.lookup_binding(e)
-        if isinstance(e, Constant):
-            consts.append(const_value(e).numpy())
-        elif isinstance(e, relax.Tuple):
-            stack.extend(e.fields)
-        elif isinstance(e, relax.Call):
-            if isinstance(e.op, tvm.ir.Op) and e.op.name == "relax.bitwise_xor":
-                sign = _const(mut, e.args[1])
-            stack.extend(a for a in e.args
-                         if isinstance(a, (relax.Var, Constant, relax.Call, relax.Tuple)))
-    if sign is None or int(sign) not in (2, 8):
-        return None
-    bits, size = 2 if int(sign) == 2 else 4, int(np.prod(shape))
-    for c in consts:
-        if c.dtype == np.uint8 and c.size * (8 // bits) >= size > (c.size - 1) * (8 // bits):
-            w = qref.unpack_subbyte(c, bits, size, signed=True).reshape(shape).astype(np.int8)
-            if np.array_equal(qref.pack_subbyte(w, bits), c.reshape(-1)):
-                return w, bits
     return None
 
 
@@ -108,6 +73,7 @@ def _kernel_func(args, out, name: str):
 class _Mutator(relax.PyExprMutator):
     def __init__(self, mod, st: Strategy, subbyte_in_kernel: bool):
         super().__init__(mod)
+        self.mod = mod
         self.st = st
         self.subbyte_in_kernel = subbyte_in_kernel
         self.count = 0
@@ -128,9 +94,12 @@ class _Mutator(relax.PyExprMutator):
     def _weight(self, expr):
         """``(int8 weight values, bits to store them at)``, or ``(None, 8)``.
 
-        Looks through a zero ``nn.pad`` of the output- and input-channel axes
-        (:class:`~tvmq.schedules.BlockedActivationLayout` pads an RGB stem and 24-channel
-        convs to whole blocks; a sub-byte weight is padded that way, not as a constant).
+        An encoded weight (:func:`tvmq.ir.find_encoded`: the mark ``PackSubByteWeights``
+        leaves) is decoded here with its codec's NumPy reference, and its bits returned so
+        the kernel stores it at that width again. Looks through a zero ``nn.pad`` of the
+        output- and input-channel axes (:class:`~tvmq.schedules.BlockedActivationLayout`
+        pads an RGB stem and 24-channel convs to whole blocks; an encoded weight is padded
+        that way, not as a constant).
         """
         padded = self._weight_pad(expr)
         if padded is not None:
@@ -142,11 +111,12 @@ class _Mutator(relax.PyExprMutator):
         w = _const(self, expr)
         if w is not None or struct_dtype(expr) != "int8":
             return w, 8
-        found = _subbyte_weight(self, expr)
-        if found is None:
+        enc = find_encoded(self.mod, expr, self.lookup_binding)
+        if enc is None:
             return None, 8
-        w, bits = found
-        return w, (bits if self.subbyte_in_kernel else 8)
+        # the kernels decode bit-packed weights; any other codec is stored as int8 here
+        bits = enc.codec.bits if enc.codec.name == "packed" and self.subbyte_in_kernel else 8
+        return enc.decode(), bits
 
     def _weight_args(self, wp_np, bits):
         """(placeholder, int8 tensor the kernel reads, Relax constant) of blocked weights."""
@@ -357,12 +327,14 @@ class _Mutator(relax.PyExprMutator):
 def BlockIntegerOps(strategy: Strategy, subbyte_in_kernel: bool = True) -> tvm.transform.Pass:  # noqa: N802
     """The pass for ``strategy`` (see the module docstring); identity when it is None.
 
-    Weights packed by ``PackSubByteWeights`` (int4/int2 in uint8) are re-packed into the
-    blocked layout *at their width* (``per = 8 // bits`` values a byte,
-    :func:`tvmq.schedules.blocked.pack_subbyte_blocked`) and decoded inside the conv/dense
-    kernel, per register tile (``subbyte_in_kernel=True``, default): the artifact holds
-    them packed and they run as fast as int8. ``subbyte_in_kernel=False`` stores them as
-    blocked int8 instead (for comparison). Depthwise weights are always stored as int8.
+    Weights marked ``packed`` by ``PackSubByteWeights`` (:func:`tvmq.ir.find_encoded`) are
+    re-packed into the blocked layout *at their width* and decoded inside the conv/dense
+    kernel, per register tile (``subbyte_in_kernel=True``, default): int4/int2 ``per = 8 //
+    bits`` values a byte (:func:`tvmq.schedules.blocked.pack_subbyte_blocked`; they run as
+    fast as int8), 3/5/6/7 bits in byte planes
+    (:func:`tvmq.schedules.blocked_planar.pack_planar_blocked`). The artifact holds them at
+    their width. ``subbyte_in_kernel=False`` stores them as blocked int8 instead (for
+    comparison). Depthwise weights are always stored as int8.
     """
 
     @tvm.transform.module_pass(opt_level=0, name="tvmq.BlockIntegerOps")

@@ -125,12 +125,20 @@ def decode_subbyte_weight(wq: te.Tensor, bits: int, ob: int):
 def weight_operand(wp_np: np.ndarray, ob: int, bits: int = 8):
     """(stored array, placeholder, int8 tensor the kernel reads) of blocked weights.
 
-    ``bits < 8``: stored ``bits`` wide (:func:`pack_subbyte_blocked`)
-    and decoded inside the kernel; else stored as is.
+    ``bits < 8``: stored ``bits`` wide and decoded inside the kernel: 2 and 4 bits by
+    :func:`pack_subbyte_blocked`, 3, 5, 6 and 7 in byte planes
+    (:func:`tvmq.schedules.blocked_planar.pack_planar_blocked`); else stored as is.
     """
     if bits >= 8:
         wp = te.placeholder(i64(wp_np.shape), "int8", "w_packed")
         return wp_np, wp, wp
+    if 8 % bits:
+        from tvmq.schedules import blocked_planar as P
+
+        ib = int(wp_np.shape[-1])
+        stored = P.pack_planar_blocked(wp_np, bits)
+        wq = te.placeholder(i64(stored.shape), "int8", f"w_int{bits}")
+        return stored, wq, P.decode_planar_weight(wq, bits, ob, ib, BLOCK_DECODE_W)
     stored = pack_subbyte_blocked(wp_np, bits)
     wq = te.placeholder(i64(stored.shape), "int8", f"w_int{bits}")
     return stored, wq, decode_subbyte_weight(wq, bits, ob)

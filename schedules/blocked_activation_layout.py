@@ -199,7 +199,7 @@ class _PadChannels(relax.PyExprMutator):
         if isinstance(w, Constant):
             wt = np.pad(const_value(w).numpy(), [(0, extra_o), (0, extra_c), (0, 0), (0, 0)])
             w = relax.const(wt, str(wt.dtype))
-        else:  # a sub-byte weight's unpacking chain: BlockIntegerOps looks through the pad
+        else:  # an encoded weight (tvmq.ir mark): BlockIntegerOps looks through the pad
             w = self.builder_.emit(relax.op.nn.pad(w, [0, extra_o, 0, extra_c, 0, 0, 0, 0]))
         if o_pad is not None:
             self.result = w_shape[0]

@@ -29,7 +29,7 @@ def conv_func(x_shape, w: np.ndarray, in_dtype: str, st: Strategy, strides=(1, 1
               padding=(0, 0, 0, 0), dilation=(1, 1), bits: int = 8, layout: str = "NCHW"):
     """(PrimFunc, packed weight, correction or None) of a dense (groups=1) int conv.
 
-    ``bits`` (8, 4 or 2): width the weights are stored at (decoded inside the kernel).
+    ``bits`` (2..8): width the weights are stored at (decoded inside the kernel).
     ``layout``: ``"NCHW"``, or ``"blocked"`` for ``NCHW{ob}c`` input and output (the layout
     integer layers exchange inside a model; ``x_shape`` is still given as NCHW).
     """

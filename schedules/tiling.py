@@ -17,6 +17,8 @@ only choose the parameters.
 from __future__ import annotations
 
 from tvmq.schedules.blocked import BLOCK_CONV, BLOCK_DECODE_W, BLOCK_DENSE, BLOCK_DWCONV
+from tvmq.schedules.blocked_planar import LAYOUT as PLANAR
+from tvmq.schedules.blocked_planar import LAYOUT_KEY as PLANAR_KEY
 from tvmq.schedules.common import (PACK_BLOCKS, child_blocks, divisor_at_most,
                                    inline_epilogue, place_epilogue, schedule_injective)
 
@@ -53,7 +55,9 @@ def schedule_decode(sch, at_loop, hoisted: bool = False) -> None:
 
     Placed inside the reduction loop, it decodes just the weight blocks the register tile
     needs next (a few hundred bytes, in L1) instead of a dense int8 copy: the inner
-    ``g * ib`` bytes of a block are one vector load, shifted ``per`` times (``per`` unrolled).
+    ``g * ib`` bytes of a block are one vector load, shifted ``per`` times (``per`` unrolled);
+    3/5/6/7-bit byte planes (:mod:`tvmq.schedules.blocked_planar`): ``G``-byte vectors of
+    one or two planes, shifted 8 times (unrolled).
     ``hoisted``: ``at_loop`` holds many register tiles (a row, or an output-channel block
     group, see :func:`_decode_level`); their weights are decoded once into a buffer of at
     most ``DECODE_BLOCK_BYTES`` that every tile under ``at_loop`` reads.
@@ -64,10 +68,16 @@ def schedule_decode(sch, at_loop, hoisted: bool = False) -> None:
     sch.compute_at(dec, at_loop, preserve_unit_loops=True)  # replayable traces
     loops = _loops_after(sch, dec, at_loop)
     oi, ci = loops[-2], loops[-1]
-    g = int(sch.get(dec).reads[0].source.shape[-2])  # bytes per ``ib`` column: ob / per
-    h, j = sch.split(oi, [None, g])
-    sch.reorder(h, j, ci)
-    sch.vectorize(sch.fuse(j, ci))
+    stored = sch.get(dec).reads[0].source.shape
+    if sch.get(dec).annotations.get(PLANAR_KEY) == PLANAR:
+        # byte planes [.., bits, G]: value h * G + j of the block, G bytes a plane
+        h, j = sch.split(sch.fuse(oi, ci), [None, int(stored[-1])])
+        sch.vectorize(j)
+    else:
+        g = int(stored[-2])  # bytes per ``ib`` column: ob / per
+        h, j = sch.split(oi, [None, g])
+        sch.reorder(h, j, ci)
+        sch.vectorize(sch.fuse(j, ci))
     for lp in ([] if hoisted else loops[:-2]) + [h]:
         sch.unroll(lp)
 

@@ -38,9 +38,10 @@ class PipelineOptions:
         adds as its QLinearAdd float32 FMA chain (a 256x256 lookup table per add, built at
         compile time); default rounds the exact rational half to even (``tvmq.qref``).
     keep_subbyte_packed : bool
-        Keep int4/int2 conv/dense weights packed 2/4 per byte in the artifact and decode
-        them inside the kernels, per register tile (default). False decodes them to int8 at
-        compile time (artifact as large as int8; for comparison).
+        Keep conv/dense weights that fit 2..7 bits packed at their width in the artifact
+        (:mod:`tvmq.ir.codecs`) and decode them inside the kernels, per register tile
+        (default). False decodes them to int8 at compile time (artifact as large as int8;
+        for comparison).
     blocked_layout : bool
         Integer layers exchange activations in the kernels' blocked layout ``NCHW{ob}c``
         (layout transforms only at the graph's edges; default; not with
@@ -74,8 +75,8 @@ def quantize_passes(board: Board, opts: PipelineOptions) -> list:
     """Integer lowering of QDQ patterns (a no-op on float graphs); see ``tvmq.passes``.
 
     Ends with ``FoldConstant`` (float fallbacks fold their dequantized weights) and then
-    ``PackSubByteWeights``: nothing after it may fold constants, or the packed weights would
-    be unpacked back into dense constants.
+    ``PackSubByteWeights``, whose encoded weights (calls of marked decode functions,
+    :mod:`tvmq.ir.encoded`) no ``FoldConstant`` evaluates.
     """
     from tvmq import passes as P
 
@@ -91,8 +92,8 @@ def quantize_passes(board: Board, opts: PipelineOptions) -> list:
 
 
 def legalize_passes(board: Board, opts: PipelineOptions) -> list:
-    # With integer lowering, constants were folded at the end of the quantize phase; folding
-    # again here would evaluate PackSubByteWeights' unpacking and grow the artifact back.
+    # With integer lowering, constants were folded at the end of the quantize phase (a fold
+    # here would leave the encoded weights alone: FoldConstant never evaluates their decode).
     fold = [] if opts.integer else [relax.transform.FoldConstant()]
     # tvmq.schedules: integer conv/matmul -> the board's blocked kernels (weights packed now)
     from tvmq import schedules

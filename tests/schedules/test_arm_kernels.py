@@ -26,6 +26,22 @@ def _rand(rng, shape, dtype):
     return rng.integers(lo, hi + 1, shape).astype(dtype if dtype[-1] in "68" else "int8")
 
 
+def _narrow(rng, shape, bits):
+    """``bits``-bit values held in int8."""
+    return rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), shape).astype(np.int8)
+
+
+def test_planar_kernels_cross_compile(rng, tmp_path):
+    """3/6-bit weights decoded inside the Arm kernels build and link for aarch64 (they run
+    in :func:`test_kernels_exact_under_qemu` when the emulated board exists)."""
+    if shutil.which(CROSS) is None:
+        pytest.skip(f"{CROSS} not installed")
+    for name, board, spec, ref in _cases(rng):
+        if name.endswith(("int3", "int6")):
+            _export(tmp_path, name, board, spec, ref)
+            assert (tmp_path / f"{name}.so").stat().st_size > 0
+
+
 @pytest.mark.parametrize("board,intrin,instr", [("rpi5", "tvmq_arm_sdot_4x4", "sdot"),
                                                 ("a55", "tvmq_arm_sdot_4x4", "sdot"),
                                                 ("rasp3b", "tvmq_arm_neon_4x4", "smull"),
@@ -72,6 +88,13 @@ def _cases(rng):
                                                 groups=8))))
         x, w = _rand(rng, (3, 21), "uint8"), _rand(rng, (21, 9), "int2")
         out.append((f"{board}_dense_int2", board, ("dense", x, w, dict(bits=2)),
+                    x.astype(np.int64) @ w.astype(np.int64)))
+        # 3/6-bit weights in byte planes (G = ob * ib / 8 = 2 bytes a plane on Arm)
+        x, w = _rand(rng, (1, 10, 7, 7), "int8"), _narrow(rng, (12, 10, 3, 3), 3)
+        out.append((f"{board}_conv_int3", board, ("conv", x, w, dict(padding=(1,) * 4, bits=3)),
+                    qref.conv2d_int(x, w, padding=(1,) * 4)))
+        x, w = _rand(rng, (3, 21), "uint8"), _narrow(rng, (21, 9), 6)
+        out.append((f"{board}_dense_int6", board, ("dense", x, w, dict(bits=6)),
                     x.astype(np.int64) @ w.astype(np.int64)))
     return out
 

@@ -258,9 +258,11 @@ def test_matmul_graph_exact(rng):
     np.testing.assert_array_equal(_run(_lower(mod, True), x), _run(_lower(mod, False), x))
 
 
-@pytest.mark.parametrize("bits", [4, 2])
-def test_subbyte_packed_weight_runs_on_blocked_kernel(rng, bits):
-    from tvmq.passes.pack_sub_byte_weights import unpack_expr
+@pytest.mark.parametrize("bits", [4, 2, 3, 6])
+def test_encoded_weight_runs_on_blocked_kernel(rng, bits):
+    """A ``packed`` weight (the mark, :func:`tvmq.ir.encode_weight`) is read by the kernel
+    rewrite: the decode function is gone, the kernel stores the weight ``bits`` wide."""
+    from tvmq.ir import encode_weight, get_codec
 
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     w = rng.integers(lo, hi + 1, (20, 7, 3, 3)).astype("int8")
@@ -268,14 +270,37 @@ def test_subbyte_packed_weight_runs_on_blocked_kernel(rng, bits):
     x = relax.Var("x", relax.TensorType((1, 7, 6, 6), "uint8"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            wexpr = unpack_expr(bb.emit, qref.pack_subbyte(w, bits), bits, w.shape)
+            wexpr = bb.emit(encode_weight(bb, get_codec("packed", bits), w))
             out = bb.emit_output(relax.op.nn.conv2d(x, wexpr, padding=1, out_dtype="int32"))
         bb.emit_func_output(out)
     mod = bb.get()
     xin = rng.integers(0, 256, (1, 7, 6, 6)).astype("uint8")
     ours = _lower(mod, True)
-    assert "tvmq_kernel1" in " ".join(gv.name_hint for gv in ours.functions)
+    names = " ".join(gv.name_hint for gv in ours.functions)
+    assert "tvmq_kernel1" in names and "tvmq_decode" not in names, names
+    # blocked [O/16 = 2, C/4 = 2, 3, 3, 16, 4] int8 weights, stored bits / 8 as large
+    dense_bytes = 2 * 2 * 3 * 3 * 16 * 4
+    consts = [c for c in _constants(ours) if c.dtype == np.int8 and c.size > 64]
+    assert [c.nbytes for c in consts] == [dense_bytes * bits // 8], [c.shape for c in consts]
     np.testing.assert_array_equal(_run(ours, xin), qref.conv2d_int(xin, w, padding=(1,) * 4))
+
+
+def _constants(mod):
+    from tvmq._tvm import const_value
+
+    found = []
+
+    @relax.expr_functor.visitor
+    class _V(relax.PyExprVisitor):
+        def visit_constant_(self, c):
+            found.append(const_value(c).numpy())
+
+        visit_generic_const_ = visit_constant_  # TVM 0.27 name
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            _V().visit_expr(func)
+    return found
 
 
 def test_pack_after_an_input_quantize_is_parallel_and_vectorized():

@@ -163,6 +163,82 @@ def test_dense_subbyte_exact(rng, bits, m, k, n):
     assert np.array_equal(got, x.astype(np.int64) @ wt.astype(np.int64))
 
 
+def _narrow(rng, shape, bits):
+    """``bits``-bit values held in int8, both range ends included."""
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    w = rng.integers(lo, hi + 1, shape).astype(np.int8)
+    w.flat[0], w.flat[-1] = lo, hi
+    return w
+
+
+@needs_avx2
+@pytest.mark.parametrize("bits,level,c,h,o,k", [
+    (3, "block", 64, 14, 64, 3),   # each place the decode can be hoisted to (see above)
+    (6, "row", 8, 20, 16, 3),
+    (5, "tile", 16, 6, 16, 1),
+    (7, "tile", 13, 9, 33, 3),     # partial channel blocks
+])
+def test_conv_planar_weights_decoded_in_kernel_exact(rng, monkeypatch, bits, level, c, h, o,
+                                                     k):
+    """3/5/6/7-bit weights in byte planes (``bits / 8`` of the int8 bytes) decoded inside
+    the kernel, at each decode level: exact."""
+    seen = []
+    choose = tiling._decode_level
+    monkeypatch.setattr(tiling, "_decode_level", lambda *a: seen.append(choose(*a)) or seen[-1])
+    x, wt = _rand(rng, (1, c, h, h), "uint8"), _narrow(rng, (o, c, k, k), bits)
+    pads = (k // 2,) * 4
+    lib, wp, corr = kernels.build_conv_kernel(x.shape, wt, "uint8", tvm.target.Target(HASWELL),
+                                              padding=pads, bits=bits)
+    assert wp.nbytes == blocked.pack_weight(wt, 16, 4).nbytes * bits // 8
+    ref = qref.conv2d_int(x, wt, padding=pads)
+    np.testing.assert_array_equal(_run(lib, x, wp, corr, out_shape=ref.shape), ref)
+    assert seen == [level]
+
+
+@needs_avx2
+@pytest.mark.parametrize("bits,m,k,n", [(3, 1, 64, 16), (6, 7, 37, 40), (7, 3, 100, 33)])
+def test_dense_planar_exact(rng, bits, m, k, n):
+    x, wt = _rand(rng, (m, k), "uint8"), _narrow(rng, (k, n), bits)
+    lib, wp, corr = kernels.build_dense_kernel(m, wt, "uint8", tvm.target.Target(HASWELL),
+                                               bits=bits)
+    got = _run(lib, x, wp, corr, out_shape=(m, n))
+    assert np.array_equal(got, x.astype(np.int64) @ wt.astype(np.int64))
+
+
+@pytest.mark.parametrize("bits", [3, 5, 6, 7])
+@pytest.mark.parametrize("ob,ib", [(16, 4), (4, 4)])
+def test_pack_planar_blocked_round_trips(rng, bits, ob, ib):
+    """NumPy decode of the byte planes (the rule the kernel implements) gives back W."""
+    from tvmq.schedules.blocked_planar import pack_planar_blocked
+
+    wp = _narrow(rng, (3, 2, ob, ib), bits)
+    stored = pack_planar_blocked(wp, bits)
+    g = ob * ib // 8
+    assert stored.shape == (3, 2, bits, g) and stored.dtype == np.int8
+    word = sum(stored.view(np.uint8).astype(np.int64)[..., k, :] << (8 * k) for k in range(bits))
+    fields = np.stack([(word >> (bits * h)) & ((1 << bits) - 1) for h in range(8)], axis=-2)
+    got = fields.reshape(3, 2, ob, ib)  # value h * G + j of the block, row-major (oi, ci)
+    got = np.where(got >= 1 << (bits - 1), got - (1 << bits), got)
+    np.testing.assert_array_equal(got, wp)
+
+
+@pytest.mark.parametrize("bits", [3, 7])
+@pytest.mark.parametrize("ob,ib", [(16, 4), (4, 4)])
+def test_planar_decode_compute_exact(rng, bits, ob, ib):
+    """The TE decode of byte planes (unscheduled, Arm's ob = 4 too) gives back W."""
+    from tvmq._tvm import te
+    from tvmq.schedules.blocked_planar import decode_planar_weight, pack_planar_blocked
+
+    wp = _narrow(rng, (2, 3, ob, ib), bits)
+    stored = pack_planar_blocked(wp, bits)
+    wq = te.placeholder(stored.shape, "int8", "wq")
+    out = decode_planar_weight(wq, bits, ob, ib, "decode")
+    lib = tvm.compile(te.create_prim_func([wq, out]), target="llvm")
+    got = tensor(np.zeros(wp.shape, np.int8))
+    lib(tensor(stored), got)
+    np.testing.assert_array_equal(got.numpy(), wp)
+
+
 def _to_blocked(a):
     return to_blocked(a, 16)
 
