@@ -85,8 +85,9 @@ def bench_model(name: str, workdir: Path, repeats: int) -> dict:
             "int4_decoded_over_int8": round(sizes["int4_decoded"] / sizes["int8"], 3),
             "int4_latency_over_int8": round(med["tvmq_int4"] / med["tvmq_int8"], 3),
             "export_over_ort_qdq": round(med["tvmq_export_int8"] / med["tvmq_int8"], 3),
-            "export_float_layers": [l["name"] for l in arts["export_int8"].meta["layers"]
-                                    if l["op"] in ("conv2d", "matmul") and not l["integer"]],
+            "export_float_ops": [f'{l["name"]}:{l["op"]}' for l in arts["export_int8"].meta["ops"]
+                                 if l["op"] not in ("quantize", "dequantize")
+                                 and not l["integer"]],
             "top1_agrees_with_ort_int8": agree,
             "integer_layers": sum(1 for l in arts["int8"].meta["layers"] if l["integer"])}
 

@@ -16,7 +16,8 @@ after :func:`tvmq.onnx_checks.check_quantization_params` rejected invalid scales
   elementwise arithmetic (``Div/Round/Add/Clip`` and ``Sub/Mul``); such layers stay float.
 * The default-domain opset is raised to 13 when lower (per-axis Q/DQ needs it).
 
-``EXTRA_CONVERTERS`` maps an ONNX op type to an ``OnnxOpConverter`` subclass, registered only
+``EXTRA_CONVERTERS`` maps an ONNX op type to a factory of an ``OnnxOpConverter`` subclass
+(TVM is imported only when the factory runs), registered only
 inside :func:`registered`, so importing tvmq never changes TVM globally.
 """
 from __future__ import annotations
@@ -26,6 +27,49 @@ import contextlib
 import numpy as np
 
 EXTRA_CONVERTERS: dict[str, type] = {}
+
+
+def _const_bound(expr):
+    """A scalar constant clip bound as a float (None: absent or not a finite constant)."""
+    from tvmq._tvm import Constant, const_value
+
+    if expr is None:
+        return None
+    if not isinstance(expr, Constant) or const_value(expr).numpy().size != 1:
+        return False
+    value = float(const_value(expr).numpy().reshape(()))
+    return value if np.isfinite(value) else False
+
+
+def _clip_converter():
+    """ONNX ``Clip`` with constant bounds as ``relax.clip`` (ReLU when only ``min=0``).
+
+    TVM's importer always emits ``maximum``/``minimum`` TIR calls, which no integer
+    lowering can see through: ``IntegerRequantize`` fuses ``relax.clip``/``relu`` into the
+    requantization (exact: rounding is monotone, so clipping before or after it agrees).
+    Other bounds (tensors, NaN) keep TVM's converter.
+    """
+    from tvm.relax.frontend.onnx.onnx_frontend import Clip, get_constant
+
+    from tvmq._tvm import relax
+
+    class _Clip(Clip):
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):
+            lo, hi = (_const_bound(get_constant(inputs[i], params) if len(inputs) > i
+                                   and inputs[i] is not None else None) for i in (1, 2))
+            if lo is False or hi is False or (lo is None and hi is None):
+                return super()._impl_v13(bb, inputs, attr, params)
+            if hi is None:
+                return relax.op.nn.relu(inputs[0]) if lo == 0.0 else \
+                    super()._impl_v13(bb, inputs, attr, params)
+            lo = float(np.finfo(np.float32).min) if lo is None else lo
+            return relax.op.clip(inputs[0], lo, hi)
+
+    return _Clip
+
+
+EXTRA_CONVERTERS["Clip"] = _clip_converter
 
 _SUB_BYTE = {"INT4": "INT8", "UINT4": "UINT8", "INT2": "INT8", "UINT2": "UINT8"}
 _RANGE = {"INT4": (-8, 7), "UINT4": (0, 15), "INT2": (-2, 1), "UINT2": (0, 3)}
@@ -42,7 +86,7 @@ def registered():
 
     def _patched():
         table = dict(original())
-        table.update(EXTRA_CONVERTERS)
+        table.update({op: make() for op, make in EXTRA_CONVERTERS.items()})
         return table
 
     frontend._get_convert_map = _patched

@@ -43,7 +43,7 @@ def layer_report(mod) -> list[dict[str, Any]]:
 
     class _Visitor(relax.PyExprVisitor):
         def visit_var_binding_(self, binding):
-            entry = describe_binding(binding.var, binding.value, bound)
+            entry = describe_binding(binding.var, binding.value, bound, mod)
             if entry is not None:
                 layers.append(entry)
             bound[binding.var] = binding.value
@@ -53,7 +53,7 @@ def layer_report(mod) -> list[dict[str, Any]]:
     return layers
 
 
-def describe_binding(var, value, bound) -> dict[str, Any] | None:
+def describe_binding(var, value, bound, mod=None) -> dict[str, Any] | None:
     """The report entry of one binding ``var = value`` (``bound``: the bindings before it),
     or None when it is no layer (data movement, requantization arithmetic)."""
     from tvm.ir import Op
@@ -67,7 +67,7 @@ def describe_binding(var, value, bound) -> dict[str, Any] | None:
     out = _shape(var)
     entry = {"name": var.name, "op": op, "out_shape": out, "dtype": _dtype(var),
              "macs": _macs(op, value, out), "precision": "float32", "integer": False}
-    entry.update(_integer_info(op, value, bound))
+    entry.update(_integer_info(op, value, bound, mod))
     return entry
 
 
@@ -116,24 +116,18 @@ def _op_name(expr) -> str | None:
     return getattr(op, "name", None) if isinstance(expr, relax.Call) else None
 
 
-def _packed_bits(weight, bound) -> int | None:
-    """Bit width of a weight rebuilt from packed uint8 by PackSubByteWeights, else None."""
-    expr, seen = weight, 0
-    while isinstance(expr, relax.Var) and expr in bound and seen < 4:
-        expr, seen = bound[expr], seen + 1
-        if _op_name(expr) == "relax.subtract":
-            xor = bound.get(expr.args[0])
-            if _op_name(xor) == "relax.bitwise_xor":
-                sign = int(xor.args[1].value.numpy())
-                return sign.bit_length()
-        if _op_name(expr) == "relax.reshape":
-            expr = expr.args[0]
-    return None
+def _packed_bits(weight, bound, mod=None) -> int | None:
+    """Bits per stored value of an encoded weight (the mark ``PackSubByteWeights`` leaves,
+    :func:`tvmq.ir.encoded_bits`), else None."""
+    from tvmq.ir import encoded_bits
+
+    return None if mod is None else encoded_bits(mod, weight, bound.get)
 
 
-def _integer_info(op: str, call, bound) -> dict[str, Any]:
+def _integer_info(op: str, call, bound, mod=None) -> dict[str, Any]:
     """``integer``/``precision``/``bits``/``why_not`` of one layer (after the quantize phase)."""
-    dtypes = [_dtype(a) for a in call.args if isinstance(a, relax.Expr)]
+    args = [f for a in call.args for f in (a.fields if isinstance(a, relax.Tuple) else [a])]
+    dtypes = [_dtype(a) for a in args if isinstance(a, relax.Expr)]  # concat: a tuple
     tensor_dtypes = [d for d in dtypes if d is not None]
     if op in ("quantize", "dequantize"):
         return {"bits": None, "why_not": None}
@@ -141,7 +135,7 @@ def _integer_info(op: str, call, bound) -> dict[str, Any]:
         bits = max(_BITS[d] for d in tensor_dtypes if d != "bool")
         info = {"integer": True, "precision": f"int{bits}", "bits": bits, "why_not": None}
         if op in ("conv2d", "matmul", "dense") and len(call.args) > 1:
-            wbits = _packed_bits(call.args[1], bound)
+            wbits = _packed_bits(call.args[1], bound, mod)
             info["weight_bits"] = wbits or _BITS.get(_dtype(call.args[1]) or "", None)
         return info
     from tvmq.passes._qcommon import SKIPPED

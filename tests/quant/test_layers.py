@@ -8,8 +8,9 @@ from torch import nn
 from tvmq import models
 from tvmq.errors import ConfigError
 from tvmq.quant import (FakeQuantConfig, LSQConfig, QATConfig, QuantConv2d, QuantConvBn2d,
-                        QuantLinear, QuantSpec, fit, freeze_bn, get_preset, quantize_,
-                        quantizers)
+                        QuantLinear, Quantizer, QuantSpec, fit, freeze_bn, get_preset,
+                        quantize_, quantizers)
+from tvmq.quant.graph import JOIN_PREFIX
 
 
 def _float_only(base):
@@ -59,7 +60,11 @@ def test_first_last_policy_configurable(trained):
     model = trained("digits_cnn")
     base = LSQConfig(weight=QuantSpec(3), activation=QuantSpec(3), first_last_bits=None)
     quantize_(model, QATConfig(base))
-    assert {q.bits for q in quantizers(model)} == {3}
+    layer_quants = [q for name, q in model.named_modules() if isinstance(q, Quantizer)
+                    and not name.startswith(JOIN_PREFIX)]
+    assert {q.bits for q in layer_quants} == {3}
+    # the pool's input and output (a join) stay 8-bit: integer pooling needs no fewer bits
+    assert {q.bits for q in quantizers(model)} - {q.bits for q in layer_quants} == {8}
 
 
 def test_unknown_override_name_lists_layers(trained):

@@ -15,7 +15,6 @@ A model that ``torch.fx`` cannot trace (data-dependent control flow) keeps the
 from __future__ import annotations
 
 import operator
-import types
 import warnings
 from typing import Callable
 
@@ -164,7 +163,9 @@ def quantize_joins(model: nn.Module, make: Callable[[], Quantizer]) -> int:
             ins.source[node] = ins.source[node.args[0]]
         elif kind in ("add", "cat", "avg"):
             users = list(node.users)
-            ins.after(users[0] if len(users) == 1 and _is_relu(gm, users[0]) else node)
+            out = users[0] if len(users) == 1 and _is_relu(gm, users[0]) else node
+            if not any(isinstance(_module(gm, u), Quantizer) for u in out.users):
+                ins.after(out)
     if not any(n.op == "call_module" and n.target.startswith(JOIN_PREFIX) for n in gm.graph.nodes):
         return 0
     _share_layer_inputs(gm, ins.source)
@@ -183,10 +184,17 @@ def _share_layer_inputs(gm: fx.GraphModule, source: dict[fx.Node, Quantizer]) ->
 
 
 def _adopt_forward(model: nn.Module, gm: fx.GraphModule) -> None:
-    """Run the rewritten graph as ``model``'s forward (the model is quantized in place)."""
+    """Run the rewritten graph as ``model``'s forward (the model is quantized in place).
+
+    ``model`` becomes an instance of a subclass of its own class whose ``forward`` is the
+    graph's (as ``torch.fx`` does for a GraphModule): ``isinstance`` still holds, ``deepcopy``
+    and a later trace see the rewritten forward.
+    """
     gm.graph.lint()
     gm.recompile()
     for node in gm.graph.nodes:
         if node.op == "get_attr" and not hasattr(model, node.target.split(".")[0]):
             setattr(model, node.target, getattr(gm, node.target))
-    model.forward = types.MethodType(type(gm).forward, model)
+    base = getattr(type(model), "_tvmq_source_class", type(model))
+    model.__class__ = type(base.__name__, (base,), {
+        "forward": type(gm).forward, "_tvmq_source_class": base, "__module__": base.__module__})
