@@ -63,3 +63,31 @@ def test_digits_models_train_quickly(digits_data):
     model = train.train(models.create("digits_cnn"), tr, epochs=8, progress=False)
     acc = train.accuracy(train.predict(model, te.x), te.y)
     assert acc > 90.0, f"digits CNN reached only {acc:.1f}% after 8 epochs"
+
+
+def test_resnet20_digits_is_a_1_channel_resnet20():
+    model = models.create("resnet20_digits")
+    assert models.input_shape("resnet20_digits") == (1, 1, 32, 32)
+    assert model.conv1.in_channels == 1 and len(model.layer3) == 3
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 21  # stem + 9 blocks x 2 + 2 downsample shortcuts
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_resnet20_digits_recipe_reaches_97_percent():
+    import time
+
+    from tvmq import data, train
+
+    name = "resnet20_digits"
+    tr, te = data.digits(size=32)
+    start = time.perf_counter()
+    model = train.train(models.create(name), tr, epochs=models.train_epochs(name),
+                        lr=models.train_lr(name), progress=False)
+    seconds = time.perf_counter() - start
+    acc = train.accuracy(train.predict(model, te.x), te.y)
+    assert acc >= 97.0, (f"{name}: {acc:.2f}% after {models.train_epochs(name)} epochs "
+                         f"({seconds:.0f} s); the recipe should reach >= 97%")
+    print(f"{name}: {acc:.2f}% test accuracy, trained in {seconds:.0f} s")

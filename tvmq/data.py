@@ -1,4 +1,4 @@
-"""Data sets: the embedded digits set, and loaders for users' own data.
+"""Data sets: the embedded digits set (8x8, or upsampled), and loaders for users' own data.
 
 All loaders return :class:`Dataset` with float32 NCHW images and int64 labels.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tvmq.errors import TvmqError
+from tvmq.errors import ConfigError, TvmqError
 
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -41,17 +41,31 @@ _DIGITS_SPLIT_SEED = 0
 _DIGITS_TEST_FRACTION = 0.25
 
 
-def digits() -> tuple[Dataset, Dataset]:
-    """The 8x8 digits set (1,797 images), fixed 75/25 stratified split, normalized by train stats.
+def digits(size: int = 8) -> tuple[Dataset, Dataset]:
+    """The digits set (1,797 images), fixed 75/25 stratified split, normalized by train stats.
+
+    Parameters
+    ----------
+    size : int
+        Image side. 8 (default) is the original 8x8 set; a larger size upsamples the same
+        normalized images bilinearly (``torch.nn.functional.interpolate``,
+        ``align_corners=False``), so every size has the same split, labels and value units,
+        e.g. ``digits(size=32)`` for CIFAR-style networks such as ``resnet20_digits``.
 
     Returns
     -------
     (train, test) : tuple of Dataset
-        ``x`` has shape (N, 1, 8, 8).
+        ``x`` has shape (N, 1, size, size).
+
+    Raises
+    ------
+    ConfigError
+        ``size`` is not an int >= 8.
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
+    _check_digits_size(size)
     bunch = load_digits()
     x = (bunch.images.astype(np.float32) / 16.0)[:, None]
     y = bunch.target.astype(np.int64)
@@ -59,8 +73,24 @@ def digits() -> tuple[Dataset, Dataset]:
         x, y, test_size=_DIGITS_TEST_FRACTION, random_state=_DIGITS_SPLIT_SEED, stratify=y)
     mean, std = x_tr.mean(), x_tr.std()
     classes = [str(i) for i in range(10)]
-    norm = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
+    norm = lambda a: _upsample(((a - mean) / std).astype(np.float32), size)  # noqa: E731
     return Dataset(norm(x_tr), y_tr, classes), Dataset(norm(x_te), y_te, classes)
+
+
+def _check_digits_size(size) -> None:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
+        raise ConfigError(f"digits(size={size!r}): size must be an int >= 8 (the images are 8x8)",
+                          "call digits() for 8x8 or e.g. digits(size=32) for 32x32")
+
+
+def _upsample(x: np.ndarray, size: int) -> np.ndarray:
+    if size == x.shape[-1]:
+        return x
+    import torch
+
+    out = torch.nn.functional.interpolate(torch.from_numpy(x), size=(size, size),
+                                          mode="bilinear", align_corners=False)
+    return out.numpy().astype(np.float32)
 
 
 def load_npz(path: str | os.PathLike, x_key: str = "x", y_key: str = "y") -> Dataset:

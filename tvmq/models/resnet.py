@@ -31,18 +31,29 @@ def _stage(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
 
 
 class ResNet20(nn.Module):
-    """ResNet-20 for 32x32 inputs (He et al. 2016, CIFAR variant: 3 stages of 3 blocks)."""
+    """ResNet-20 for 32x32 inputs (He et al. 2016, CIFAR variant: 3 stages of 3 blocks).
 
-    def __init__(self, num_classes: int = 10):
+    Parameters
+    ----------
+    num_classes : int
+        Outputs of the final linear layer.
+    in_channels : int
+        Channels of the stem conv's input: 3 for RGB, 1 for grayscale (``resnet20_digits``).
+    width : int
+        Channels of the first stage; the stages have ``width``, ``2 * width``, ``4 * width``.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 16):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
+        w = width
+        self.conv1 = nn.Conv2d(in_channels, w, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU()
-        self.layer1 = _stage(16, 16, 3, 1)
-        self.layer2 = _stage(16, 32, 3, 2)
-        self.layer3 = _stage(32, 64, 3, 2)
+        self.layer1 = _stage(w, w, 3, 1)
+        self.layer2 = _stage(w, 2 * w, 3, 2)
+        self.layer3 = _stage(2 * w, 4 * w, 3, 2)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(4 * w, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
