@@ -34,10 +34,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _load_data(spec: str):
+def _load_data(spec: str, input_shape):
     from tvmq import data
-    if spec == "digits":
-        return data.digits()
+    if spec == "digits":  # at the model's input size (resnet20_digits: 32x32)
+        return data.digits(size=input_shape[-1])
     path = Path(spec)
     full = data.load_npz(path) if path.suffix == ".npz" else data.load_image_folder(path)
     return full, full
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from tvmq import models
     from tvmq.train import accuracy, predict, train
 
-    train_set, test_set = _load_data(args.data)
+    train_set, test_set = _load_data(args.data, models.input_shape(args.model))
     model = train(models.create(args.model), train_set, epochs=args.fp32_epochs,
                   lr=models.train_lr(args.model))
     print(f"fp32 accuracy {accuracy(predict(model, test_set.x), test_set.y):.2f}%")
