@@ -48,6 +48,12 @@ def _tvmq_export(name: str, shape, workdir: Path) -> Path:
     return tq.export(net, torch.randn(*shape), workdir / f"{name}_tvmq_w8a8.onnx")
 
 
+def _float_ops(meta: dict) -> list[str]:
+    """Ops left in float (``ops``: every op; artifacts before the per-layer map: ``layers``)."""
+    return [f'{op["name"]}:{op["op"]}' for op in meta.get("ops", meta["layers"])
+            if op["op"] not in ("quantize", "dequantize") and not op["integer"]]
+
+
 def _size(art, workdir: Path, tag: str) -> int:
     path = art.save(workdir / f"art_{tag}")
     return (path / "lib.so").stat().st_size
@@ -85,9 +91,7 @@ def bench_model(name: str, workdir: Path, repeats: int) -> dict:
             "int4_decoded_over_int8": round(sizes["int4_decoded"] / sizes["int8"], 3),
             "int4_latency_over_int8": round(med["tvmq_int4"] / med["tvmq_int8"], 3),
             "export_over_ort_qdq": round(med["tvmq_export_int8"] / med["tvmq_int8"], 3),
-            "export_float_ops": [f'{l["name"]}:{l["op"]}' for l in arts["export_int8"].meta["ops"]
-                                 if l["op"] not in ("quantize", "dequantize")
-                                 and not l["integer"]],
+            "export_float_ops": _float_ops(arts["export_int8"].meta),
             "top1_agrees_with_ort_int8": agree,
             "integer_layers": sum(1 for l in arts["int8"].meta["layers"] if l["integer"])}
 

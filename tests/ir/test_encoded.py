@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import assert_well_formed
+from tests._relax import constants
 from tvmq import qref
-from tvmq._tvm import const_value, relax, tensor, tvm
+from tvmq._tvm import relax, tensor, tvm
 from tvmq.ir import encode_weight, encoded_bits, find_encoded, get_codec
 from tvmq.ir.encoded import MARK, MARK_BITS, MARK_SHAPE
 from tvmq.passes import FoldConstantKeepQuantized
@@ -30,20 +31,6 @@ def _weight(rng, bits):
     w = rng.integers(lo, hi + 1, W_SHAPE).astype(np.int8)
     w.flat[0], w.flat[-1] = lo, hi
     return w
-
-
-def _main_constants(mod):
-    found = []
-
-    @relax.expr_functor.visitor
-    class _V(relax.PyExprVisitor):
-        def visit_constant_(self, c):
-            found.append(const_value(c).numpy())
-
-        visit_generic_const_ = visit_constant_  # TVM 0.27 name
-
-    _V().visit_expr(mod["main"])
-    return found
 
 
 def _bindings(mod):
@@ -111,7 +98,7 @@ def test_fold_constant_never_folds_an_encoded_weight(rng, fold, bits):
     mod = _conv_module(get_codec("packed", bits), w)
     folded = fold()(mod)
     assert_well_formed(folded)
-    consts = [(c.dtype.name, c.size) for c in _main_constants(folded)]
+    consts = [(c.dtype.name, c.size) for c in constants(folded)]
     assert consts == [("uint8", -(-w.size * bits // 8))], consts
     weight, bound = _conv_weight(folded)
     np.testing.assert_array_equal(find_encoded(folded, weight, bound.get).decode(), w)

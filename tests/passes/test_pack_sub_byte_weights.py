@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 
 from tvmq import qref
-from tvmq._tvm import const_value, relax, tvm
+from tvmq._tvm import relax, tvm
 from tvmq.ir import encode_weight, find_encoded, get_codec
 from tvmq.passes import PackSubByteWeights
+
+from tests._relax import constants
 
 from .conftest import apply, function, run_relax
 
@@ -21,20 +23,6 @@ def _conv_mod(w, encoded_bits=None):
                                            w.astype("int8")))
         return relax.op.nn.conv2d(x, weight, out_dtype="int32")
     return function([("x", (1, w.shape[1], 4, 4), "int8")], build)
-
-
-def _weight_consts(mod):
-    consts = []
-
-    @relax.expr_functor.visitor
-    class _V(relax.PyExprVisitor):
-        def visit_constant_(self, c):
-            consts.append(const_value(c).numpy())
-
-        visit_generic_const_ = visit_constant_  # TVM 0.27 name
-
-    _V().visit_expr(mod["main"])
-    return consts
 
 
 def _weight_of(mod):
@@ -73,7 +61,7 @@ def test_picks_the_smallest_width(bits, rng):
 def test_packs_and_runs_exactly(bits, rng):
     w = _ranged(rng, bits, (8, 4, 3, 3))
     mod = apply(PackSubByteWeights(), _conv_mod(w))
-    sizes = {c.dtype.name: c.size for c in _weight_consts(mod) if c.size > 8}
+    sizes = {c.dtype.name: c.size for c in constants(mod) if c.size > 8}
     assert sizes == {"uint8": w.size * bits // 8}  # the int8 weight is gone
     x = rng.randint(-128, 128, (1, 4, 4, 4)).astype("int8")
     np.testing.assert_array_equal(run_relax(mod, x), qref.conv2d_int(x, w))

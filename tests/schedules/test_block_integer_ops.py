@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import assert_well_formed, run_target, to_blocked
+from tests._relax import constants
 from tvmq import qref
 from tvmq import schedules as S
 from tvmq._tvm import relax, tensor, tvm
@@ -280,27 +281,9 @@ def test_encoded_weight_runs_on_blocked_kernel(rng, bits):
     assert "tvmq_kernel1" in names and "tvmq_decode" not in names, names
     # blocked [O/16 = 2, C/4 = 2, 3, 3, 16, 4] int8 weights, stored bits / 8 as large
     dense_bytes = 2 * 2 * 3 * 3 * 16 * 4
-    consts = [c for c in _constants(ours) if c.dtype == np.int8 and c.size > 64]
+    consts = [c for c in constants(ours, all_functions=True) if c.dtype == np.int8 and c.size > 64]
     assert [c.nbytes for c in consts] == [dense_bytes * bits // 8], [c.shape for c in consts]
     np.testing.assert_array_equal(_run(ours, xin), qref.conv2d_int(xin, w, padding=(1,) * 4))
-
-
-def _constants(mod):
-    from tvmq._tvm import const_value
-
-    found = []
-
-    @relax.expr_functor.visitor
-    class _V(relax.PyExprVisitor):
-        def visit_constant_(self, c):
-            found.append(const_value(c).numpy())
-
-        visit_generic_const_ = visit_constant_  # TVM 0.27 name
-
-    for func in mod.functions.values():
-        if isinstance(func, relax.Function):
-            _V().visit_expr(func)
-    return found
 
 
 def test_pack_after_an_input_quantize_is_parallel_and_vectorized():
