@@ -152,10 +152,14 @@ def _constants_to_initializers(model: onnx.ModelProto) -> None:
     graph.node.extend(keep)
 
 
-def _pack_int4(model: onnx.ModelProto, records: list[dict]) -> None:
+def _int4(record) -> bool:
+    """A uniform weight of at most 4 bits: stored as INT4/UINT4 at opset 21."""
+    return isinstance(record, UniformWeight) and record.bits <= 4
+
+
+def _pack_int4(model: onnx.ModelProto, records: list) -> None:
     """Retype the initializers of weights with at most 4 bits to INT4/UINT4 (opset 21)."""
-    small = {r.q.tobytes() + bytes(str(r.q.shape), "ascii"): r for r in records
-             if isinstance(r, UniformWeight) and r.bits <= 4}
+    small = {r.q.tobytes() + bytes(str(r.q.shape), "ascii"): r for r in records if _int4(r)}
     inits = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
@@ -220,7 +224,7 @@ def export(qmodel: nn.Module, example_inputs, path: str | os.PathLike,
     """
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     module, records = _export_module(qmodel)
-    int4 = any(isinstance(r, UniformWeight) and r.bits <= 4 for r in records)
+    int4 = any(_int4(r) for r in records)
     opset = opset or (_INT4_OPSET if int4 else _INT8_OPSET)
     names = [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
     tmp = tempfile.NamedTemporaryFile(suffix=".onnx", delete=False)
