@@ -15,6 +15,11 @@ What the graph holds
   (``axis=0``) where configured. ``int8``/``uint8`` at opset 13 when every weight has
   more than 4 bits; otherwise opset 21 and ``int4``/``uint4`` for weights of 2-4 bits
   (values already on their grid, so no range question arises).
+* Codebook weights (DGMS, :class:`~tvmq.quant.methods.dgms.CodebookWeight`): the indices as a
+  ``uint8`` initializer of the weight's shape and the ``K``-entry table as a 1-D initializer,
+  ``Gather(table, Cast(indices, to=INT64), axis=0)`` (ONNX ``Gather`` takes int32/int64
+  indices; the stored ones stay uint8). Float table: the Gather is the weight. Integer
+  activations: ``DequantizeLinear(Gather(int8 table, ...), scale)`` with one scale per layer.
 * Bias: float32, added by ``Conv``/``Gemm`` after dequantization (an integer compiler can
   requantize it to int32 at ``s_x * s_w``; rounding error at most half an accumulator step).
 * BatchNorm: folded into the conv weights before quantization, as in training.
@@ -35,6 +40,7 @@ from torch import nn
 
 from tvmq.errors import ArtifactError
 from tvmq.quant.api import _set_module, convert
+from tvmq.quant.methods.dgms import CodebookWeight
 from tvmq.quant.names import record_module_names
 from tvmq.quant.quantizer import Quantizer, UniformActivation, UniformWeight, fake_quant
 from tvmq.quant.registry import export_handler, register_export
@@ -80,6 +86,26 @@ class _WeightDQ(torch.autograd.Function):
         return g.op("DequantizeLinear", *consts, **kwargs)
 
 
+class _CodebookGather(torch.autograd.Function):
+    """``table[indices] (* scale)`` forward; ``[DequantizeLinear(]Gather(table, Cast(idx)))``."""
+
+    @staticmethod
+    def forward(ctx, w, d):
+        return torch.from_numpy(d.centers[d.indices.astype(np.int64)])
+
+    @staticmethod
+    def symbolic(g, w, d):
+        idx = g.op("Constant", value_t=torch.from_numpy(np.ascontiguousarray(d.indices)))
+        idx = g.op("Cast", idx, to_i=TensorProto.INT64)
+        if d.table is None:
+            table = g.op("Constant", value_t=torch.from_numpy(d.centers.astype(np.float32)))
+            return g.op("Gather", table, idx, axis_i=0)
+        table = g.op("Constant", value_t=torch.from_numpy(d.table.astype(np.int8)))
+        scale = g.op("Constant", value_t=torch.tensor(d.scale, dtype=torch.float32))
+        zp = g.op("Constant", value_t=torch.tensor(0, dtype=torch.int8))
+        return g.op("DequantizeLinear", g.op("Gather", table, idx, axis_i=0), scale, zp)
+
+
 def _act_params(d: UniformActivation) -> dict:
     """Container (int8/uint8), shifted zero point and clip of an activation grid."""
     s, z = d.scale, d.zero_point
@@ -113,6 +139,11 @@ def _export_uniform_act(d: UniformActivation) -> nn.Module:
 @register_export(UniformWeight)
 def _export_uniform_weight(d: UniformWeight) -> nn.Module:
     return _Emit(_WeightDQ, d)
+
+
+@register_export(CodebookWeight)
+def _export_codebook_weight(d: CodebookWeight) -> nn.Module:
+    return _Emit(_CodebookGather, d)
 
 
 def _export_module(model: nn.Module) -> tuple[nn.Module, list]:

@@ -6,5 +6,7 @@ one, write ``tvmq/quant/methods/<name>.py`` and import it here; user-facing name
 """
 from tvmq.quant.methods.uniform import FakeQuantConfig, FakeQuantizer
 from tvmq.quant.methods.lsq import LSQConfig, LSQPlusConfig
+from tvmq.quant.methods.dgms import CodebookWeight, DGMSConfig, GMMQuantizer
 
-__all__ = ["FakeQuantConfig", "FakeQuantizer", "LSQConfig", "LSQPlusConfig"]
+__all__ = ["CodebookWeight", "DGMSConfig", "FakeQuantConfig", "FakeQuantizer", "GMMQuantizer",
+           "LSQConfig", "LSQPlusConfig"]
