@@ -5,6 +5,8 @@ Passes are target-independent; hardware-specific code lives in ``tvmq.schedules`
 
 Integer lowering of QDQ graphs, in pipeline order::
 
+    LowerCodebookWeights           Gather(table, indices) weights -> codebook-lookup weights
+                                   (canonicalize phase, first)
     FoldConstantKeepQuantized      (canonicalize phase, instead of FoldConstant)
     SinkDequantize                 activations dequantized before flatten / max_pool reach
                                    the conv or dense they feed
@@ -20,6 +22,7 @@ Integer lowering of QDQ graphs, in pipeline order::
 from tvmq.passes.fold_batchnorm_into_conv import FoldBatchNormIntoConv
 from tvmq.passes.fold_constant_keep_quantized import FoldConstantKeepQuantized
 from tvmq.passes.integer_requantize import IntegerRequantize
+from tvmq.passes.lower_codebook_weights import LowerCodebookWeights
 from tvmq.passes.lower_integer_add import LowerIntegerAdd
 from tvmq.passes.lower_integer_concat import LowerIntegerConcat
 from tvmq.passes.lower_integer_conv import LowerIntegerConv
@@ -28,5 +31,6 @@ from tvmq.passes.pack_sub_byte_weights import PackSubByteWeights
 from tvmq.passes.sink_dequantize import SinkDequantize
 
 __all__ = ["FoldBatchNormIntoConv", "FoldConstantKeepQuantized", "IntegerRequantize",
-           "LowerIntegerAdd", "LowerIntegerConcat", "LowerIntegerConv", "LowerIntegerPool",
+           "LowerCodebookWeights", "LowerIntegerAdd", "LowerIntegerConcat", "LowerIntegerConv",
+           "LowerIntegerPool",
            "PackSubByteWeights", "SinkDequantize"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from tvmq._tvm import relax, tvm
+from tvmq.ir import encode_weight, find_encoded
 from tvmq.passes import _qcommon as q
 
 _NAME = "LowerIntegerConv"
@@ -45,7 +46,16 @@ def _weight(mut, expr, out_axis_of_w: int):
     if call is None:
         return None, "weight is not a dequantized constant"
     p = q.QParams(call)
-    w = q.const_np(p.data)
+    w, codec = q.const_np(p.data), None
+    if w is None:  # a codebook-lookup weight (LowerCodebookWeights): decode its values
+        src, axes = p.data, None
+        moved = q.producer(mut, src, "relax.permute_dims")  # SinkDequantize moved it above
+        if moved is not None and moved.attrs.axes is not None:
+            src, axes = moved.args[0], [int(a) for a in moved.attrs.axes]
+        enc = find_encoded(mut.builder_.get(), src, mut.lookup_binding)
+        if enc is not None and enc.codec.name == "codebook":
+            w, codec = enc.decode(), enc.codec
+            w = w if axes is None else np.transpose(w, axes)
     if w is None or not p.ok or q.dtype_of(p.data) not in q.INT_DTYPES:
         return None, "weight is not a constant integer tensor"
     axis = p.axis % w.ndim
@@ -58,7 +68,7 @@ def _weight(mut, expr, out_axis_of_w: int):
         return None, "weight scale is neither per-tensor nor per-output-channel"
     scale = np.broadcast_to(p.scale, (n_out,)).astype(np.float32)
     zero = np.broadcast_to(p.zero, (n_out,)).astype(np.int64)
-    return (w, scale, zero), None
+    return (w, scale, zero, codec), None
 
 
 def _activation(mut, expr, per_channel: bool = False):
@@ -107,8 +117,11 @@ class _Lower(relax.PyExprMutator):
         return xp, wt
 
     def _int_input(self, xp, wt):
-        """(data, weight const, activation zero point to correct; 0 on the int16 path)."""
-        w, _, zw = wt
+        """(data, weight const, activation zero point to correct; 0 on the int16 path).
+
+        A codebook weight stays a codebook (re-encoded in the lowered op's layout, the
+        same ``K``) on the int8 path; the int16 path stores it dense."""
+        w, _, zw, codec = wt
         zx = int(xp.zero[0]) if xp.per_tensor else 0
         per_channel_zx = not xp.per_tensor and np.any(xp.zero != 0)
         if np.any(zw != 0) or per_channel_zx:
@@ -121,6 +134,9 @@ class _Lower(relax.PyExprMutator):
             zb = zw.reshape([-1 if i == 0 else 1 for i in range(w.ndim)]) if w.ndim == 4 \
                 else zw.reshape(1, -1)
             return x16, q.c(w - zb, "int16"), 0
+        if codec is not None and -128 <= w.min(initial=0) and w.max(initial=0) <= 127:
+            return xp.data, self.builder_.emit(encode_weight(self.builder_, codec,
+                                                             w.astype(np.int8))), zx
         return xp.data, _w_const(w), zx
 
     def _conv(self, call):
@@ -133,8 +149,9 @@ class _Lower(relax.PyExprMutator):
         ops = self._operands(call, 0, per_channel_input=depthwise)
         if ops is None:
             return call
-        xp, (w, sw, zw) = ops
-        data, w_c, zx = self._int_input(xp, (w, sw, zw))
+        xp, wt = ops
+        w, sw = wt[0], wt[1]
+        data, w_c, zx = self._int_input(xp, wt)
         padding = [int(v) for v in attrs.padding]
         if zx and any(padding):
             top, left, bottom, right = padding
@@ -158,8 +175,9 @@ class _Lower(relax.PyExprMutator):
         ops = self._operands(call, 1)
         if ops is None:
             return call
-        xp, (w, sw, zw) = ops
-        data, w_c, zx = self._int_input(xp, (w, sw, zw))
+        xp, wt = ops
+        w, sw = wt[0], wt[1]
+        data, w_c, zx = self._int_input(xp, wt)
         acc = self.builder_.emit(relax.op.matmul(data, w_c, out_dtype="int32"))
         if zx:
             acc = self.builder_.emit(relax.op.subtract(acc, q.c(zx * w.sum(axis=0), "int32")))

@@ -92,36 +92,50 @@ class _Mutator(relax.PyExprMutator):
 
     # -- helpers --------------------------------------------------------------------------
     def _weight(self, expr):
-        """``(int8 weight values, bits to store them at)``, or ``(None, 8)``.
+        """``(int8 weight values, bits to store them at, codebook table or None)``, or
+        ``(None, 8, None)``.
 
-        An encoded weight (:func:`tvmq.ir.find_encoded`: the mark ``PackSubByteWeights``
-        leaves) is decoded here with its codec's NumPy reference, and its bits returned so
-        the kernel stores it at that width again. Looks through a zero ``nn.pad`` of the
-        output- and input-channel axes (:class:`~tvmq.schedules.BlockedActivationLayout`
-        pads an RGB stem and 24-channel convs to whole blocks; an encoded weight is padded
-        that way, not as a constant).
+        An encoded weight (:func:`tvmq.ir.find_encoded`: the mark ``PackSubByteWeights`` or
+        ``LowerCodebookWeights`` leaves) is decoded here with its codec's NumPy reference,
+        and its bits (and a codebook's table) returned so the kernel stores it at that width
+        again. Looks through a zero ``nn.pad`` of the output- and input-channel axes
+        (:class:`~tvmq.schedules.BlockedActivationLayout` pads an RGB stem and 24-channel
+        convs to whole blocks; an encoded weight is padded that way, not as a constant).
         """
         padded = self._weight_pad(expr)
         if padded is not None:
             src, pw = padded
-            w, bits = self._weight(src)
+            w, bits, table = self._weight(src)
             if w is None:
-                return None, 8
-            return np.pad(w, [(pw[0], pw[1]), (pw[2], pw[3])] + [(0, 0)] * (w.ndim - 2)), bits
+                return None, 8, None
+            pads = [(pw[0], pw[1]), (pw[2], pw[3])] + [(0, 0)] * (w.ndim - 2)
+            return np.pad(w, pads), bits, table
         w = _const(self, expr)
         if w is not None or struct_dtype(expr) != "int8":
-            return w, 8
+            return w, 8, None
         enc = find_encoded(self.mod, expr, self.lookup_binding)
         if enc is None:
-            return None, 8
-        # the kernels decode bit-packed weights; any other codec is stored as int8 here
-        bits = enc.codec.bits if enc.codec.name == "packed" and self.subbyte_in_kernel else 8
-        return enc.decode(), bits
+            return None, 8, None
+        if not self.subbyte_in_kernel or enc.codec.name not in ("packed", "codebook"):
+            return enc.decode(), 8, None  # any other codec is stored as int8 here
+        table = np.asarray(enc.parts["table"], np.int8) if enc.codec.name == "codebook" else None
+        return enc.decode(), enc.codec.bits, table
 
-    def _weight_args(self, wp_np, bits):
-        """(placeholder, int8 tensor the kernel reads, Relax constant) of blocked weights."""
+    def _weight_args(self, wp_np, bits, table=None):
+        """(placeholders, int8 tensor the kernel reads, Relax constants) of blocked weights:
+        stored at ``bits`` and decoded in the kernel; a codebook's indices and table
+        (:mod:`tvmq.schedules.blocked_codebook`), or int8 when a padded block holds a value
+        the table lacks."""
+        if table is not None:
+            from tvmq.schedules.blocked_codebook import codebook_operand
+
+            found = codebook_operand(wp_np, table, bits, self.st.ob)
+            if found is not None:
+                stored, args, wt = found
+                return args, wt, [relax.const(a, "int8") for a in stored]
+            bits = 8
         stored, arg, wt = B.weight_operand(wp_np, self.st.ob, bits)
-        return arg, wt, relax.const(stored, "int8")
+        return [arg], wt, [relax.const(stored, "int8")]
 
     def _call_kernel(self, func, args, out_shape, out_dtype="int32"):
         self.count += 1
@@ -142,7 +156,7 @@ class _Mutator(relax.PyExprMutator):
                 or str(a.kernel_layout) != "OIHW" or str(a.out_layout) not in ("NCHW", ""):
             return None
         in_dtype = struct_dtype(x)
-        w, bits = self._weight(w_expr)
+        w, bits, table = self._weight(w_expr)
         if in_dtype not in _INT_ACT or w is None or w.dtype != np.int8:
             return None
         c = struct_shape(x)[1]
@@ -153,7 +167,8 @@ class _Mutator(relax.PyExprMutator):
         out_shape = struct_shape(call)
         groups = int(a.groups)
         if groups == 1:
-            return self._dense_conv(x, w, in_dtype, strides, pads, dil, out_shape, bits)
+            return self._dense_conv(x, w, in_dtype, strides, pads, dil, out_shape, bits,
+                                    table=table)
         if groups == c == w.shape[0] and w.shape[1] == 1:
             return self._depthwise(x, w, in_dtype, strides, pads, dil, out_shape)
         return None
@@ -165,7 +180,7 @@ class _Mutator(relax.PyExprMutator):
         a = call.attrs
         x, w_expr = call.args
         in_dtype = struct_dtype(x)
-        w, bits = self._weight(w_expr)
+        w, bits, table = self._weight(w_expr)
         ok = (str(a.out_dtype) == "int32" and str(a.kernel_layout) == "OIHW"
               and str(a.out_layout) == str(a.data_layout) and in_dtype in _INT_ACT
               and w is not None and w.dtype == np.int8 and len(struct_shape(x)) == 5)
@@ -183,13 +198,13 @@ class _Mutator(relax.PyExprMutator):
                 xs, pads, pad_value = _absorb_pad(self, src, _pads(a))
                 self.pad_value = pad_value
                 return self._dense_conv(xs, w, in_dtype, strides, pads, dil, out_shape, bits,
-                                        blocked=True, nchw_in=True)
+                                        blocked=True, nchw_in=True, table=table)
             if dense_ok or dw_ok:
                 xs, pads, pad_value = _absorb_pad(self, x, _pads(a))
                 self.pad_value = pad_value
                 if dense_ok:
                     return self._dense_conv(xs, w, in_dtype, strides, pads, dil, out_shape,
-                                            bits, blocked=True)
+                                            bits, blocked=True, table=table)
                 return self._depthwise(xs, w, in_dtype, strides, pads, dil, out_shape,
                                        blocked=True)
         return self._via_nchw(call)
@@ -240,8 +255,8 @@ class _Mutator(relax.PyExprMutator):
             y, index_map=lambda n, c, h, w: (n, c // ib, h, w, c % ib))
 
     def _kernel(self, xp, w_arg, w_const, corr_np, compute, name: str, out_shape, pack=None):
-        """``call_tir`` of a kernel over packed activations ``xp``, weights (placeholder
-        ``w_arg``, constant ``w_const``) and the optional shift correction;
+        """``call_tir`` of a kernel over packed activations ``xp``, weights (placeholders
+        ``w_arg``, constants ``w_const``: lists) and the optional shift correction;
         ``compute(xp_t, corr_t)`` builds its output tensor. With ``pack``, ``xp`` is the
         unpacked input and ``pack(x_t)`` packs it inside the kernel (one call, not two)."""
         if pack is None:
@@ -251,12 +266,12 @@ class _Mutator(relax.PyExprMutator):
             xp_t = pack(x_t)
         corr_t = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
         out = compute(xp_t, corr_t)
-        args = [x_t, w_arg] + ([corr_t] if corr_t is not None else [])
-        rargs = [xp, w_const] + ([relax.const(corr_np, "int32")] if corr_np is not None else [])
+        args = [x_t, *w_arg] + ([corr_t] if corr_t is not None else [])
+        rargs = [xp, *w_const] + ([relax.const(corr_np, "int32")] if corr_np is not None else [])
         return self._call_kernel(_kernel_func(args, out, name), rargs, out_shape)
 
     def _dense_conv(self, x, w, in_dtype, strides, pads, dil, out_shape, bits,
-                    blocked: bool = False, nchw_in: bool = False):
+                    blocked: bool = False, nchw_in: bool = False, table=None):
         """groups=1 conv; ``blocked``: ``NCHW{ob}c`` in and out (no transposing pack);
         with ``nchw_in``, ``x`` is the NCHW source of a channel-padded blocked input (see
         :meth:`_channel_padded_source`), packed from there."""
@@ -273,7 +288,7 @@ class _Mutator(relax.PyExprMutator):
             xp, pack = x, lambda x_t: B.pad_blocked(x_t, pads, st.act_dtype, self.pad_value)
         else:
             xp = x
-        wp_arg, wp_t, wp_const = self._weight_args(B.pack_weight(w, st.ob, st.ib), bits)
+        wp_arg, wp_t, wp_const = self._weight_args(B.pack_weight(w, st.ob, st.ib), bits, table)
 
         def compute(xp_t, corr_t):
             acc = B.conv2d_blocked(xp_t, wp_t, strides, dil, out_shape[2:4])
@@ -303,7 +318,7 @@ class _Mutator(relax.PyExprMutator):
         w_t = te.placeholder(B.i64(w_np.shape), "int8", "w")
         corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
         return self._kernel(
-            xp, w_t, relax.const(w_np, "int8"), corr_np,
+            xp, [w_t], [relax.const(w_np, "int8")], corr_np,
             lambda xp_t, corr_t: conv(xp_t, w_t, strides, dil, out_shape[2:4], corr_t),
             "tvmq_dwconv", out_shape, pack=pack)
 
@@ -311,12 +326,13 @@ class _Mutator(relax.PyExprMutator):
         x, w_expr = call.args
         if str(call.attrs.out_dtype) != "int32" or struct_dtype(x) not in _INT_ACT:
             return None
-        w, bits = self._weight(w_expr)
+        w, bits, table = self._weight(w_expr)
         if w is None or w.dtype != np.int8 or w.ndim != 2 or len(struct_shape(x)) != 2:
             return None
         st, in_dtype = self.st, struct_dtype(x)
         xp = self._emit_pack(B.pack_rows, x, st.ib, st.act_dtype, name="tvmq_pack_rows")
-        wp_arg, wp_t, wp_const = self._weight_args(B.pack_dense_weight(w, st.ob, st.ib), bits)
+        wp_arg, wp_t, wp_const = self._weight_args(B.pack_dense_weight(w, st.ob, st.ib), bits,
+                                                   table)
         corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype), out_axis=1)
         return self._kernel(
             xp, wp_arg, wp_const, corr_np,

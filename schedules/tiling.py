@@ -68,7 +68,8 @@ def schedule_decode(sch, at_loop, hoisted: bool = False) -> None:
     sch.compute_at(dec, at_loop, preserve_unit_loops=True)  # replayable traces
     loops = _loops_after(sch, dec, at_loop)
     oi, ci = loops[-2], loops[-1]
-    stored = sch.get(dec).reads[0].source.shape
+    # the stored weights (a codebook decode also reads its 1-D table)
+    stored = next(r.source.shape for r in sch.get(dec).reads if len(r.source.shape) > 1)
     if sch.get(dec).annotations.get(PLANAR_KEY) == PLANAR:
         # byte planes [.., bits, G]: value h * G + j of the block, G bytes a plane
         h, j = sch.split(sch.fuse(oi, ci), [None, int(stored[-1])])

@@ -8,6 +8,11 @@ infinite scale; a zero point outside the range of its integer type; an ``axis`` 
 tensor's rank; a per-axis scale whose length is not the size of that axis; scale and zero
 point of different shapes. Parameters that are not initializers are not checked (they are
 only known at run time).
+
+Codebook weights (``Gather(table, indices)`` of two initializers, the table 1-D, feeding a
+``Conv``/``Gemm``/``MatMul`` weight directly or through ``DequantizeLinear``): a table of more
+than 256 entries, a NaN or infinite entry, or an index outside ``[0, K)`` raise
+:class:`~tvmq.errors.QuantizationParamError` naming the ``Gather`` node.
 """
 from __future__ import annotations
 
@@ -133,3 +138,55 @@ def check_quantization_params(model) -> None:
             _check_qdq(m, node)
         elif node.op_type in _QOP_PARAMS:
             _check_qoperator(m, node)
+    _check_codebooks(model, m)
+
+
+#: weight input of the ops a codebook may feed
+_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+MAX_CODEBOOK = 256
+
+
+def codebook_gathers(model) -> list:
+    """``Gather`` nodes that produce a layer's weight from a 1-D table and an index tensor
+    (both initializers, possibly through ``Cast``), directly or through ``DequantizeLinear``
+    (and ``Transpose``)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        slot = _WEIGHT_INPUT.get(node.op_type)
+        if slot is None or len(node.input) <= slot:
+            continue
+        src = producers.get(node.input[slot])
+        while src is not None and src.op_type in ("DequantizeLinear", "Transpose"):
+            src = producers.get(src.input[0])
+        if src is None or src.op_type != "Gather":
+            continue
+        idx = src.input[1]
+        cast = producers.get(idx)
+        if cast is not None and cast.op_type == "Cast":
+            idx = cast.input[0]
+        if src.input[0] in inits and idx in inits:
+            found.append((src, src.input[0], idx))
+    return found
+
+
+def _check_codebooks(model, m: _Model) -> None:
+    fix = ("re-export the codebook: at most 256 finite entries, every index in [0, K) "
+           "(tvmq.quant.export writes this form)")
+    for node, table_name, idx_name in codebook_gathers(model):
+        table, idx = m.inits[table_name], m.inits[idx_name]
+        where = f"Gather node '{node.name or node.output[0]}'"
+        if table.ndim != 1:
+            continue  # an embedding-style table: not a codebook
+        if table.size > MAX_CODEBOOK:
+            raise QuantizationParamError(f"{where}: codebook of {table.size} entries (at most "
+                                         f"{MAX_CODEBOOK})", fix)
+        if table.dtype.kind == "f" and not np.isfinite(table).all():
+            raise QuantizationParamError(f"{where}: codebook entries are NaN or infinite", fix)
+        if idx.dtype.kind not in "iu":
+            raise QuantizationParamError(f"{where}: indices are {idx.dtype}, not integers", fix)
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= table.size):
+            raise QuantizationParamError(
+                f"{where}: indices in [{int(idx.min())}, {int(idx.max())}] are outside "
+                f"[0, {table.size}) of its {table.size}-entry codebook", fix)

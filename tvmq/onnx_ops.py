@@ -71,6 +71,48 @@ def _clip_converter():
 
 EXTRA_CONVERTERS["Clip"] = _clip_converter
 
+#: a 1-D constant table of at most this many entries, gathered by a constant index tensor of
+#: at least this many elements (and 2+ dimensions), is a codebook weight
+CODEBOOK_MAX_ENTRIES, CODEBOOK_MIN_INDICES = 256, 16
+
+
+def _gather_converter():
+    """ONNX ``Gather`` of a codebook (a constant 1-D table of <= 256 entries, constant indices
+    of 2+ dimensions) stays ``relax.take(table, indices)``: TVM's importer would evaluate it
+    into the dense weight. :class:`tvmq.passes.LowerCodebookWeights` turns it into the
+    codebook-encoded weight; indices are kept ``uint8`` (they were ``Cast`` to int64 for
+    ONNX). Everything else keeps TVM's converter.
+    """
+    from tvm.relax.frontend.onnx.onnx_frontend import Gather, get_constant
+
+    from tvmq._tvm import Constant, const_value, relax, tvm
+
+    class _Gather(Gather):
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):
+            data, idx = get_constant(inputs[0], params), inputs[1]
+            if isinstance(idx, relax.Var):  # bound by an earlier converter (a Cast)
+                idx = bb.lookup_binding(idx) or idx
+            if (isinstance(idx, relax.Call) and isinstance(idx.op, tvm.ir.Op)
+                    and idx.op.name == "relax.astype"):  # the Cast of uint8 indices
+                idx = idx.args[0]
+            idx = get_constant(idx, params)
+            if (isinstance(data, Constant) and isinstance(idx, Constant)
+                    and attr.get("axis", 0) == 0):
+                table, ind = const_value(data).numpy(), const_value(idx).numpy()
+                if (table.ndim == 1 and 0 < table.size <= CODEBOOK_MAX_ENTRIES
+                        and ind.ndim >= 2 and ind.size >= CODEBOOK_MIN_INDICES
+                        and ind.dtype.kind in "iu" and ind.min() >= 0
+                        and ind.max() < table.size):
+                    return relax.op.take(data, relax.const(ind.astype(np.uint8), "uint8"),
+                                         axis=0)
+            return super()._impl_v13(bb, inputs, attr, params)
+
+    return _Gather
+
+
+EXTRA_CONVERTERS["Gather"] = _gather_converter
+
 _SUB_BYTE = {"INT4": "INT8", "UINT4": "UINT8", "INT2": "INT8", "UINT2": "UINT8"}
 _RANGE = {"INT4": (-8, 7), "UINT4": (0, 15), "INT2": (-2, 1), "UINT2": (0, 3)}
 QOPERATOR_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "QGemm", "QLinearAdd",

@@ -64,11 +64,13 @@ class PipelineOptions:
 
 
 def canonicalize_passes(board: Board, opts: PipelineOptions) -> list:
-    from tvmq.passes import FoldBatchNormIntoConv, FoldConstantKeepQuantized
+    from tvmq.passes import FoldBatchNormIntoConv, FoldConstantKeepQuantized, LowerCodebookWeights
 
-    # FoldConstant would turn dequantize(W_int8) into float weights before the quantize phase
+    # FoldConstant would turn dequantize(W_int8) into float weights before the quantize phase,
+    # and a codebook's take(table, indices) into the dense weight
     fold = FoldConstantKeepQuantized if opts.integer else relax.transform.FoldConstant
-    return [fold(), FoldBatchNormIntoConv(), fold(), relax.transform.DecomposeOpsForInference()]
+    return [LowerCodebookWeights(), fold(), FoldBatchNormIntoConv(), fold(),
+            relax.transform.DecomposeOpsForInference()]
 
 
 def quantize_passes(board: Board, opts: PipelineOptions) -> list:

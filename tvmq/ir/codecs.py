@@ -19,6 +19,9 @@ compiled program. Codecs are small frozen dataclasses registered by name
 ``codebook`` (``bits`` 1..8, ``K = 2**bits`` entries)
     Indices into a ``K``-entry ``int8`` part ``table``, packed unsigned at ``bits`` bits
     in part ``indices`` (the ``packed`` bitstream, no sign extension).
+``codebook_f32`` (``bits`` 1..8)
+    The same with a ``float32`` table: decodes to ``float32`` (weight-only codebooks that
+    feed float kernels).
 
 Encoding never rounds: a value that does not fit the codec raises ``ValueError``.
 
@@ -71,13 +74,15 @@ class Codec:
     name: ClassVar[str] = ""
     #: names of the stored parts, in the order the decode takes them
     part_names: ClassVar[tuple[str, ...]] = ("data",)
+    #: dtype of the decoded tensor
+    out_dtype: ClassVar[str] = "int8"
 
     def encode(self, values: np.ndarray) -> dict[str, np.ndarray]:
         """Stored parts of integer ``values`` (raises ``ValueError`` if they do not fit)."""
         raise NotImplementedError
 
     def decode_np(self, parts: dict[str, np.ndarray], shape) -> np.ndarray:
-        """NumPy reference decode: the ``int8`` tensor of ``shape``."""
+        """NumPy reference decode: the :attr:`out_dtype` tensor of ``shape``."""
         raise NotImplementedError
 
     def decode_te(self, parts: dict[str, te.Tensor], shape) -> te.Tensor:
@@ -266,3 +271,41 @@ class Codebook(Codec):
             lambda *i: table[bitstream_field_te(idx, bits, _flat_index(i, shape), False)
                              .astype("int64")],
             name="tvmq_codec_decode")
+
+
+@register_codec("codebook_f32")
+@dataclasses.dataclass(frozen=True)
+class CodebookF32(Codebook):
+    """``float32`` table of ``2**bits`` entries, indices packed unsigned at ``bits`` bits."""
+
+    out_dtype: ClassVar[str] = "float32"
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        return -np.inf, np.inf
+
+    def fits(self, values):
+        v = np.asarray(values)
+        return bool(np.isfinite(v).all()) and np.unique(v).size <= self.entries
+
+    def encode(self, values):
+        v = np.asarray(values, np.float32)
+        if not self.fits(v):
+            raise ValueError(f"codebook_f32 codec ({self.bits} bits): more than "
+                             f"{self.entries} distinct values, or NaN/inf")
+        table = np.unique(v)
+        return self.from_indices(np.searchsorted(table, v.reshape(-1)),
+                                 np.pad(table, (0, self.entries - table.size)))
+
+    def from_indices(self, indices, table):
+        parts = super().from_indices(indices, np.zeros(self.entries, np.int8))
+        tab = np.asarray(table, np.float32).reshape(-1)
+        if tab.size != self.entries or not np.isfinite(tab).all():
+            raise ValueError(f"codebook_f32 codec ({self.bits} bits): a finite table of "
+                             f"{self.entries} entries expected")
+        return {"indices": parts["indices"], "table": tab}
+
+    def decode_np(self, parts, shape):
+        n = int(np.prod(shape, dtype=np.int64))
+        idx = unpack_bits(parts["indices"], self.bits, n)
+        return np.asarray(parts["table"], np.float32)[idx].reshape(tuple(shape))

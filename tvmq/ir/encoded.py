@@ -43,7 +43,7 @@ class EncodedWeight:
     shape: tuple[int, ...]
 
     def decode(self) -> np.ndarray:
-        """The ``int8`` values (NumPy reference decode)."""
+        """The values (NumPy reference decode; ``int8``, or the codec's ``out_dtype``)."""
         return self.codec.decode_np(self.parts, self.shape)
 
     @property
@@ -70,7 +70,7 @@ def decode_function(builder, codec: Codec, parts: dict, shape) -> relax.GlobalVa
     prim_gv = builder.add_func(_private(te.create_prim_func([*holders, out])), f"{tag}_tir")
     params = [relax.Var(n, relax.TensorType(a.shape, str(a.dtype)))
               for n, a in zip(codec.part_names, arrays)]
-    ret = relax.TensorType(shape, "int8")
+    ret = relax.TensorType(shape, codec.out_dtype)
     var = relax.Var("w", ret)
     call = builder.normalize(relax.call_tir(prim_gv, params, ret))
     body = relax.SeqExpr([relax.BindingBlock([relax.VarBinding(var, call)])], var)
