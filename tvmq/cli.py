@@ -125,7 +125,7 @@ def cmd_boards(args) -> int:
 
 def cmd_info(args) -> int:
     import tvmq
-    from tvmq.report import format_float_ops, format_layers
+    from tvmq.report import format_codebooks, format_float_ops, format_layers
 
     meta = tvmq.load(args.artifact).meta
     if args.json:
@@ -140,6 +140,9 @@ def cmd_info(args) -> int:
             print(f"{kind[:-1]:<10} {s['name']} {s['shape']} {s['dtype']}")
     print("sizes      " + ", ".join(f"{k}={v}" for k, v in meta["sizes"].items()))
     print(format_layers(meta["layers"]))
+    books = format_codebooks(meta["layers"])
+    if books:
+        print(books)
     if meta.get("ops"):
         print(format_float_ops(meta["ops"]))
     return 0

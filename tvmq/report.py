@@ -89,8 +89,29 @@ def format_layers(layers: list[dict[str, Any]]) -> str:
         rows.append(f"{str(layer.get('name', ''))[:width - 1]:<{width}}{layer.get('op', ''):<9}"
                     f"{shape:<16}{layer.get('precision') or '':<10}{w:>3}{a:>4}"
                     f"{layer.get('weight_bytes', ''):>10}{(layer.get('macs') or 0) / 1e6:>9.2f}"
-                    f"{(layer.get('bops') or 0) / 1e9:>9.3f}  {layer.get('why_not') or ''}")
+                    f"{(layer.get('bops') or 0) / 1e9:>9.3f}  {_note(layer)}")
     return "\n".join(rows)
+
+
+def _note(layer: dict[str, Any]) -> str:
+    book = layer.get("codebook")
+    if book:
+        return f"codebook K={book['k']} ({book['index_bits']}-bit indices)"
+    return layer.get("why_not") or ""
+
+
+def format_codebooks(layers: list[dict[str, Any]]) -> str:
+    """The tables of the codebook layers: one line each (``tvmq info``)."""
+    lines = []
+    for layer in layers:
+        book = layer.get("codebook")
+        if book:
+            vals = book["table"]
+            shown = " ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in vals[:16])
+            more = f" ... ({len(vals)} entries)" if len(vals) > 16 else ""
+            lines.append(f"codebook {layer.get('name')}: K={book['k']} {book['table_dtype']} "
+                         f"[{shown}{more}], {layer.get('weight_bytes')} B stored")
+    return "\n".join(lines)
 
 
 def format_float_ops(ops: list[dict[str, Any]]) -> str:

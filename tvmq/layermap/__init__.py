@@ -26,6 +26,8 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+import numpy as np
+
 from tvmq._tvm import structural_hash
 from tvmq.layermap._graph import (LAYER_OPS, main_nodes, match, primfunc_macs, primfuncs,
                                   same_layer)
@@ -63,8 +65,31 @@ def layer_table(imported, lowered, legalized=None) -> list[dict[str, Any]]:
     for node in nodes:
         k = to_src.get(node.index)
         source = sources[k] if k is not None and k < len(sources) else {}
-        rows.append(row(node, bound, inputs, source, kernels.get(node.index)))
+        entry = row(node, bound, inputs, source, kernels.get(node.index))
+        book = codebook_info(lowered, node.value.args[1], bound)
+        if book is not None:
+            entry["codebook"] = book
+            entry["weight_bits"] = book["index_bits"]
+            entry["bops"] = int(entry["macs"]) * book["index_bits"] * int(entry["act_bits"])
+        rows.append(entry)
     return rows
+
+
+def codebook_info(mod, weight, bound) -> dict[str, Any] | None:
+    """``{"k", "index_bits", "table", "table_dtype"}`` when the weight is a codebook lookup
+    (:class:`tvmq.passes.LowerCodebookWeights`; through a ``permute_dims``), else None."""
+    from tvmq.ir import find_encoded
+
+    expr = bound.get(weight, weight) if hasattr(bound, "get") else weight
+    if getattr(getattr(expr, "op", None), "name", "") == "relax.permute_dims":
+        weight = expr.args[0]
+    enc = find_encoded(mod, weight, bound.get)
+    if enc is None or not enc.codec.name.startswith("codebook"):
+        return None
+    table = np.asarray(enc.parts["table"])
+    return {"k": int(table.size), "index_bits": int(enc.codec.bits),
+            "table": [float(v) if table.dtype.kind == "f" else int(v) for v in table],
+            "table_dtype": str(table.dtype)}
 
 
 def label_rows(rows: list[dict[str, Any]] | None, layers: list[dict[str, Any]] | None):
