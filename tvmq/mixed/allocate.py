@@ -42,7 +42,7 @@ def _check_range(sens, budget, groups) -> float:
     lo, hi = knapsack.cost_range(groups)
     if cap < lo * (1 - 1e-9) or cap > hi * (1 + 1e-9):
         side = "below the cheapest" if cap < lo else "above the dearest"
-        raise ConfigError(f"{budget!r} is {side} allocation (feasible: "
+        raise ConfigError(f"{budget.describe()} is {side} allocation (feasible: "
                           f"{budget.describe_range(lo, hi, sens)})", budget.fix(lo, hi, sens))
     return cap
 
@@ -89,8 +89,7 @@ def _plan(sens, bits, budget=None, solver=None) -> MixedPlan:
     table = budget.table if isinstance(budget, LatencyBudget) else None
     predicted = predict(sens, ordered, table)
     if budget is not None:
-        predicted.update(budget=repr(budget) if table is None else f"LatencyBudget(ms={budget.ms})",
-                         limit=budget.limit(sens), solver=solver)
+        predicted.update(budget=budget.describe(), limit=budget.limit(sens), solver=solver)
     return MixedPlan.from_bits(sens.method, ordered, predicted)
 
 

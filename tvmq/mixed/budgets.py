@@ -29,6 +29,12 @@ class Budget:
     def layer_cost(self, layer: "LayerSensitivity", w: int, a: int) -> float:
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """The budget as the user wrote it (fields left at ``None`` omitted)."""
+        shown = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                 if f.repr and getattr(self, f.name) is not None]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
     def limit(self, sens: "Sensitivity") -> float:
         raise NotImplementedError
 
@@ -117,8 +123,8 @@ class LatencyBudget(Budget):
     """
 
     ms: float
-    table: "LatencyTable"
-    resolution: float | None = 1e-4
+    table: "LatencyTable" = dataclasses.field(repr=False)
+    resolution: float | None = dataclasses.field(default=1e-4, repr=False)
 
     def __post_init__(self):
         if not self.ms > 0:
@@ -130,6 +136,9 @@ class LatencyBudget(Budget):
 
     def limit(self, sens):
         return self.ms - self.table.overhead_ms
+
+    def describe(self) -> str:
+        return f"LatencyBudget(ms={self.ms!r}) on {self.table.board}"
 
     def describe_range(self, lo, hi, sens):
         o = self.table.overhead_ms

@@ -128,7 +128,8 @@ def hutchinson_traces(model: nn.Module, layers: dict[str, nn.Module],
     tol : float
         Stop when every running mean's relative standard error is below ``tol``.
     min_iter, max_iter : int
-        Bounds on the number of Rademacher samples.
+        Bounds on the number of Rademacher samples (``min_iter`` is lowered to
+        ``max_iter``).
 
     Returns
     -------
@@ -136,9 +137,10 @@ def hutchinson_traces(model: nn.Module, layers: dict[str, nn.Module],
     """
     if not layers:
         raise ConfigError("no layers to estimate traces for", "pass conv/linear layers")
-    if not 1 <= min_iter <= max_iter:
-        raise ConfigError(f"min_iter={min_iter}, max_iter={max_iter}",
-                          "use 1 <= min_iter <= max_iter (e.g. min_iter=8, max_iter=64)")
+    if min_iter < 1 or max_iter < 1:
+        raise ConfigError(f"min_iter={min_iter}, max_iter={max_iter}: both must be >= 1",
+                          "use e.g. min_iter=8, max_iter=50")
+    min_iter = min(min_iter, max_iter)
     loss_fn = loss_fn or nn.functional.cross_entropy
     weights = {n: m.weight for n, m in layers.items()}
     n_total = sum(len(x) for x, _ in batches)
