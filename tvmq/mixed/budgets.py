@@ -69,6 +69,18 @@ class SizeBudget(Budget):
     def layer_cost(self, layer, w, a):
         return layer.weights * w
 
+    def check_bits(self, weight_bits) -> "SizeBudget":
+        """Refuse an ``avg_bits`` the weight choices cannot reach, before any work is done
+        (the same message :func:`~tvmq.mixed.allocate` gives). Returns the budget."""
+        lo, hi = min(weight_bits), max(weight_bits)
+        if self.avg_bits is not None and not lo <= self.avg_bits <= hi:
+            side = "below the cheapest" if self.avg_bits < lo else "above the dearest"
+            raise ConfigError(f"{self.describe()} is {side} allocation (feasible: "
+                              f"{lo:g}..{hi:g} average weight bits)",
+                              f"use SizeBudget(avg_bits=...) / --avg-bits between {lo:g} and "
+                              f"{hi:g}")
+        return self
+
     def limit(self, sens):
         if self.avg_bits is not None:
             return self.avg_bits * _weights(sens)

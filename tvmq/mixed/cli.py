@@ -75,14 +75,21 @@ def _act_bits(args) -> tuple[int, ...]:
     return (4, 6, 8) if args.bops is not None else (8,)
 
 
-def _budget(args, model, train_set, sens):
+def _early_budget(args):
+    """The size or BOPs budget, checked before training (None for latency)."""
     import tvmq.mixed as mixed
     from tvmq.mixed.search import parse_bops
 
     if args.avg_bits is not None:
-        return mixed.SizeBudget(avg_bits=args.avg_bits), None
-    if args.bops is not None:
-        return parse_bops(args.bops), None
+        return mixed.SizeBudget(avg_bits=args.avg_bits).check_bits(args.weight_bits)
+    return parse_bops(args.bops) if args.bops is not None else None
+
+
+def _budget(args, model, train_set, sens, early):
+    import tvmq.mixed as mixed
+
+    if early is not None:
+        return early, None
     table = mixed.latency_table(model, train_set, args.model, board=args.board,
                                 device=args.device, weight_bits=sens.weight_bits,
                                 act_bits=sens.act_bits, method=sens.method,
@@ -98,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from tvmq.mixed.search import format_plan, pareto_points, sweep
     from tvmq.train import train
 
+    early = _early_budget(args)
     train_set, test_set = _load_data(args.data, models.input_shape(args.model))
     model = train(models.create(args.model), train_set, epochs=args.fp32_epochs,
                   lr=models.train_lr(args.model))
@@ -107,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                              samples=args.samples, max_iter=args.max_iter, tol=args.tol)
     if args.sensitivity_json:
         sens.save(args.sensitivity_json)
-    budget, table = _budget(args, model, train_set, sens)
+    budget, table = _budget(args, model, train_set, sens, early)
     plan = mixed.allocate(sens, budget, solver=args.solver)
     print(format_plan(plan, sens, table))
     print(f"wrote {tq.save_plan(plan, args.output)} "

@@ -155,7 +155,7 @@ def _uniform_artifact(model, base, w, a, data, board, workdir: Path) -> Path:
                                  progress=False))
     example = torch.as_tensor(data.x[:1])
     onnx_path = tq.export(q, example, workdir / f"{_key(w, a)}.onnx")
-    art = tvmq.compile(onnx_path, board=board)
+    art = tvmq.compile(onnx_path, board=board, input_shapes={"input": tuple(example.shape)})
     return art.save(workdir / _key(w, a))
 
 
