@@ -69,12 +69,10 @@ def codebook_operand(wp_np: np.ndarray, table: np.ndarray, bits: int, ob: int):
     else:
         stored = P.pack_planar_blocked(signed, sb)
         wq = te.placeholder(B.i64(stored.shape), "int8", f"w_index{sb}")
-        planar = P.decode_planar_weight(wq, sb, ob, ib, "tmp")  # for its index expression
-        body = planar.op.body[0]
-        axes = [iv.var for iv in planar.op.axis]
+        g = int(stored.shape[-1])
 
         def field(outer, oi, ci):
-            return tir.stmt_functor.substitute(body, dict(zip(axes, [*outer, oi, ci])))
+            return P.planar_field(wq, sb, ib, g, outer, oi, ci)
         attrs = {P.LAYOUT_KEY: P.LAYOUT}
 
     *lead, _, _ = (int(d) for d in wp_np.shape)

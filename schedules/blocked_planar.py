@@ -54,20 +54,26 @@ def decode_planar_weight(wq: te.Tensor, bits: int, ob: int, ib: int, name: str) 
     *lead, planes, g = (int(d) for d in wq.shape)
     if planes != bits or g != _check(ob, ib, bits):
         raise ValueError(f"{bits}-bit planes of ob={ob}, ib={ib}: got shape {wq.shape}")
-    i64 = lambda v: tir.IntImm("int64", v)  # noqa: E731
 
     def f(*idx):
         *outer, oi, ci = idx
-        p = oi * i64(ib) + ci
-        bit = i64(bits) * tir.floordiv(p, i64(g))
-        k, j = tir.floordiv(bit, i64(8)), tir.floormod(p, i64(g))
-        lo = wq[(*outer, k, j)].astype("uint8").astype("uint16")
-        hi = wq[(*outer, tir.min(k + i64(1), i64(bits - 1)), j)].astype("uint8")
-        word = lo | (hi.astype("uint16") << tir.const(8, "uint16"))
-        u = ((word >> tir.floormod(bit, i64(8)).astype("uint16"))
-             & tir.const((1 << bits) - 1, "uint16")).astype("int16")
-        sign = tir.const(1 << (bits - 1), "int16")
-        return ((u ^ sign) - sign).astype("int8")
+        return planar_field(wq, bits, ib, g, outer, oi, ci)
 
-    return te.compute([i64(d) for d in (*lead, ob, ib)], f, name=name,
+    return te.compute([tir.IntImm("int64", d) for d in (*lead, ob, ib)], f, name=name,
                       attrs={LAYOUT_KEY: LAYOUT})
+
+
+def planar_field(wq: te.Tensor, bits: int, ib: int, g: int, outer, oi, ci):
+    """The sign-extended ``int8`` value ``(oi, ci)`` of block ``outer`` (see
+    :func:`decode_planar_weight`)."""
+    i64 = lambda v: tir.IntImm("int64", v)  # noqa: E731
+    p = oi * i64(ib) + ci
+    bit = i64(bits) * tir.floordiv(p, i64(g))
+    k, j = tir.floordiv(bit, i64(8)), tir.floormod(p, i64(g))
+    lo = wq[(*outer, k, j)].astype("uint8").astype("uint16")
+    hi = wq[(*outer, tir.min(k + i64(1), i64(bits - 1)), j)].astype("uint8")
+    word = lo | (hi.astype("uint16") << tir.const(8, "uint16"))
+    u = ((word >> tir.floormod(bit, i64(8)).astype("uint16"))
+         & tir.const((1 << bits) - 1, "uint16")).astype("int16")
+    sign = tir.const(1 << (bits - 1), "int16")
+    return ((u ^ sign) - sign).astype("int8")
