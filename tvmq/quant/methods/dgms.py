@@ -14,7 +14,7 @@ mean 0 (it prunes). Following the reference implementation (RunpeiDong/DGMS,
 * **inference and export** (hard): ``w_hat = mu[argmax_k r_k(w)]`` (``argmax`` of the softmax
   is the ``argmax`` of ``r``), so the layer stores ``log2 K``-bit indices and a ``K``-entry
   table;
-* **initialization**: k-means (K clusters, 1-D, quantile-seeded Lloyd iterations) on the
+* **initialization**: k-means (K clusters, 1-D, Lloyd iterations seeded evenly over the range) on the
   weights; the center nearest 0 becomes the zero component; mixing weights from the cluster
   sizes and deviations from the clusters' spreads.
 
@@ -144,13 +144,14 @@ class DGMSConfig(MethodConfig):
             activation=act if act is None or act.bits >= bits else act.with_bits(bits))
 
 
-def kmeans_1d(x: torch.Tensor, k: int, iters: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means on 1-D values, seeded at the ``(i + 0.5) / k`` quantiles
-    (deterministic). Returns ``(centers [k], assignment [n])``; an empty cluster keeps its
-    center."""
+def kmeans_1d(x: torch.Tensor, k: int, iters: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on 1-D values, seeded evenly over ``[min, max]`` (deterministic; the
+    linear initialization Deep Compression found best for weight sharing: quantile seeds
+    crowd the dense center and lose the large weights). Returns ``(centers [k],
+    assignment [n])``; an empty cluster keeps its center."""
     x = x.reshape(-1).float()
-    q = (torch.arange(k, dtype=torch.float32) + 0.5) / k
-    centers = torch.quantile(x, q) if x.numel() else torch.zeros(k)
+    lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
+    centers = lo + (torch.arange(k, dtype=torch.float32) + 0.5) * (hi - lo) / k
     for _ in range(iters):
         assign = torch.argmin((x[:, None] - centers[None, :]).abs(), dim=1)
         sums = torch.zeros(k).index_add_(0, assign, x)
