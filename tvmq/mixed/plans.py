@@ -39,9 +39,11 @@ class MixedPlan(dict):
         return plan
 
     def label(self) -> str:
-        """``W3.12A8``-style: mean weight bits (by layer) and the activation bits used."""
+        """``W3.12A8``-style: mean weight bits (per weight when the plan was priced, else per
+        layer) and the activation bits used."""
         acts = sorted({a for _, a in self.bits.values()})
-        mean_w = sum(w for w, _ in self.bits.values()) / max(len(self.bits), 1)
+        mean_w = self.predicted.get("avg_bits") or \
+            sum(w for w, _ in self.bits.values()) / max(len(self.bits), 1)
         return f"W{mean_w:.2f}A{'/'.join(map(str, acts))}"
 
 
