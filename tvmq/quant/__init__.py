@@ -13,7 +13,8 @@ from tvmq.quant.api import (calibrate, convert, freeze_bn, quantizable_layers, q
                             quantizers, register_step)
 from tvmq.quant.config import MethodConfig, PerChannel, PerTensor, PTQConfig, QATConfig, QuantSpec
 from tvmq.quant.export import export
-from tvmq.quant.methods import FakeQuantConfig, FakeQuantizer, LSQConfig, LSQPlusConfig
+from tvmq.quant.methods import (CodebookWeight, DGMSConfig, FakeQuantConfig, FakeQuantizer,
+                                GMMQuantizer, LSQConfig, LSQPlusConfig)
 from tvmq.quant.layers import QuantConv2d, QuantConvBn2d, QuantLinear
 from tvmq.quant.observers import MinMaxObserver, MSEObserver, Observer, PercentileObserver
 from tvmq.quant.plan import load_plan, save_plan
@@ -24,7 +25,7 @@ from tvmq.quant.quantizer import (Quantizer, UniformActivation, UniformWeight, f
 from tvmq.quant.registry import register_export, register_method
 
 __all__ = [
-    "FakeQuantConfig", "FakeQuantizer", "LSQConfig", "LSQPlusConfig", "MSEObserver",
+    "CodebookWeight", "DGMSConfig", "GMMQuantizer", "FakeQuantConfig", "FakeQuantizer", "LSQConfig", "LSQPlusConfig", "MSEObserver",
     "MethodConfig", "MinMaxObserver", "Observer", "Quantizer", "UniformActivation",
     "UniformWeight", "register_export", "PRESETS", "PTQConfig", "PerChannel", "PerTensor",
     "PercentileObserver", "QATConfig", "QuantConv2d", "QuantConvBn2d", "QuantLinear",
