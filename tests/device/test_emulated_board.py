@@ -75,3 +75,25 @@ def test_tune_over_rpc_on_emulated_board(arm_board, tmp_path):
     with device.connect(arm_board, timeout=120) as board:
         res = board.bench(arm_dir, inputs=x.numpy(), reference=host_dir, number=1, repeat=2)
     assert res.validated and res.max_abs_error <= 1e-5
+
+
+@pytest.mark.parametrize("board_name", ["a55", "rasp4b"])
+def test_codebook_artifact_bit_exact_on_emulated_board(arm_board, tmp_path, board_name):
+    """A codebook (DGMS-form) integer model built for an Arm board runs on the emulated board
+    with outputs equal to the host build's (sdot kernels on a55, NEON smull on rasp4b)."""
+    import tvmq
+    from tests.passes.test_codebook import _codebook, _qdq_conv
+    from tvmq.errors import TvmqError
+
+    table, idx = _codebook(16, (16, 8, 3, 3))
+    path, shape = _qdq_conv(tmp_path / "cb.onnx", table, idx, dense=False)
+    host = tvmq.compile(path, board="host").save(tmp_path / "host")
+    try:
+        arm = tvmq.compile(path, board=board_name).save(tmp_path / board_name)
+    except TvmqError as err:
+        pytest.skip(f"no aarch64 artifact: {err}")
+    assert tvmq.load(arm).meta["layers"][0]["codebook"]["k"] == 16
+    x = np.random.default_rng(3).normal(0, 2, shape).astype(np.float32)
+    with device.connect(arm_board, timeout=120) as board:
+        res = board.bench(arm, inputs=x, reference=host, number=1, repeat=1)
+    assert res.validated and res.max_abs_error == 0, res.max_abs_error
