@@ -61,12 +61,31 @@ def test_model_key_depends_on_layers():
     assert a != model_key(models.create("resnet20_digits"), "m")
 
 
+def test_rounds_alternate_and_keep_the_median(monkeypatch):
+    import tvmq.mixed.latency as lat
+
+    calls, slow = [], {("w2a8", 1): 50.0}  # a load spike during w2a8's second round
+
+    def fake(art, device, cross, number, repeat):
+        rnd = sum(1 for c in calls if c == art)
+        calls.append(art)
+        f = slow.get((art, rnd), 1.0)
+        return {"a": f * (1.0 if art == "w2a8" else 2.0)}, f * 3.0, "m", "here"
+
+    monkeypatch.setattr(lat, "_measure", fake)
+    out = lat._timed_rounds({"w2a8": "w2a8", "w8a8": "w8a8"}, "local", False, 1, 1, 3, False)
+    assert calls == ["w2a8", "w8a8"] * 3
+    assert out["w2a8"][0] == {"a": 1.0} and out["w2a8"][1] == 3.0
+    assert out["w8a8"][0] == {"a": 2.0}
+
+
 @pytest.mark.build
 def test_measured_on_this_host_and_cached(tmp_path, trained_digits_cnn, digits_data,
                                           monkeypatch):
     cache = tmp_path / "lat.json"
     table = latency_table(trained_digits_cnn, digits_data[0], "digits_cnn",
-                          weight_bits=(2, 8), cache=cache, number=3, repeat=3, progress=False)
+                          weight_bits=(2, 8), cache=cache, number=3, repeat=3, rounds=1,
+                          progress=False)
     layers = ["features.0", "features.3", "features.6", "classifier"]
     assert sorted(table.entries) == sorted(layers)  # names from meta.json 'layers'
     assert all(table.ms(n, w, 8) > 0 for n in layers for w in (2, 8))

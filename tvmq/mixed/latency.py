@@ -6,7 +6,9 @@ on the values), exported, compiled for the board, and timed layer by layer with
 compiled layer's time is filed under its PyTorch module name (``meta.json`` ``layers``), so
 a plan's latency is predicted as the sum of its layers' times at their bits plus what the
 model spends outside the layers (``overhead_ms``: the whole model's median minus its
-layers', the median over the bit choices measured).
+layers', the median over the bit choices measured). Each choice is timed ``rounds`` times,
+alternating between choices, and the table keeps the median round: on a shared machine a
+load spike then spoils one round of one choice rather than the whole choice.
 
 The table is cached as JSON keyed by board (and its CPU), model and TVM version; a table from
 another board, CPU, model or TVM version is refused with the reason.
@@ -160,6 +162,7 @@ def _uniform_artifact(model, base, w, a, data, board, workdir: Path) -> Path:
 
 
 def _measure(art_dir: Path, device: str, cross: bool, number: int, repeat: int):
+    """One timing of an artifact: (layer -> median ms, whole-model median, method, where)."""
     from tvmq import device as dev
 
     with dev.connect(device) as remote:
@@ -169,10 +172,26 @@ def _measure(art_dir: Path, device: str, cross: bool, number: int, repeat: int):
     return layers, result.median_ms, result.layer_method, result.device_description
 
 
+def _timed_rounds(arts: dict[str, Path], device, cross, number, repeat, rounds, progress):
+    """Time every artifact ``rounds`` times, alternating (a load spike on a shared machine
+    then hits one round of a choice, not all of it); per choice the median over rounds of
+    each layer's and of the whole model's median."""
+    runs: dict[str, list] = {k: [] for k in arts}
+    steps = [(r, k) for r in range(rounds) for k in arts]
+    for _, k in tqdm(steps, desc="latency table: timing", disable=not progress, leave=False):
+        runs[k].append(_measure(arts[k], device, cross, number, repeat))
+    out = {}
+    for k, measured in runs.items():
+        layers = {n: statistics.median(m[0][n] for m in measured) for n in measured[0][0]}
+        total = statistics.median(m[1] for m in measured)
+        out[k] = (layers, total, measured[0][2], measured[0][3])
+    return out
+
+
 def latency_table(model: nn.Module, data, name: str, *, board: str = "host",
                   device: str = "local", weight_bits: Sequence[int] = (2, 3, 4, 5, 6, 8),
                   act_bits: Sequence[int] = (8,), method=None, cache: str | os.PathLike |
-                  None = None, number: int = 10, repeat: int = 5,
+                  None = None, number: int = 10, repeat: int = 5, rounds: int = 3,
                   progress: bool = True) -> LatencyTable:
     """Measure (or load from the cache) the per-layer latency of ``model`` on ``board``.
 
@@ -195,6 +214,10 @@ def latency_table(model: nn.Module, data, name: str, *, board: str = "host",
     cache : path, optional
         JSON file (default :func:`default_cache`); choices already in it are not measured
         again; a table in it for another board/model/TVM is refused.
+    number, repeat : int
+        ``tvmq bench`` settings of one timing.
+    rounds : int
+        Timings of each choice, alternating between choices; the table keeps their median.
     """
     from tvmq._tvm import TVM_VERSION
     from tvmq.boards import get_board
@@ -210,20 +233,17 @@ def latency_table(model: nn.Module, data, name: str, *, board: str = "host",
         table = LatencyTable(board, board_cpu(board), key, TVM_VERSION, device, {}, {})
     todo = [(w, a) for w in sorted(set(weight_bits)) for a in sorted(set(act_bits))
             if _key(w, a) not in table.totals]
+    if not todo:
+        return table
     with tempfile.TemporaryDirectory() as tmp:
-        for w, a in tqdm(todo, desc="latency table", disable=not progress, leave=False):
-            art_dir = _uniform_artifact(model, base, w, a, data, board, Path(tmp))
-            layers, total, method_, where = _measure(art_dir, device, cross, number, repeat)
-            for layer, ms in layers.items():
-                table.entries.setdefault(layer, {})[_key(w, a)] = ms
-            table.totals[_key(w, a)] = {"total_ms": total, "layers_ms": sum(layers.values())}
-            table.layer_method, table.device = method_, where
-            table.save(path)  # after every choice: an interrupted run keeps what it measured
+        arts = {_key(w, a): _uniform_artifact(model, base, w, a, data, board, Path(tmp))
+                for w, a in tqdm(todo, desc="latency table: compile", disable=not progress,
+                                 leave=False)}
+        timed = _timed_rounds(arts, device, cross, number, repeat, max(rounds, 1), progress)
+    for k, (layers, total, method_, where) in timed.items():
+        for layer, ms in layers.items():
+            table.entries.setdefault(layer, {})[k] = ms
+        table.totals[k] = {"total_ms": total, "layers_ms": sum(layers.values())}
+        table.layer_method, table.device = method_, where
+    table.save(path)
     return table
-
-
-def table_info(table: LatencyTable) -> dict[str, Any]:
-    """Choices measured and the whole-model medians (for reports)."""
-    return {"board": table.board, "cpu": table.cpu, "model": table.model,
-            "device": table.device, "overhead_ms": table.overhead_ms,
-            "totals": table.totals}
