@@ -84,7 +84,10 @@ def bench_ms(art_dirs: list[Path], rounds: int = 3) -> list[float]:
 def evaluate(fp32, plan, kind, budget, index, ctx, workdir: Path) -> dict:
     start = time.perf_counter()
     model = qat(fp32, plan, ctx["train"], ctx["args"], ctx["seed"])
-    tag = f"{kind}{index}"
+    # a fresh directory per row: the process keeps a loaded lib.so by its path, so benching
+    # a new artifact saved over an old one's path would time the old one
+    tag = f"{fp32.tvmq_name}_s{ctx['seed']}_{budget}_{kind}{index}"
+    tag = tag.replace(" ", "_").replace("=", "")
     art_dir, onnx_path, logits = compile_and_run(model, ctx["test"], workdir, tag)
     meta = tvmq.load(art_dir).meta
     stored = sum(ly["weight_bytes"] for ly in meta["layers"])
