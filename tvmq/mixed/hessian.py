@@ -178,7 +178,8 @@ def batches_of(data, samples: int, batch_size: int) -> list[tuple[torch.Tensor, 
         out.append((torch.as_tensor(xb), torch.as_tensor(yb)))
         seen += len(xb)
     if not out:
-        raise ConfigError("the sensitivity data is empty", "pass a Dataset or (input, label) batches")
+        raise ConfigError("the sensitivity data is empty",
+                          "pass a Dataset or (input, label) batches")
     return out
 
 

@@ -25,7 +25,7 @@ import os
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import warnings
 from typing import Any, Sequence
 
@@ -100,9 +99,11 @@ class Sensitivity:
     def from_json(cls, d: dict[str, Any]) -> "Sensitivity":
         from tvmq.quant.plan import config_from_json
 
-        layers = [LayerSensitivity(**{**ly, "omega_w": {int(k): v for k, v in ly["omega_w"].items()},
-                                      "omega_a": {int(k): v for k, v in ly["omega_a"].items()}})
-                  for ly in d["layers"]]
+        def by_bits(omega: dict) -> dict[int, float]:  # JSON keys are strings
+            return {int(k): v for k, v in omega.items()}
+
+        layers = [LayerSensitivity(**{**ly, "omega_w": by_bits(ly["omega_w"]),
+                                      "omega_a": by_bits(ly["omega_a"])}) for ly in d["layers"]]
         return cls(layers, tuple(d["weight_bits"]), tuple(d["act_bits"]), d["ties"],
                    config_from_json(d["method"], "method"), d["iterations"], d["samples"])
 
