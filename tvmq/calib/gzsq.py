@@ -7,9 +7,10 @@ so far (``docs/zeroshot.md`` derives both ends):
 * lower end, *independent inputs*: ``var_c = sum_k w_ck**2 v_k`` (every patch entry
   uncorrelated; zero padding counted by running the layer's own convolution on the variance
   map);
-* upper end, *filter-shaped inputs*: the input covariance proportional to the filters' Gram
-  matrix ``W^T W`` (the filters span the input's principal subspace) with the same total
-  variance: ``var_c = sum_j (w_c . w_j)**2 / ||W||_F**2 * k * sum_i v_i``.
+* upper end, *filter-shaped inputs*: the input's variance lies along the layer's filter
+  directions, shared equally (covariance ``T / C_out * sum_j u_j u_j^T`` with ``u_j`` the
+  unit filters and ``T = k * sum_i v_i`` the same total variance):
+  ``var_c = T / C_out * sum_j (w_c . u_j)**2``.
 
 Beside the band: a Gaussian-tail prior on every pre-activation (nothing beyond
 ``tail_sigmas`` standard deviations of its channel), a class term (each image's assigned
@@ -55,6 +56,7 @@ class GZSQConfig(SynthesisConfig):
     """
 
     bound: float = 3.0
+    floor: float = 0.3
     tail_sigmas: float = 4.0
     stat_weight: float = 1.0
     tail_weight: float = 1.0
@@ -63,6 +65,9 @@ class GZSQConfig(SynthesisConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if not isinstance(self.floor, (int, float)) or not 0 <= self.floor <= 1:
+            raise ConfigError(f"floor={self.floor!r} is outside [0, 1]",
+                              "use GZSQConfig(floor=0.3) (0: the independent-input end alone)")
         for field in ("bound", "tail_sigmas"):
             val = getattr(self, field)
             if not isinstance(val, (int, float)) or not val > 0:
@@ -85,7 +90,7 @@ def weight_band(layer: nn.Module, inp: torch.Tensor) -> tuple[torch.Tensor, torc
         v = inp.var(0)
         w = layer.weight
         indep = (w ** 2) @ v
-        shaped = _gram_energy(w[None]).reshape(-1) * v.sum()
+        shaped = _shaped_energy(w[None]).reshape(-1) * v.sum()
         return indep.sqrt(), torch.maximum(shaped, indep).sqrt()
     dims = channel_dims(inp)
     m, v = inp.mean(dims), inp.var(dims)
@@ -101,14 +106,16 @@ def weight_band(layer: nn.Module, inp: torch.Tensor) -> tuple[torch.Tensor, torc
     unpadded = ((layer.weight ** 2).reshape(groups, w.shape[1], -1, k).sum(-1)
                 * v.reshape(groups, 1, -1)).sum(-1)
     padded = indep.reshape(groups, -1) / unpadded.clamp_min(1e-12)
-    shaped = (_gram_energy(w) * group_var * padded).reshape(-1)
+    shaped = (_shaped_energy(w) * group_var * padded).reshape(-1)
     return (indep + spread).sqrt(), torch.maximum(shaped, indep).add(spread).sqrt()
 
 
-def _gram_energy(w: torch.Tensor) -> torch.Tensor:
-    """``sum_j (w_c . w_j)**2 / ||W||_F**2`` per group: ``w`` is (groups, out, fan_in)."""
-    gram = w @ w.transpose(1, 2)
-    return (gram ** 2).sum(-1) / (w ** 2).sum((1, 2))[:, None].clamp_min(1e-12)
+def _shaped_energy(w: torch.Tensor) -> torch.Tensor:
+    """``sum_j (w_c . u_j)**2 / C_out`` per group (``w``: groups, out, fan_in; ``u_j`` the unit
+    filters). Unit filters keep channel c's target unchanged when another channel's filter is
+    rescaled (a ReLU network computes the same function after such a rescaling)."""
+    unit = w / w.norm(dim=2, keepdim=True).clamp_min(1e-12)
+    return ((w @ unit.transpose(1, 2)) ** 2).sum(-1) / w.shape[1]
 
 
 # -- the loss -----------------------------------------------------------------------------------
@@ -116,6 +123,7 @@ def _layer_terms(layer, inp, out, cfg: GZSQConfig):
     """The band and tail terms of one layer call, and its lower target (the margin of the
     class term when this layer computes the logits)."""
     lo, hi = weight_band(layer, inp)
+    lo = torch.maximum(lo, cfg.floor * hi)
     if isinstance(layer, nn.Linear):
         out = out.reshape(-1, out.shape[-1])
     dims = channel_dims(out)

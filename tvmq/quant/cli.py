@@ -13,6 +13,7 @@ from pathlib import Path
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``quantize`` subcommand to an ``argparse`` subparsers object."""
+    from tvmq.calib import METHODS
     from tvmq.quant.presets import list_presets
 
     p = subparsers.add_parser("quantize", help="QAT or PTQ a model and export an ONNX QDQ graph",
@@ -21,7 +22,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("model", help="zoo model name (tvmq.models.ZOO)")
     p.add_argument("--preset", default="w8a8", choices=list_presets())
     p.add_argument("--data", default="digits", help="'digits', an .npz file, or an image folder")
-    p.add_argument("--method", choices=("qat", "ptq"), default="qat")
+    p.add_argument("--method", choices=("qat", "ptq"), default="qat", action=_Given)
+    p.add_argument("--zero-shot", nargs="?", const="gzsq", default=None, choices=list(METHODS),
+                   metavar="METHOD",
+                   help="PTQ calibrated on images synthesized from the model alone, no data: "
+                        "gzsq (default; weight-derived, works without BatchNorm), zeroq "
+                        "(BatchNorm statistics), noise. Implies --method ptq")
+    p.add_argument("--zs-samples", type=int, default=256, metavar="N",
+                   help="images to synthesize for --zero-shot")
+    p.add_argument("--zs-iters", type=int, default=None, metavar="N",
+                   help="synthesis steps per batch (default: the method's)")
+    p.add_argument("--save-samples", default=None, metavar="DIR",
+                   help="with --zero-shot: write the synthesized images to DIR as a PNG grid "
+                        "and an .npz (reusable with --data)")
     p.add_argument("--fp32-epochs", type=int, default=30, help="float training before quantizing")
     p.add_argument("--epochs", type=int, default=15, help="QAT epochs")
     p.add_argument("--lr", type=float, default=None,
@@ -34,6 +47,43 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="qmodel.onnx")
     p.set_defaults(func=run)
     return p
+
+
+class _Given(argparse.Action):
+    """Stores the value and records that the flag was written (``--method`` vs its default)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
+def _method(args: argparse.Namespace) -> str:
+    """``qat`` or ``ptq``, checking ``--zero-shot`` / ``--save-samples`` against it."""
+    from tvmq.errors import ConfigError
+
+    if getattr(args, "zero_shot", None) is None:
+        if getattr(args, "save_samples", None):
+            raise ConfigError("--save-samples saves the images of --zero-shot",
+                              "add --zero-shot [gzsq|zeroq|noise], or drop --save-samples")
+        return args.method
+    if args.method == "qat" and getattr(args, "method_given", False):
+        raise ConfigError("--zero-shot calibrates post-training quantization; QAT trains on "
+                          "data", "drop --method qat (--zero-shot implies --method ptq)")
+    return "ptq"
+
+
+def _calibration(args: argparse.Namespace, model, train_set):
+    """The training set, or (``--zero-shot``) images synthesized from ``model``."""
+    if args.zero_shot is None:
+        return train_set
+    from tvmq import models, zeroshot
+
+    calib = zeroshot.synthesize(model, args.zs_samples, args.zero_shot,
+                                input_shape=models.input_shape(args.model), iters=args.zs_iters)
+    if args.save_samples:
+        png, npz = zeroshot.save_samples(calib, args.save_samples, args.zero_shot)
+        print(f"wrote {png} and {npz}")
+    return calib
 
 
 def _load_data(spec: str, input_shape):
@@ -53,14 +103,16 @@ def run(args: argparse.Namespace) -> int:
     from tvmq import models
     from tvmq.train import accuracy, predict, train
 
+    method = _method(args)
     train_set, test_set = _load_data(args.data, models.input_shape(args.model))
     model = train(models.create(args.model), train_set, epochs=args.fp32_epochs,
                   lr=models.train_lr(args.model))
     print(f"fp32 accuracy {accuracy(predict(model, test_set.x), test_set.y):.2f}%")
     base = tq.get_preset(args.preset)
     plan = tq.load_plan(args.plan) if args.plan else {}
-    if args.method == "ptq":
-        tq.quantize_(model, tq.PTQConfig(base, calibration=train_set, overrides=plan))
+    if method == "ptq":
+        tq.quantize_(model, tq.PTQConfig(base, calibration=_calibration(args, model, train_set),
+                                         overrides=plan))
     else:
         tq.quantize_(model, tq.QATConfig(base, overrides=plan,
                                          freeze_bn_after=args.freeze_bn_after))
@@ -68,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
             3e-4 if isinstance(base, tq.DGMSConfig) else 5e-3)
         tq.fit(model, train_set, epochs=args.epochs, lr=lr)
         tq.quantize_(model, tq.QATConfig(base, step="convert", overrides=plan))
-    print(f"{args.preset} {args.method} accuracy {accuracy(predict(model, test_set.x), test_set.y):.2f}%")
+    label = method if args.zero_shot is None else f"zero-shot {args.zero_shot} ptq"
+    print(f"{args.preset} {label} accuracy {accuracy(predict(model, test_set.x), test_set.y):.2f}%")
     path = tq.export(model, torch.from_numpy(test_set.x[:1]), args.output)
     print(f"wrote {path}")
     return 0
