@@ -44,11 +44,15 @@ def ort_accuracy(path: Path, test) -> float:
     return accuracy(sess.run(None, {"input": test.x})[0], test.y)
 
 
+def tvm_logits(path: Path, test) -> np.ndarray:
+    """Compile the exported QDQ graph with tvmq (integer lowering); its logits on the test set."""
+    art = tvmq.compile(path)
+    return np.concatenate([art.run(test.x[i:i + 1])[0] for i in range(len(test.x))])
+
+
 def tvm_accuracy(path: Path, test) -> float | None:
     """Compile the exported QDQ graph with tvmq (integer lowering) and run it over the test set."""
-    art = tvmq.compile(path)
-    logits = np.concatenate([art.run(test.x[i:i + 1])[0] for i in range(len(test.x))])
-    return accuracy(logits, test.y)
+    return accuracy(tvm_logits(path, test), test.y)
 
 
 def evaluate(name: str, method: str, preset: str, qmodel, test, workdir: Path) -> dict:
