@@ -112,8 +112,11 @@ def test_synthesize_returns_a_dataset_and_leaves_the_model_alone(nobn):
 @pytest.mark.parametrize("method", ["gzsq", "zeroq", "noise"])
 def test_seed_decides_the_images(method):
     model = models.create("digits_cnn")
-    run = lambda seed: zeroshot.synthesize(model, 8, method, input_shape=SHAPE, iters=2,  # noqa: E731
-                                           seed=seed, progress=False).x
+
+    def run(seed):
+        return zeroshot.synthesize(model, 8, method, input_shape=SHAPE, iters=2, seed=seed,
+                                   progress=False).x
+
     np.testing.assert_array_equal(run(0), run(0))
     assert not np.allclose(run(0), run(1))
 
@@ -125,7 +128,8 @@ def test_zeroq_matches_batchnorm_statistics(bn):
     noise = zeroshot.synthesize(model, 64, "noise", input_shape=SHAPE, progress=False)
     zq = zeroshot.synthesize(model, 64, "zeroq", input_shape=SHAPE, iters=150, progress=False)
     gaps = [_bn_gap(model, torch.from_numpy(ds.x)) for ds in (noise, zq)]
-    assert gaps[1] < 0.25 * gaps[0], f"BN statistic distance: noise {gaps[0]:.3f}, ZeroQ {gaps[1]:.3f}"
+    assert gaps[1] < 0.25 * gaps[0], \
+        f"BN statistic distance: noise {gaps[0]:.3f}, ZeroQ {gaps[1]:.3f}"
 
 
 def _bn_gap(model: nn.Module, x: torch.Tensor) -> float:
@@ -154,7 +158,8 @@ def test_gzsq_spreads_the_images_over_the_classes(nobn):
     gz = zeroshot.synthesize(nobn, 40, "gzsq", input_shape=SHAPE, progress=False)
     noise = zeroshot.synthesize(nobn, 40, "noise", input_shape=SHAPE, progress=False)
     hit, hit_noise = (gz.y == assigned).mean(), (noise.y == assigned).mean()
-    assert hit >= 0.8 and hit_noise <= 0.5, f"assigned class predicted: GZSQ {hit:.2f}, noise {hit_noise:.2f}"
+    assert hit >= 0.8 and hit_noise <= 0.5, \
+        f"assigned class predicted: GZSQ {hit:.2f}, noise {hit_noise:.2f}"
 
 
 def _band_position(model: nn.Module, x: np.ndarray) -> list[float]:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tvmq.calib.base import SynthesisConfig, frozen_copy, handler, resolve
+from tvmq.calib.base import METHODS, SynthesisConfig, frozen_copy, handler, resolve
 from tvmq.data import Dataset
 from tvmq.errors import ConfigError
 
@@ -54,7 +54,7 @@ def synthesize(model: nn.Module, n: int = 256, method: str | SynthesisConfig = "
     _probe(frozen, shape)
     gen = torch.Generator().manual_seed(seed)
     sizes = _batch_sizes(n, cfg.batch_size)
-    name = next((k for k, v in _methods().items() if type(v) is type(cfg)), type(cfg).__name__)
+    name = next((k for k, v in METHODS.items() if type(v) is type(cfg)), type(cfg).__name__)
     bar = tqdm(total=cfg.iters * len(sizes), desc=f"synthesize {name}", leave=False,
                disable=not progress or cfg.iters == 0)
     with bar, torch.enable_grad():
@@ -67,11 +67,6 @@ def synthesize(model: nn.Module, n: int = 256, method: str | SynthesisConfig = "
     y = out.argmax(-1) if out.dim() == 2 else torch.zeros(len(x), dtype=torch.long)
     return Dataset(x.numpy().astype(np.float32), y.numpy().astype(np.int64),
                    [str(i) for i in range(classes)])
-
-
-def _methods():
-    from tvmq.calib.base import METHODS
-    return METHODS
 
 
 def _with_overrides(cfg: SynthesisConfig, **fields) -> SynthesisConfig:

@@ -72,8 +72,9 @@ def resolve(method) -> SynthesisConfig:
     """A config from a method name or a config object."""
     if isinstance(method, SynthesisConfig):
         if type(method) not in _HANDLERS:
-            raise ConfigError(f"no synthesizer registered for {type(method).__name__}",
-                              f"decorate a handler with @register_synthesizer({type(method).__name__})")
+            name = type(method).__name__
+            raise ConfigError(f"no synthesizer registered for {name}",
+                              f"decorate a handler with @register_synthesizer({name})")
         return method
     if method not in METHODS:
         raise ConfigError(f"unknown zero-shot method {method!r}",
