@@ -280,6 +280,7 @@ def test_cli_zero_shot_flags_parse():
 @pytest.mark.parametrize("argv, match", [
     (("--zero-shot", "--method", "qat"), "drop --method qat"),
     (("--save-samples", "dir"), "add --zero-shot"),
+    (("--zero-shot", "zeroq"), "has no BatchNorm"),
 ])
 def test_cli_refuses_contradictions_before_training(argv, match, capsys):
     from tvmq.cli import main

@@ -7,8 +7,8 @@ A thin front of :mod:`tvmq.calib` (the methods live there, one file each)::
     zeroshot.save_grid(calib, "samples.png")
     quantize_(model, PTQConfig(get_preset("w8a8"), calibration=calib))
 """
-from tvmq.calib import (METHODS, GZSQConfig, NoiseConfig, SynthesisConfig, ZeroQConfig,
+from tvmq.calib import (METHODS, GZSQConfig, NoiseConfig, SynthesisConfig, ZeroQConfig, check,
                         save_grid, save_samples, synthesize)
 
-__all__ = ["GZSQConfig", "METHODS", "NoiseConfig", "SynthesisConfig", "ZeroQConfig",
+__all__ = ["GZSQConfig", "METHODS", "NoiseConfig", "SynthesisConfig", "ZeroQConfig", "check",
            "save_grid", "save_samples", "synthesize"]

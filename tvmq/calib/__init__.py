@@ -14,7 +14,7 @@ from tvmq.calib.gzsq import GZSQConfig, weight_band
 from tvmq.calib.images import save_grid, save_samples
 from tvmq.calib.noise import NoiseConfig
 from tvmq.calib.zeroq import ZeroQConfig
-from tvmq.calib.api import synthesize  # noqa: E402  (after the methods register)
+from tvmq.calib.api import check, synthesize  # noqa: E402  (after the methods register)
 
-__all__ = ["GZSQConfig", "METHODS", "NoiseConfig", "SynthesisConfig", "ZeroQConfig",
+__all__ = ["GZSQConfig", "METHODS", "NoiseConfig", "SynthesisConfig", "ZeroQConfig", "check",
            "register_synthesizer", "save_grid", "save_samples", "synthesize", "weight_band"]

@@ -50,6 +50,7 @@ def synthesize(model: nn.Module, n: int = 256, method: str | SynthesisConfig = "
     """
     cfg = _with_overrides(resolve(method), iters=iters, lr=lr, batch_size=batch_size)
     shape = _check(model, n, input_shape)
+    cfg.check(model)
     frozen = frozen_copy(model)
     _probe(frozen, shape)
     gen = torch.Generator().manual_seed(seed)
@@ -67,6 +68,12 @@ def synthesize(model: nn.Module, n: int = 256, method: str | SynthesisConfig = "
     y = out.argmax(-1) if out.dim() == 2 else torch.zeros(len(x), dtype=torch.long)
     return Dataset(x.numpy().astype(np.float32), y.numpy().astype(np.int64),
                    [str(i) for i in range(classes)])
+
+
+def check(model: nn.Module, method: str | SynthesisConfig = "gzsq") -> None:
+    """Raise :class:`~tvmq.errors.ConfigError` if ``method`` cannot run on ``model`` (ZeroQ on
+    a model without BatchNorm), before any training or synthesis is spent."""
+    resolve(method).check(model)
 
 
 def _with_overrides(cfg: SynthesisConfig, **fields) -> SynthesisConfig:

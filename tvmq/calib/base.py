@@ -57,6 +57,11 @@ class SynthesisConfig:
                               "statistics need two images)", f"use {_call(self, batch_size=256)}")
 
 
+    def check(self, model: nn.Module) -> None:
+        """Raise :class:`~tvmq.errors.ConfigError` if this method cannot run on ``model``
+        (called before any work, so a CLI can refuse before training)."""
+
+
 def register_synthesizer(config_type: type, name: str | None = None):
     """Register ``fn(model, x0, config, bar) -> x`` for a config type (and its default config
     under ``name`` in :data:`METHODS`)."""

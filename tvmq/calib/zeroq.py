@@ -28,6 +28,13 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 class ZeroQConfig(SynthesisConfig):
     """BatchNorm-statistics matching; fields as :class:`~tvmq.calib.SynthesisConfig`."""
 
+    def check(self, model: nn.Module) -> None:
+        if not bn_layers(model):
+            raise ConfigError(f"ZeroQ matches BatchNorm running statistics and "
+                              f"{type(model).__name__} has no BatchNorm layer with running "
+                              "statistics", "use method='gzsq' (targets from the weights "
+                              "alone, works without BatchNorm) or method='noise'")
+
 
 def bn_layers(model: nn.Module) -> list[nn.Module]:
     """The BatchNorm layers of ``model`` that hold running statistics."""
@@ -53,10 +60,6 @@ def _loss(model: nn.Module, bns: list[nn.Module], x: torch.Tensor) -> torch.Tens
 
 @register_synthesizer(ZeroQConfig, "zeroq")
 def _zeroq(model: nn.Module, x0: torch.Tensor, cfg: ZeroQConfig, bar) -> torch.Tensor:
+    cfg.check(model)
     bns = bn_layers(model)
-    if not bns:
-        raise ConfigError(f"ZeroQ matches BatchNorm running statistics and "
-                          f"{type(model).__name__} has no BatchNorm layer with running "
-                          "statistics", "use method='gzsq' (targets from the weights alone, "
-                          "works without BatchNorm) or method='noise'")
     return optimize(x0, lambda x: _loss(model, bns, x), cfg, bar)

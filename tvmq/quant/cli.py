@@ -105,8 +105,11 @@ def run(args: argparse.Namespace) -> int:
 
     method = _method(args)
     train_set, test_set = _load_data(args.data, models.input_shape(args.model))
-    model = train(models.create(args.model), train_set, epochs=args.fp32_epochs,
-                  lr=models.train_lr(args.model))
+    model = models.create(args.model)
+    if args.zero_shot is not None:  # refuse (ZeroQ without BatchNorm) before training
+        from tvmq import zeroshot
+        zeroshot.check(model, args.zero_shot)
+    model = train(model, train_set, epochs=args.fp32_epochs, lr=models.train_lr(args.model))
     print(f"fp32 accuracy {accuracy(predict(model, test_set.x), test_set.y):.2f}%")
     base = tq.get_preset(args.preset)
     plan = tq.load_plan(args.plan) if args.plan else {}
