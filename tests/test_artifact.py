@@ -44,6 +44,18 @@ def test_plain_tvm_runtime_loads_it(digits_artifact, tmp_path, rng):
     np.testing.assert_array_equal(out.numpy(), digits_artifact.run(x)[0])
 
 
+def test_artifact_saved_over_a_loaded_one_runs_the_new_code(digits_artifact, tmp_path, rng):
+    """dlopen returns the library it already has for a path: a second artifact saved to the
+    same directory and loaded in the same process must still run its own code."""
+    x = rng.standard_normal((1, 1, 8, 8)).astype("float32")
+    other = tvmq.compile(models.create("digits_cnn", seed=1), torch.randn(1, 1, 8, 8))
+    first = tvmq.load(digits_artifact.save(tmp_path / "art")).run(x)[0]
+    second = tvmq.load(other.save(tmp_path / "art")).run(x)[0]
+    assert not np.allclose(first, second), "the two models must differ for this test to mean anything"
+    np.testing.assert_array_equal(second, other.run(x)[0])
+    np.testing.assert_array_equal(tvmq.load(tmp_path / "art").run(x)[0], second)
+
+
 def test_overwrite_is_atomic(digits_artifact, tmp_path, monkeypatch):
     path = digits_artifact.save(tmp_path / "art")
     before = (path / "lib.so").read_bytes()

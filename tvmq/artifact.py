@@ -91,7 +91,7 @@ class Artifact:
                     f"({self.meta['board']['arch']}), this machine is {_host_arch()}",
                     "run it on the board: tvmq bench ARTIFACT --device rpc://HOST:PORT/KEY")
             lib = self.executable if self.executable is not None else \
-                tvm.runtime.load_module(str(self._lib_path))
+                load_library(self._lib_path)
             self._vm = relax.VirtualMachine(lib, tvm.cpu())
         return self._vm
 
@@ -165,6 +165,36 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, dest)
+
+
+#: path -> (inode, size, mtime) of each shared library this process has loaded
+_LOADED: dict[str, tuple[int, int, int]] = {}
+
+
+def load_library(path: str | os.PathLike):
+    """``tvm.runtime.load_module(path)``, safe against a library replaced at the same path.
+
+    ``dlopen`` hands back the library it already has for a path, so an artifact saved over
+    another one's directory (``Artifact.save`` replaces it atomically) and loaded again in the
+    same process would silently run the *old* code. A path whose file changed since this
+    process loaded it is therefore loaded from a private copy instead.
+    """
+    from tvmq._tvm import tvm
+
+    path = Path(path).absolute()
+    st = path.stat()
+    sig, key = (st.st_ino, st.st_size, st.st_mtime_ns), str(path)
+    if _LOADED.setdefault(key, sig) == sig:
+        return tvm.runtime.load_module(key)
+    cache = Path(tempfile.gettempdir()) / f"tvmq-libs-{os.getpid()}"
+    cache.mkdir(exist_ok=True)
+    fd, copy = tempfile.mkstemp(suffix=".so", dir=cache)
+    os.close(fd)
+    shutil.copyfile(path, copy)
+    try:
+        return tvm.runtime.load_module(copy)
+    finally:
+        os.unlink(copy)  # the loader keeps its mapping; nothing left on disk
 
 
 def load(path: str | os.PathLike) -> Artifact:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tvmq.artifact import Artifact, load as load_artifact
+from tvmq.artifact import Artifact, load as load_artifact, load_library
 from tvmq.device import tracker as _tracker
 from tvmq.device.layers import profile_layers
 from tvmq.device.result import BenchResult
@@ -167,7 +167,7 @@ class Remote:
 
         lib_path = _lib_path(art)
         if self.is_local:
-            root = tvm.runtime.load_module(str(lib_path))
+            root = load_library(lib_path)
             dev = tvm.cpu()
         else:
             self._session.upload(str(lib_path), "tvmq_lib.so")
