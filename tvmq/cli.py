@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Sub-command groups defined next to the library code they call: each module has
 # ``add_parsers(subparsers)``.
-_EXTENSIONS: list[str] = ["tvmq.quant.cli", "tvmq.device.cli", "tvmq.tune.cli", "tvmq.mixed.cli"]
+_EXTENSIONS: list[str] = ["tvmq.quant.cli", "tvmq.device.cli", "tvmq.tune.cli", "tvmq.mixed.cli",
+                          "tvmq.eqnet.cli"]
 
 
 def _register_extension(sub, module: str) -> None:

@@ -1,0 +1,30 @@
+"""Shared fixtures: one torch thread, a briefly trained digits CNN, its supernet."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The digits models are tiny: a second intra-op thread only adds wake-ups."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def fp32_cnn(digits_data):
+    from tvmq import models
+    from tvmq.train import train
+
+    torch.set_num_threads(1)
+    return train(models.create("digits_cnn"), digits_data[0], epochs=4, progress=False)
+
+
+@pytest.fixture
+def supernet(fp32_cnn, digits_data):
+    import tvmq.eqnet as eqnet
+
+    return eqnet.Supernet(fp32_cnn, eqnet.ElasticSpace()).initialize(digits_data[0], 2)
