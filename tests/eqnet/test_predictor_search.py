@@ -69,3 +69,15 @@ def test_search_returns_a_plan_within_budget(supernet, digits_data):
 
 def synthetic_accuracy_for(net):
     return lambda sub: -sum(2.0 ** -w for w, _ in sub.bits.values())
+
+
+def test_several_budgets_all_hold():
+    costs = _costs()
+    budgets = [SizeBudget(avg_bits=3), BopsBudget(uniform=(3, 3))]
+    ga = eqnet.evolution(SPACE, LAYERS, costs, budgets, synthetic_accuracy, population=20,
+                         generations=5, seed=1)
+    for sub, _, _ in ga.history:
+        for b in budgets:
+            assert costs.cost(b, sub) <= b.limit(costs) * (1 + 1e-9)
+    # acts are not free any more: the BOPs budget pulls them below 8 somewhere
+    assert any(a < 8 for n, (_, a) in ga.best.bits.items() if n not in ("l0", "l7"))

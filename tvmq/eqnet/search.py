@@ -88,31 +88,40 @@ class _Searcher:
     """Shared pieces: the space, the budget's limit, repair, a cached fitness."""
 
     def __init__(self, space: ElasticSpace, layers: Sequence[str], costs: LayerCosts,
-                 budget: Budget, fitness: Fitness, rng: random.Random, cond: dict):
-        self.space, self.layers, self.costs, self.budget = space, list(layers), costs, budget
+                 budgets: Sequence[Budget], fitness: Fitness, rng: random.Random, cond: dict):
+        self.space, self.layers, self.costs = space, list(layers), costs
+        self.budgets = list(budgets)
         self.elastic = space.elastic_layers(self.layers)
         self.fitness, self.rng, self.cond = fitness, rng, cond
-        self.limit = budget.limit(costs)
+        self.limits = [b.limit(costs) for b in self.budgets]
         self.cache: dict[tuple, float] = {}
         self.history: list[tuple[Subnet, float, float]] = []
-        cheapest = costs.cost(budget, space.smallest(self.layers, **cond))
-        dearest = costs.cost(budget, space.largest(self.layers, **cond))
-        if cheapest > self.limit * (1 + 1e-9):
-            raise ConfigError(f"{budget.describe()} is below the smallest subnet "
-                              f"({budget.describe_range(cheapest, dearest, costs)})",
-                              budget.fix(cheapest, dearest, costs))
+        small = space.smallest(self.layers, **cond)
+        large = space.largest(self.layers, **cond)
+        for budget, limit in zip(self.budgets, self.limits):
+            cheapest, dearest = costs.cost(budget, small), costs.cost(budget, large)
+            if cheapest > limit * (1 + 1e-9):
+                raise ConfigError(f"{budget.describe()} is below the smallest subnet "
+                                  f"({budget.describe_range(cheapest, dearest, costs)})",
+                                  budget.fix(cheapest, dearest, costs))
 
     def evaluate(self, sub: Subnet) -> float:
         key = sub.key()
         if key not in self.cache:
             self.cache[key] = float(self.fitness(sub))
-            self.history.append((sub, self.cache[key], self.costs.cost(self.budget, sub)))
+            self.history.append((sub, self.cache[key], self.costs.cost(self.budgets[0], sub)))
         return self.cache[key]
+
+    def _over(self, bits) -> list[int]:
+        """Indices of the budgets ``bits`` exceeds."""
+        sub = Subnet(bits)
+        return [i for i, (b, lim) in enumerate(zip(self.budgets, self.limits))
+                if self.costs.cost(b, sub) > lim]
 
     def repair(self, sub: Subnet) -> Subnet:
         bits = dict(sub.bits)
-        fixed = lambda: Subnet(dict(bits), sub.per_channel, sub.act_symmetric)  # noqa: E731
-        while self.costs.cost(self.budget, fixed()) > self.limit:
+        over = self._over(bits)
+        while over:
             moves = []
             for n in self.elastic:
                 w, a = bits[n]
@@ -122,17 +131,19 @@ class _Searcher:
                     moves.append((n, (max(lower_w), a)))
                 if lower_a:
                     moves.append((n, (w, max(lower_a))))
-            here = self.costs.cost(self.budget, fixed())
-            moves = [m for m in moves if self._cost_with(bits, m) < here]
+            moves = [m for m in moves if any(self._cost_with(bits, m, i) < self._cost_with(
+                bits, None, i) for i in over)]
             if not moves:
                 break
             n, new = self.rng.choice(moves)
             bits[n] = new
-        return fixed()
+            over = self._over(bits)
+        return Subnet(bits, sub.per_channel, sub.act_symmetric)
 
-    def _cost_with(self, bits, move) -> float:
-        n, new = move
-        return self.costs.cost(self.budget, Subnet({**bits, n: new}))
+    def _cost_with(self, bits, move, i: int) -> float:
+        if move is not None:
+            bits = {**bits, move[0]: move[1]}
+        return self.costs.cost(self.budgets[i], Subnet(bits))
 
     def random(self) -> Subnet:
         return self.repair(self.space.sample(self.layers, self.rng, **self.cond))
@@ -157,11 +168,23 @@ class _Searcher:
         return SearchResult(sub, score, list(self.history))
 
 
-def evolution(space: ElasticSpace, layers: Sequence[str], costs: LayerCosts, budget: Budget,
+def _budgets(budget) -> list[Budget]:
+    """One budget, or several that must all hold."""
+    budgets = [budget] if isinstance(budget, Budget) else list(budget) \
+        if isinstance(budget, (list, tuple)) else [budget]
+    if not budgets or not all(isinstance(b, Budget) for b in budgets):
+        raise ConfigError(f"budget={budget!r} is not a budget",
+                          "use tvmq.mixed.SizeBudget(avg_bits=3), BopsBudget(...), "
+                          "LatencyBudget(...), or a list of them (all must hold)")
+    return budgets
+
+
+def evolution(space: ElasticSpace, layers: Sequence[str], costs: LayerCosts, budget,
               fitness: Fitness, population: int = 40, generations: int = 15,
               parent_ratio: float = 0.25, mutate_ratio: float = 0.5, mutate_prob: float = 0.15,
               seed: int = 0, progress: bool = False, **cond) -> SearchResult:
-    """Genetic search maximizing ``fitness`` over subnets within ``budget``.
+    """Genetic search maximizing ``fitness`` over subnets within ``budget`` (one budget, or a
+    list that must all hold, e.g. ``[SizeBudget(avg_bits=3), BopsBudget(uniform=(3, 3))]``).
 
     ``cond`` fixes the condition (``per_channel=``, ``act_symmetric=``; default the space's
     first choices). Evaluations: at most ``population * generations`` distinct subnets.
@@ -170,7 +193,7 @@ def evolution(space: ElasticSpace, layers: Sequence[str], costs: LayerCosts, bud
         raise ConfigError(f"population={population}, generations={generations} is too small",
                           "use evolution(..., population=40, generations=15)")
     cond = {k: space._cond(cond.get(k), k) for k in ("per_channel", "act_symmetric")}
-    s = _Searcher(space, layers, costs, budget, fitness, random.Random(seed), cond)
+    s = _Searcher(space, layers, costs, _budgets(budget), fitness, random.Random(seed), cond)
     pop = [s.random() for _ in range(population)]
     n_parents = max(2, int(parent_ratio * population))
     for _ in tqdm(range(generations), desc="eqnet GA", disable=not progress, leave=False):
@@ -187,11 +210,11 @@ def evolution(space: ElasticSpace, layers: Sequence[str], costs: LayerCosts, bud
 
 
 def random_search(space: ElasticSpace, layers: Sequence[str], costs: LayerCosts,
-                  budget: Budget, fitness: Fitness, evaluations: int, seed: int = 0,
+                  budget, fitness: Fitness, evaluations: int, seed: int = 0,
                   **cond) -> SearchResult:
     """The best of ``evaluations`` distinct repaired random subnets (the GA's baseline)."""
     cond = {k: space._cond(cond.get(k), k) for k in ("per_channel", "act_symmetric")}
-    s = _Searcher(space, layers, costs, budget, fitness, random.Random(seed), cond)
+    s = _Searcher(space, layers, costs, _budgets(budget), fitness, random.Random(seed), cond)
     for _ in range(50 * evaluations):
         if len(s.history) >= evaluations:
             break
@@ -199,7 +222,7 @@ def random_search(space: ElasticSpace, layers: Sequence[str], costs: LayerCosts,
     return s.result()
 
 
-def search(net, predictor: Fitness, budget: Budget, example: torch.Tensor,
+def search(net, predictor: Fitness, budget, example: torch.Tensor,
            population: int = 40, generations: int = 15, seed: int = 0,
            progress: bool = True, **cond) -> MixedPlan:
     """The subnet of ``net`` with the best predicted accuracy within ``budget``, as a plan.
@@ -208,7 +231,7 @@ def search(net, predictor: Fitness, budget: Budget, example: torch.Tensor,
     ----------
     net : Supernet
     predictor : AccuracyPredictor or callable ``Subnet -> float``
-    budget : tvmq.mixed budget
+    budget : tvmq.mixed budget, or a list of them (all must hold)
         ``SizeBudget(avg_bits=3)``, ``BopsBudget(uniform=(4, 4))``, ``LatencyBudget(...)``.
     example : torch.Tensor
         One input (prices the layers' MACs).
@@ -223,15 +246,13 @@ def search(net, predictor: Fitness, budget: Budget, example: torch.Tensor,
         ``plan.subnet`` (deploy it with ``net.to_quantized(plan.subnet, ...)``) and
         ``plan.search`` (the :class:`SearchResult`).
     """
-    if not isinstance(budget, Budget):
-        raise ConfigError(f"budget={budget!r} is not a budget",
-                          "use tvmq.mixed.SizeBudget(avg_bits=3), BopsBudget(...) or "
-                          "LatencyBudget(...)")
+    budgets = _budgets(budget)
     costs = layer_costs(net.model, example, net.layers)
     result = evolution(net.space, net.layers, costs, budget, predictor, population,
                        generations, seed=seed, progress=progress, **cond)
     plan = net.plan(result.best)
     plan.predicted.update(costs.summary(result.best), accuracy=result.score,
-                          budget=budget.describe(), evaluations=result.evaluations)
+                          budget=" + ".join(b.describe() for b in budgets),
+                          evaluations=result.evaluations)
     plan.subnet, plan.search = result.best, result
     return plan

@@ -59,11 +59,13 @@ class GPGConfig:
 
 
 def gpg_step(net: Supernet, x: torch.Tensor, y: torch.Tensor, rng: random.Random,
-             cfg: GPGConfig = GPGConfig()) -> dict[str, float]:
+             cfg: GPGConfig = GPGConfig(), teacher_logits: torch.Tensor | None = None
+             ) -> dict[str, float]:
     """Backpropagate one GPG step's losses (the caller zeroes and steps the optimizer).
 
-    Returns the loss of each chain member (``"largest"``, ``"random1"``, ..., ``"smallest"``)
-    and ``"wdr"``.
+    ``teacher_logits`` (optional, e.g. the float model's): the largest subnet is then
+    distilled from them (:func:`distill_loss`) instead of trained on labels alone. Returns the
+    loss of each chain member (``"largest"``, ``"random1"``, ..., ``"smallest"``) and ``"wdr"``.
     """
     out: dict[str, float] = {}
     if cfg.kurtosis_rate or cfg.skewness_rate:
@@ -74,7 +76,8 @@ def gpg_step(net: Supernet, x: torch.Tensor, y: torch.Tensor, rng: random.Random
             "act_symmetric": rng.choice(net.space.act_symmetric)}
     net.set_subnet(net.largest(**cond))
     logits = net(x)
-    loss = F.cross_entropy(logits, y)
+    loss = F.cross_entropy(logits, y) if teacher_logits is None else \
+        distill_loss(logits, teacher_logits, y, cfg.alpha)
     loss.backward()
     out["largest"] = loss.item()
     for i in range(1, cfg.num_subnets):
@@ -89,8 +92,12 @@ def gpg_step(net: Supernet, x: torch.Tensor, y: torch.Tensor, rng: random.Random
 
 def train(net: Supernet, data, epochs: int = 10, lr: float = 5e-3, gpg: GPGConfig = GPGConfig(),
           batch_size: int = 64, seed: int = 0, weight_decay: float = 1e-4,
-          calibration_batches: int = 4, progress: bool = True) -> Supernet:
+          calibration_batches: int = 4, progress: bool = True,
+          teacher: torch.nn.Module | None = None) -> Supernet:
     """Train ``net`` with GPG steps (SGD, momentum 0.9, cosine schedule, a tqdm bar).
+
+    ``teacher`` (optional): a float model the largest subnet is distilled from (the chain
+    below it is guided as always); the reference trains the largest on labels only.
 
     Activation scales are initialized first (:meth:`Supernet.initialize`) unless they already
     are. Quantizer scales and offsets get no weight decay. Returns ``net`` in eval mode with
@@ -111,8 +118,13 @@ def train(net: Supernet, data, epochs: int = 10, lr: float = 5e-3, gpg: GPGConfi
         net.initialize(data, calibration_batches)
     rng = random.Random(seed)
 
+    if teacher is not None:
+        teacher.eval()
+
     def step(model, xb, yb):
-        gpg_step(net, xb, yb, rng, gpg)
+        with torch.no_grad():
+            soft = teacher(xb) if teacher is not None else None
+        gpg_step(net, xb, yb, rng, gpg, soft)
         return None
 
     sgd_loop(net, data, _param_groups(net, weight_decay), epochs, lr, batch_size, seed,

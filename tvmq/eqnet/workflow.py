@@ -95,7 +95,7 @@ def search_checkpoint(checkpoint, data: tuple, budget, output, samples: int = 12
     if plot:
         from tvmq.eqnet.plot import plot_search
 
-        plot_search(plan.search, report, plot, budget=budget.describe())
+        plot_search(plan.search, report, plot, budget=plan.predicted["budget"])
     return plan, report
 
 
