@@ -5,6 +5,7 @@ first, then the parameters) plus the parameter arrays and the input/output signa
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
@@ -131,17 +132,78 @@ def load_onnx(path: str | os.PathLike):
 
 
 def load_exported_program(path: str | os.PathLike):
-    """Load a ``torch.export.save``'d program; a missing/corrupt file is a ModelLoadError."""
-    import torch
+    """Load a ``torch.export.save``'d program without unpickling arbitrary objects.
+
+    ``torch.export.load`` falls back to ``torch.load(weights_only=False)`` and
+    ``pickle.loads`` for some payloads, which runs whatever code a crafted file carries.
+    Here every ``torch.load`` is forced to ``weights_only=True`` and the other unpickling
+    entry points refuse, so a program holding only tensors and the graph loads, and a file
+    that needs arbitrary Python objects is a ModelLoadError.
+    """
+    import pickle
 
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"model file {path} not found", "check the path")
     try:
-        return torch.export.load(str(path))
+        with _unpickling_refused():
+            return _torch_export_load(path)
+    except pickle.UnpicklingError as err:
+        raise ModelLoadError(
+            f"{path} holds pickled Python objects, which tvmq never loads (they can run "
+            f"code)", "export the model to ONNX, or re-save a program whose constants are "
+            "plain tensors") from err
     except Exception as err:
         raise ModelLoadError(f"{path} is not a valid torch.export program "
                              f"({type(err).__name__})", "re-save it with torch.export.save") from err
+
+
+def _torch_export_load(path: Path):
+    import logging
+
+    import torch
+
+    logger = logging.getLogger("torch.export")  # logs a traceback before falling back
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        return torch.export.load(str(path))
+    finally:
+        logger.disabled = disabled
+
+
+class _RefusingPickle:
+    """``pickle`` as seen by torch's archive reader, with every loader refusing."""
+
+    def __getattr__(self, name):
+        import pickle
+
+        return getattr(pickle, name)
+
+    @staticmethod
+    def loads(*_args, **_kwargs):
+        import pickle
+
+        raise pickle.UnpicklingError("unpickling an arbitrary object")
+
+    load = Unpickler = loads
+
+
+@contextlib.contextmanager
+def _unpickling_refused():
+    import torch
+    from torch.export.pt2_archive import _package
+
+    env = {k: os.environ.pop(k, None)
+           for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    saved = _package.pickle, torch._C._pickle_load_obj
+    _package.pickle, torch._C._pickle_load_obj = _RefusingPickle(), _RefusingPickle.loads
+    try:
+        yield
+    finally:
+        _package.pickle, torch._C._pickle_load_obj = saved
+        os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+        os.environ.update({k: v for k, v in env.items() if v is not None})
 
 
 def _check_onnx_ops(model) -> None:
