@@ -2,8 +2,9 @@
 
 Resumable: records accumulate in ``db``; a re-run counts the trials already there and only
 runs the rest (``trials`` is the total for the database), and the XGBoost cost model is
-reloaded from ``db/cost_model.tar`` so it does not start random again (MetaSchedule's
-XGBModel scores randomly until it has ``num_warmup_samples`` measurements).
+reloaded from ``db/cost_model.npz`` (no pickle: :mod:`tvmq.tune.cost_model`) so it does not
+start random again (MetaSchedule's XGBModel scores randomly until it has
+``num_warmup_samples`` measurements).
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ from tvmq.frontend import import_model
 from tvmq.layermap import layer_table, task_layers
 from tvmq.pipeline import PipelineOptions, run_phases
 from tvmq.schedules import database as dbmod
+from tvmq.tune import cost_model as _cm
 
-COST_MODEL_FILE = "cost_model.tar"
 BUILDER_TIMEOUT_S = 300  # workers import tvm.s_tir.tensor_intrin (~33 s, more under load)
 
 
@@ -270,12 +271,7 @@ def _contexts(tasks, board: Board, log_dir: str, seed: int):
 def _cost_model(db_dir: Path):
     ms = meta_schedule()
     model = ms.cost_model.XGBModel(num_warmup_samples=min(100, 32), adaptive_training=True)
-    saved = db_dir / COST_MODEL_FILE
-    if saved.is_file():
-        try:
-            model.load(str(saved))
-        except Exception:  # a corrupt cost model only costs warm-up
-            pass
+    _cm.load(model, db_dir)  # tvmq's pickle-free format; anything unreadable: warm-up
     return model
 
 
@@ -347,7 +343,7 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
                       measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
                       + [cb])
         cb.close()
-        atomic_write(db_dir / COST_MODEL_FILE, lambda f: _save_cost_model(cost_model, f))
+        atomic_write(db_dir / _cm.COST_MODEL_FILE, lambda f: _cm.save(cost_model, f))
     after = _existing(database, tasks)
     report = TuneReport(board.name, str(db_dir), [
         {"name": n, "layers": lays, "weight": w, "records": c, "best_us": b}
@@ -374,15 +370,6 @@ def _unnamed_log_handlers_detached():
     finally:
         for handler in foreign:
             logger.addHandler(handler)
-
-
-def _save_cost_model(model, fileobj) -> None:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / COST_MODEL_FILE
-        model.save(str(path))
-        fileobj.write(path.read_bytes())
 
 
 def export_database(db: str | Path, board: str | Board, dest: str | Path | None = None,
