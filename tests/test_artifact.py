@@ -9,6 +9,7 @@ import torch
 
 import tvmq
 from tvmq import models
+from tvmq.device.remote import connect
 from tvmq.errors import ArtifactError, InputMismatchError
 
 pytestmark = pytest.mark.build
@@ -103,3 +104,34 @@ def test_load_rejects_non_artifacts(tmp_path):
     (tmp_path / "lib.so").write_bytes(b"")
     with pytest.raises(ArtifactError, match="corrupt"):
         tvmq.load(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "replace", "empty"])
+def test_damaged_library_is_refused_before_dlopen(digits_artifact, tmp_path, rng, damage):
+    """dlopen of a truncated library dies with SIGBUS: the size and hash recorded at save
+    time are checked first."""
+    path = digits_artifact.save(tmp_path / "art")
+    lib = path / "lib.so"
+    data = lib.read_bytes()
+    if damage == "truncate":
+        lib.write_bytes(data[: len(data) // 2])
+    elif damage == "replace":
+        lib.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    else:
+        lib.write_bytes(b"")
+    with pytest.raises(ArtifactError, match="not the library meta.json describes"):
+        tvmq.load(path).run(rng.standard_normal((1, 1, 8, 8)).astype("float32"))
+    with pytest.raises(ArtifactError, match="not the library meta.json describes"):
+        connect("local").bench(tvmq.load(path), number=1, repeat=1)
+
+
+def test_meta_from_another_tvm_or_missing_keys(digits_artifact, tmp_path):
+    path = digits_artifact.save(tmp_path / "art")
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**meta, "tvm_version": "0.19.0"}))
+    with pytest.raises(ArtifactError, match="built with TVM 0.19.0"):
+        tvmq.load(path).run(np.zeros((1, 1, 8, 8), "float32"))
+    del meta["outputs"], meta["board"]["arch"]
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="lacks outputs, board.arch"):
+        tvmq.load(path)

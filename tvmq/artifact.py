@@ -52,6 +52,7 @@ class Artifact:
         try:
             self._export_library(tmp / LIB_NAME)
             self.meta["sizes"]["lib_bytes"] = (tmp / LIB_NAME).stat().st_size
+            self.meta["lib_sha256"] = _sha256(tmp / LIB_NAME)
             (tmp / META_NAME).write_text(json.dumps(self.meta, indent=2, sort_keys=True))
             tmp.chmod(0o755)
             _replace_dir(tmp, path)
@@ -91,9 +92,28 @@ class Artifact:
                     f"({self.meta['board']['arch']}), this machine is {_host_arch()}",
                     "run it on the board: tvmq bench ARTIFACT --device rpc://HOST:PORT/KEY")
             lib = self.executable if self.executable is not None else \
-                load_library(self._lib_path)
+                load_library(self.verified_lib_path())
             self._vm = relax.VirtualMachine(lib, tvm.cpu())
         return self._vm
+
+    def verified_lib_path(self) -> Path:
+        """``lib.so``'s path, once it is the library ``meta.json`` describes (size, SHA-256
+        recorded at save) and this TVM can run it: ``dlopen`` of a truncated library dies
+        with SIGBUS, and one from another TVM version may not match this runtime."""
+        from tvmq._tvm import TVM_VERSION
+
+        path = Path(self._lib_path)
+        built = self.meta.get("tvm_version")
+        if built != TVM_VERSION:
+            raise ArtifactError(f"{path.parent} was built with TVM {built}, this is TVM "
+                                f"{TVM_VERSION}", "recompile the model with this tvmq")
+        size, want = path.stat().st_size, self.meta.get("sizes", {}).get("lib_bytes")
+        digest = self.meta.get("lib_sha256")
+        if (want is not None and size != want) or (digest and _sha256(path) != digest):
+            what = f"{size} bytes, meta.json says {want}" if size != want else "its hash differs"
+            raise ArtifactError(f"{path} is not the library meta.json describes ({what}): "
+                                "truncated, corrupt or replaced", "recompile the model")
+        return path
 
     def check_inputs(self, inputs) -> list[np.ndarray]:
         """Validate count, shape and dtype of ``inputs`` (array, list or name->array dict)."""
@@ -208,10 +228,28 @@ def load(path: str | os.PathLike) -> Artifact:
         meta = json.loads(meta_file.read_text())
     except ValueError as err:
         raise ArtifactError(f"{meta_file} is corrupt: {err}", "recompile the model") from err
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{path} has artifact format {meta.get('format_version')}, "
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise ArtifactError(f"{path} has artifact format {version}, "
                             f"this tvmq reads {FORMAT_VERSION}", "recompile the model")
+    missing = [k for k in _REQUIRED_META if k not in meta]
+    missing += [f"board.{k}" for k in ("name", "arch") if k not in meta.get("board", {})]
+    if missing:
+        raise ArtifactError(f"{meta_file} lacks {', '.join(missing)}", "recompile the model")
     return Artifact(None, meta, lib_file)
+
+
+_REQUIRED_META = ("inputs", "outputs", "board", "tvm_version", "sizes")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:

@@ -166,6 +166,8 @@ class Remote:
         from tvmq._tvm import relax, tvm
 
         lib_path = _lib_path(art)
+        if art.executable is None:
+            art.verified_lib_path()
         if self.is_local:
             root = load_library(lib_path)
             dev = tvm.cpu()
