@@ -123,3 +123,22 @@ def test_train_improves_the_largest_and_smallest_subnets(fp32_cnn, digits_data):
         with net.activated(net.uniform(b, b), train_set):
             accs[b] = accuracy(predict(net, test_set.x), test_set.y)
     assert accs[8] > fp32 and accs[2] > 50, f"fp32 {fp32:.1f}%, subnets {accs}"
+
+
+def test_subnet_from_plan_round_trips(tmp_path, supernet):
+    sub = supernet.uniform(4, 6, per_channel=False, act_symmetric=False)
+    sub.bits["features.6"] = (2, 3)
+    back = eqnet.subnet_from_plan(tq.load_plan(tq.save_plan(supernet.plan(sub),
+                                                            tmp_path / "p.json")))
+    assert back == sub
+
+
+def test_teacher_logits_guide_the_largest_subnet(supernet, digits_data):
+    x = _x(digits_data, 16)
+    y = torch.from_numpy(digits_data[1].y[:16])
+    cfg = eqnet.GPGConfig(num_subnets=2, kurtosis_rate=0, skewness_rate=0)
+    plain = eqnet.gpg_step(supernet.train(), x, y, random.Random(0), cfg)
+    supernet.zero_grad()
+    taught = eqnet.gpg_step(supernet.train(), x, y, random.Random(0), cfg,
+                            teacher_logits=torch.zeros(16, 10))
+    assert "wdr" not in plain and plain["largest"] != taught["largest"]

@@ -10,7 +10,8 @@ next choice that lowers the cost, until it fits. The GA (EQ-Net / OFA style): a 
 of repaired random subnets; each generation keeps the best ``parent_ratio``, adds mutants
 (each elastic gene redrawn with probability ``mutate_prob``) and uniform crossovers of two
 parents, all repaired. Random search draws repaired random subnets: at equal evaluations the
-two differ only in how candidates are proposed.
+two differ only in how candidates are proposed. Ties in fitness go to the subnet that spends
+more of the (first) budget.
 """
 from __future__ import annotations
 
@@ -163,8 +164,13 @@ class _Searcher:
         bits = {n: (a if self.rng.random() < 0.5 else b).bits[n] for n in self.layers}
         return self.repair(Subnet(bits, a.per_channel, a.act_symmetric))
 
+    def rank(self, sub: Subnet) -> tuple[float, float]:
+        """Fitness, then cost: among equal fitness (a saturated predictor) prefer the subnet
+        that spends more of the budget (more bits seldom hurt)."""
+        return self.evaluate(sub), self.costs.cost(self.budgets[0], sub)
+
     def result(self) -> SearchResult:
-        sub, score, _ = max(self.history, key=lambda h: h[1])
+        sub, score, _ = max(self.history, key=lambda h: (h[1], h[2]))
         return SearchResult(sub, score, list(self.history))
 
 
@@ -197,7 +203,7 @@ def evolution(space: ElasticSpace, layers: Sequence[str], costs: LayerCosts, bud
     pop = [s.random() for _ in range(population)]
     n_parents = max(2, int(parent_ratio * population))
     for _ in tqdm(range(generations), desc="eqnet GA", disable=not progress, leave=False):
-        pop.sort(key=s.evaluate, reverse=True)
+        pop.sort(key=s.rank, reverse=True)
         parents = pop[:n_parents]
         n_mut = int(mutate_ratio * population)
         mutants = [s.mutate(s.rng.choice(parents), mutate_prob) for _ in range(n_mut)]
