@@ -25,11 +25,11 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from tvmq.calib.base import (SynthesisConfig, channel_dims, optimize, record,
                              register_synthesizer, standard_prior)
 from tvmq.errors import ConfigError
+from tvmq.quant.graph import fold_conv_bn
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -156,22 +156,6 @@ def _loss(model, layers, x, labels, cfg: GZSQConfig) -> torch.Tensor:
         margin = margin if margin is not None else torch.tensor(1.0)
         loss = loss + cfg.class_weight * _class_term(out, labels, margin)
     return loss
-
-
-def fold_conv_bn(model: nn.Module) -> nn.Module:
-    """Fold every conv -> BatchNorm pair of ``model`` (in place; eval mode)."""
-    from tvmq.quant.graph import conv_bn_pairs
-
-    for conv_name, bn_name in (conv_bn_pairs(model) or {}).items():
-        fused = fuse_conv_bn_eval(model.get_submodule(conv_name), model.get_submodule(bn_name))
-        _replace(model, conv_name, fused)
-        _replace(model, bn_name, nn.Identity())
-    return model
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
 @register_synthesizer(GZSQConfig, "gzsq")

@@ -30,7 +30,6 @@ from tvmq.mixed.plans import layer_config
 from tvmq.quant import graph
 from tvmq.quant.api import quantizable_layers
 from tvmq.quant.config import MAX_BITS, MIN_BITS, MethodConfig
-from tvmq.quant.layers import QuantConvBn2d
 from tvmq.quant.registry import method_handler
 
 WEIGHT_BITS = (2, 3, 4, 5, 6, 8)
@@ -137,19 +136,7 @@ def _check_ties(ties, names: list[str]) -> list[list[str]]:
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (eval mode) with every conv -> BatchNorm pair folded into the conv."""
-    model = copy.deepcopy(model).eval()
-    pairs = graph.conv_bn_pairs(model) or {}
-    for conv_name, bn_name in pairs.items():
-        folded = QuantConvBn2d(model.get_submodule(conv_name), model.get_submodule(bn_name),
-                               None, None).to_conv().eval()
-        _set(model, conv_name, folded)
-        _set(model, bn_name, nn.Identity())
-    return model
-
-
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+    return graph.fold_conv_bn(copy.deepcopy(model))
 
 
 def _macs(layer: nn.Module, out: torch.Tensor) -> int:

@@ -84,6 +84,29 @@ def conv_bn_pairs(model: nn.Module) -> dict[str, str] | None:
     return pairs
 
 
+def fold_conv_bn(model: nn.Module) -> nn.Module:
+    """Fold every conv -> BatchNorm pair of ``model`` into the conv, in place (the BN becomes
+    ``nn.Identity``); the model is put in eval mode, since running statistics are folded.
+
+    The pairs are :func:`conv_bn_pairs`' (none when the model cannot be traced). Used where
+    the deployed (folded) weights are what matters outside QAT: Hessian sensitivity,
+    zero-shot targets.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model.eval()
+    for conv_name, bn_name in (conv_bn_pairs(model) or {}).items():
+        fused = fuse_conv_bn_eval(model.get_submodule(conv_name), model.get_submodule(bn_name))
+        _replace_module(model, conv_name, fused)
+        _replace_module(model, bn_name, nn.Identity())
+    return model
+
+
+def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
 def _kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
     """"add", "cat", "avg", "max", "pass" or None."""
     mod = _module(gm, node)
