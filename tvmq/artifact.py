@@ -13,6 +13,7 @@ The device needs only the TVM runtime::
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -43,6 +44,7 @@ class Artifact:
         """Write the artifact directory atomically (a temp dir renamed into place)."""
         path = Path(path).absolute()
         parent = path.parent
+        check_output_dir(path)
         try:
             parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
@@ -56,6 +58,12 @@ class Artifact:
             (tmp / META_NAME).write_text(json.dumps(self.meta, indent=2, sort_keys=True))
             tmp.chmod(0o755)
             _replace_dir(tmp, path)
+        except ArtifactError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        except Exception as err:  # OSError, or the linker's error (it prints its command line)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _write_error(path, err) from err
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -113,6 +121,7 @@ class Artifact:
             what = f"{size} bytes, meta.json says {want}" if size != want else "its hash differs"
             raise ArtifactError(f"{path} is not the library meta.json describes ({what}): "
                                 "truncated, corrupt or replaced", "recompile the model")
+        _check_elf(path, self.meta["board"])
         return path
 
     def check_inputs(self, inputs) -> list[np.ndarray]:
@@ -126,7 +135,9 @@ class Artifact:
                 raise InputMismatchError(f"missing input(s) {missing}",
                                          f"pass all of {[s['name'] for s in specs]}")
             inputs = [inputs[s["name"]] for s in specs]
-        arrays = [np.asarray(x.numpy() if hasattr(x, "numpy") else x) for x in inputs]
+        arrays = [_widen_sub_byte(np.asarray(x.numpy() if hasattr(x, "numpy") else x), spec)
+                  for x, spec in zip(inputs, specs)] + \
+            [np.asarray(x) for x in list(inputs)[len(specs):]]
         if len(arrays) != len(specs):
             raise InputMismatchError(f"expected {len(specs)} input(s), got {len(arrays)}",
                                      f"pass {[s['name'] for s in specs]}")
@@ -139,7 +150,17 @@ class Artifact:
                 raise InputMismatchError(
                     f"input {spec['name']!r} has dtype {arr.dtype.name}, expected {spec['dtype']}",
                     f"convert it: x.astype(np.{spec['dtype']})")
-        return [np.ascontiguousarray(a) for a in arrays]
+        # np.ascontiguousarray makes a 0-d array 1-d, which the VM rejects for a scalar input
+        return [np.require(a, requirements="C") for a in arrays]
+
+    def nonfinite_inputs(self, inputs) -> str | None:
+        """A sentence naming the float inputs holding NaN or infinity, or ``None``."""
+        bad = []
+        for arr, spec in zip(self.check_inputs(inputs), self.input_specs):
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                n = int(arr.size - np.isfinite(arr).sum())
+                bad.append(f"{spec['name']!r} ({n} of {arr.size} values)")
+        return f"input {', '.join(bad)} holds NaN or infinity" if bad else None
 
     def run(self, inputs) -> list[np.ndarray]:
         """Run on the local CPU; returns the outputs as NumPy arrays."""
@@ -152,6 +173,18 @@ class Artifact:
     def __repr__(self) -> str:
         return (f"Artifact(board={self.meta['board']['name']!r}, "
                 f"inputs={[(s['name'], s['shape']) for s in self.input_specs]})")
+
+
+#: ml_dtypes sub-byte dtypes -> the 8-bit container the compiled model takes instead
+_SUB_BYTE_CONTAINERS = {"int4": "int8", "int2": "int8", "uint4": "uint8", "uint2": "uint8"}
+
+
+def _widen_sub_byte(arr: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
+    """An ``ml_dtypes`` int4/uint4/int2/uint2 array given for an input that the compiled model
+    takes in its 8-bit container (sub-byte ONNX inputs are widened at import)."""
+    if _SUB_BYTE_CONTAINERS.get(arr.dtype.name) == spec["dtype"]:
+        return arr.astype(spec["dtype"])
+    return arr
 
 
 #: linker options of every exported library: no debug sections
@@ -173,12 +206,63 @@ def _host_arch() -> str:
     return platform.machine()
 
 
+def check_output_dir(dest: str | os.PathLike) -> None:
+    """Refuse an artifact destination that :meth:`Artifact.save` could not replace: a file,
+    or a non-empty directory that is not an artifact (call it before a long compile)."""
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise ArtifactError(f"{dest} exists and is a file, not an artifact directory",
+                            "choose a new directory with -o (an artifact is a directory)")
+    if dest.is_dir() and not (dest / META_NAME).exists() and any(dest.iterdir()):
+        raise ArtifactError(f"{dest} exists and is not a tvmq artifact",
+                            "choose a new or empty output directory")
+    for parent in dest.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ArtifactError(f"cannot write to {dest}: {parent} is a file",
+                                    "choose an output path under a directory")
+            break
+
+
+def _write_error(dest: Path, err: BaseException) -> ArtifactError:
+    """One line for a failed write: the disk's state when it is full, else the cause's
+    last line (a linker prints its whole command line first)."""
+    free = shutil.disk_usage(dest.parent).free if dest.parent.exists() else None
+    text = [err.strerror] if getattr(err, "strerror", None) else \
+        (str(err).strip().splitlines()[-1:] or [type(err).__name__])
+    if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or \
+            "No space left" in str(err) or (free is not None and free < (1 << 20)):
+        return ArtifactError(f"cannot write {dest}: no space left on the device "
+                             f"({(free or 0) // 1024} KiB free)",
+                             "free disk space or choose an output location on another disk")
+    return ArtifactError(f"cannot write {dest}: {text[0]}", "choose a writable output location")
+
+
+#: ELF e_machine -> board arch (``tvmq.boards``)
+_ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7"}
+
+
+def _check_elf(path: Path, board: Mapping[str, Any]) -> None:
+    """``path`` is a shared library for the arch ``meta.json`` names (dlopen of another arch's
+    library, or of a file that is no library, fails inside TVM with its own traceback)."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        raise ArtifactError(f"{path} is not a shared library (no ELF header)",
+                            "recompile the model; the file is corrupt or replaced")
+    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    arch = _ELF_MACHINES.get(machine, f"ELF machine {machine}")
+    if arch != board.get("arch"):
+        raise ArtifactError(f"{path} is a library for {arch}, but meta.json says "
+                            f"{board.get('name')} ({board.get('arch')})",
+                            "recompile the model for this board; lib.so and meta.json do not "
+                            "belong together")
+
+
 def _replace_dir(tmp: Path, dest: Path) -> None:
     """Move ``tmp`` onto ``dest``; an existing artifact is swapped out, never half-overwritten."""
+    check_output_dir(dest)
     if dest.exists():
-        if not (dest / META_NAME).exists() and any(dest.iterdir()):
-            raise ArtifactError(f"{dest} exists and is not a tvmq artifact",
-                                "choose a new or empty output directory")
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
         os.replace(dest, old)
         os.replace(tmp, dest)
@@ -255,6 +339,9 @@ def _sha256(path: Path) -> str:
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(fileobj)`` on a temp file next to ``path``, then rename it into place."""
     path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"cannot write {path}: it is a directory",
+                            f"name a file, e.g. {path / 'out.npy'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -268,6 +355,9 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a written file is not private
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, err) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

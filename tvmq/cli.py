@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tvmq.errors import TvmqError
+from tvmq.errors import InputMismatchError, TvmqError
 
 
 def _parse_shapes(values: list[str] | None) -> dict[str, tuple[int, ...]] | None:
@@ -57,6 +57,9 @@ def _name_positional_shapes(path: str, shapes):
 def cmd_compile(args) -> int:
     import tvmq
 
+    from tvmq.artifact import check_output_dir
+
+    check_output_dir(args.output)  # before a long compile
     shapes = _parse_shapes(args.input_shape)
     model, example, shapes = _resolve_model(args.model, shapes)
     opts = tvmq.PipelineOptions(dump_dir=args.dump_ir)
@@ -70,15 +73,15 @@ def cmd_compile(args) -> int:
 
 
 def _load_inputs(values: list[str], artifact) -> dict[str, np.ndarray] | list[np.ndarray]:
+    from tvmq.data import load_array
+
     specs = artifact.input_specs
     named, positional = {}, []
     for text in values:
         name, sep, file = text.partition("=")
         if not sep:
             file, name = text, None
-        if not Path(file).is_file():
-            raise TvmqError(f"input file {file} not found", "save inputs with numpy.save(path, x)")
-        arr = np.load(file, allow_pickle=False)
+        arr = load_array(file)
         if name:
             named[name] = arr
         else:
@@ -94,7 +97,16 @@ def cmd_run(args) -> int:
     from tvmq.artifact import atomic_write
 
     artifact = tvmq.load(args.artifact)
-    outputs = artifact.run(_load_inputs(args.input, artifact))
+    if args.output and Path(args.output).is_dir():
+        raise TvmqError(f"--output {args.output} is a directory", "name a file: OUT.npy or OUT.npz")
+    inputs = _load_inputs(args.input, artifact)
+    bad = artifact.nonfinite_inputs(inputs)
+    if bad and args.check_inputs:
+        raise InputMismatchError(bad, "clean the input, or drop --check-inputs to run anyway")
+    if bad:
+        print(f"tvmq run: warning: {bad}; the outputs may be NaN or meaningless "
+              "(--check-inputs refuses such inputs)", file=sys.stderr)
+    outputs = artifact.run(inputs)
     names = [o["name"] for o in artifact.meta["outputs"]]
     if args.output:
         out = Path(args.output)
@@ -150,14 +162,13 @@ def cmd_info(args) -> int:
 
 def cmd_verify(args) -> int:
     import tvmq
+    from tvmq.data import load_array
     from tvmq.verify import verify
 
     target = args.artifact
     if (Path(target) / "meta.json").is_file():
         target = tvmq.load(target)
-    if not Path(args.input).is_file():
-        raise TvmqError(f"input file {args.input} not found", "save it with numpy.save")
-    report = verify(target, args.reference, np.load(args.input, allow_pickle=False),
+    report = verify(target, args.reference, load_array(args.input),
                     reference=args.ort)
     if report["reference_note"]:
         print(f"reference: onnxruntime, QDQ graph in float ({report['reference_note']})",
@@ -188,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact")
     p.add_argument("--input", action="append", required=True, metavar="[NAME=]FILE.npy")
     p.add_argument("--output", metavar="FILE.npy|FILE.npz")
+    p.add_argument("--check-inputs", action="store_true",
+                   help="refuse inputs holding NaN or infinity (default: warn and run)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("boards", help="list the board registry")

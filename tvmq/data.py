@@ -142,3 +142,36 @@ def load_image_folder(path: str | os.PathLike, size: tuple[int, int] | None = No
         raise TvmqError(f"images under {root} have different sizes {sorted(shapes)[:3]}",
                         "pass size=(H, W) to resize them")
     return Dataset(np.stack(xs), np.asarray(ys, dtype=np.int64), classes)
+
+
+def load_array(path: str | os.PathLike) -> np.ndarray:
+    """One NumPy array from an ``.npy`` file, never unpickling (a model input or a reference).
+
+    Raises
+    ------
+    InputMismatchError
+        The file is missing, is not ``.npy`` (garbage, ``.npz``, pickle) or holds objects.
+    """
+    from tvmq.errors import InputMismatchError
+
+    path = Path(path)
+    fix = "save a numeric array with numpy.save(path, x)"
+    if not path.is_file():
+        raise InputMismatchError(f"input file {path} not found", fix)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as err:  # object arrays and non-.npy bytes both end up here
+        what = "holds Python objects" if "bject arrays" in str(err) else "is not a .npy file"
+        raise InputMismatchError(f"{path} {what}", fix) from err
+    except (OSError, EOFError) as err:
+        raise InputMismatchError(f"cannot read {path}: {err}", fix) from err
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        arr.close()
+        raise InputMismatchError(f"{path} is an .npz archive, not one array",
+                                 "pass each array as its own .npy file")
+    if arr.dtype.kind == "V":  # e.g. an ml_dtypes int4 array: numpy.save keeps raw bytes
+        raise InputMismatchError(f"{path} holds raw {arr.dtype.itemsize}-byte records (dtype "
+                                 f"{arr.dtype.str}), not numbers; an ml_dtypes int4/uint4 "
+                                 "array saves this way", "save x.astype(numpy.int8) (or "
+                                 "numpy.uint8 for unsigned) instead")
+    return arr

@@ -17,7 +17,7 @@ import numpy as np
 from tvmq import layermap
 from tvmq._tvm import (detach_params, from_exported_program, from_onnx, relax, struct_dtype,
                        struct_shape, tvm)
-from tvmq.errors import ModelLoadError, UnsupportedOpError, TvmqError
+from tvmq.errors import InputMismatchError, ModelLoadError, TvmqError, UnsupportedOpError
 
 
 @dataclasses.dataclass
@@ -82,10 +82,28 @@ def _export(model, args):
             warnings.simplefilter("ignore")
             return torch.export.export(model.eval(), args)
     except Exception as err:  # torch.export raises many types; all mean "cannot trace"
+        _check_eager(model, args)  # ... unless the inputs themselves do not fit
         raise UnsupportedOpError(f"torch.export failed on {type(model).__name__}: "
                                  f"{str(err).splitlines()[0]}",
                                  "make forward() traceable (no data-dependent Python control "
                                  "flow) or export the model to ONNX and compile that") from err
+
+
+def _check_eager(model, args) -> None:
+    """Raise InputMismatchError when ``model(*args)`` fails in eager mode too: then the
+    example inputs are wrong (shape, dtype, count), not the model's traceability."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            model(*args)
+    except Exception as err:
+        shapes = ", ".join(str(list(a.shape)) for a in args)
+        raise InputMismatchError(
+            f"{type(model).__name__}.forward fails on the example input(s) of shape {shapes}: "
+            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}",
+            "pass example_inputs of the shape and dtype forward() expects (--input-shape "
+            "for zoo models)") from err
 
 
 def import_torch(model, example_inputs=None) -> ImportedModel:
@@ -240,6 +258,7 @@ def import_onnx(model, shape_dict: dict[str, Sequence[int]] | None = None) -> Im
         except Exception as err:
             raise UnsupportedOpError(f"TVM's ONNX frontend failed: {str(err).splitlines()[0]}",
                                      "simplify the model (onnxsim) or report the op") from err
+    _check_static_outputs(mod, model)
     mod, params = detach_params(mod)
     names = [p.name for p in mod["main"].params]
     n_in = len(inputs)
@@ -249,6 +268,29 @@ def import_onnx(model, shape_dict: dict[str, Sequence[int]] | None = None) -> Im
     outputs = [o.name for o in model.graph.output]
     return ImportedModel(mod, param_arrays, inputs, "onnx", outputs,
                          layermap.onnx_sources(model, mod))
+
+
+def _check_static_outputs(mod, model) -> None:
+    """Every output has a static shape: an op whose output size depends on the data
+    (``Unique``, ``NonZero``, ...) leaves it unknown, and the artifact cannot describe it."""
+    leaves = _flatten_type(mod["main"].ret_ty)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for i, leaf in enumerate(leaves):
+        shape = getattr(leaf, "shape", None)
+        if shape is not None and all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+            continue
+        name = model.graph.output[i].name if i < len(model.graph.output) else f"output{i}"
+        node = producers.get(name)
+        origin = f" (made by {node.op_type} node {node.name or '<unnamed>'})" if node else ""
+        dynamic = [n.op_type for n in model.graph.node if n.op_type in _DATA_DEPENDENT_OPS]
+        cause = f"; the graph has {', '.join(sorted(set(dynamic)))}" if dynamic else ""
+        raise UnsupportedOpError(
+            f"output {name!r}{origin} has a data-dependent shape{cause}, which tvmq cannot "
+            "compile", "remove the data-dependent op (e.g. Unique, NonZero) from the exported "
+            "graph, or give it a static size")
+
+
+_DATA_DEPENDENT_OPS = ("Unique", "NonZero", "NonMaxSuppression", "Compress", "TopK")
 
 
 def _onnx_inputs(model, shape_dict) -> list[TensorSpec]:

@@ -38,6 +38,7 @@ class _Model:
         from onnx import helper, numpy_helper
 
         self.inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        self.graph_inputs = {i.name for i in model.graph.input} - set(self.inits)
         self.types = {}
         for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
             t = vi.type.tensor_type
@@ -120,6 +121,14 @@ def _check_qdq(m, node):
 
 def _check_qoperator(m, node):
     for s_idx, z_idx, q_idx in _QOP_PARAMS[node.op_type]:
+        fed = [node.input[k] for k in (s_idx, z_idx) if k < len(node.input)
+               and node.input[k] in m.graph_inputs]
+        if fed:
+            raise QuantizationParamError(
+                f"{node.op_type} node '{node.name or node.output[0]}': quantization "
+                f"parameter(s) {fed} are graph inputs, known only at run time",
+                "make scales and zero points initializers (constants) of the model, e.g. "
+                "onnx.numpy_helper.from_array(value, name) in graph.initializer")
         scale, zero = m.const(node, s_idx), m.const(node, z_idx)
         if scale is not None:
             _check_scale(node, scale)

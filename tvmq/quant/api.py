@@ -128,6 +128,25 @@ def _join_quantizer(base: MethodConfig | None):
     return lambda: _make_quantizer(cfg, cfg.activation, "act")
 
 
+def _corrected_overrides(overrides: dict, names: list[str]) -> str:
+    """``overrides={...}`` with each unknown layer renamed to the closest real layer name
+    (dropped when nothing is close): the corrected argument, ready to paste."""
+    import difflib
+
+    fixed = {}
+    for key, cfg in overrides.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.3) or \
+                [n for n in names if n not in overrides][:1]
+            if not close or close[0] in overrides or close[0] in fixed:
+                continue
+            key = close[0]
+        fixed[key] = cfg
+    shown = ", ".join(f"{k!r}: {'None' if v is None else type(v).__name__ + '(...)'}"
+                      for k, v in fixed.items())
+    return f"overrides={{{shown}}}"
+
+
 def prepare(model: nn.Module, base: MethodConfig, overrides: dict, fold_bn: bool,
             quantize_joins: bool = True) -> nn.Module:
     """Swap conv/linear layers (and conv+BN pairs) for quantized layers; with
@@ -135,8 +154,8 @@ def prepare(model: nn.Module, base: MethodConfig, overrides: dict, fold_bn: bool
     names = quantizable_layers(model)
     unknown = sorted(set(overrides) - set(names))
     if unknown:
-        raise ConfigError(f"overrides name unknown layers {unknown}",
-                          f"use names from {names}")
+        raise ConfigError(f"overrides name unknown layers {unknown} (the model's layers: "
+                          f"{names})", f"use {_corrected_overrides(overrides, names)}")
     first_last = {names[0], names[-1]} if names else set()
     pairs = _bn_pairs(model) if fold_bn else {}
     for name in names:

@@ -57,6 +57,29 @@ class _Given(argparse.Action):
         setattr(namespace, f"{self.dest}_given", True)
 
 
+#: flag -> (attribute, smallest allowed value): counts may be 0 (skip the step), sizes not
+_MINIMUMS = {"--epochs": ("epochs", 0), "--fp32-epochs": ("fp32_epochs", 0),
+             "--freeze-bn-after": ("freeze_bn_after", 0), "--zs-samples": ("zs_samples", 1),
+             "--zs-iters": ("zs_iters", 1)}
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse negative epoch counts, empty sample sets and non-positive learning rates
+    (``--epochs -3`` trained for zero epochs and reported it as QAT)."""
+    import math
+
+    from tvmq.errors import ConfigError
+
+    for flag, (attr, low) in _MINIMUMS.items():
+        value = getattr(args, attr, None)
+        if value is not None and value < low:
+            raise ConfigError(f"{flag} {value} is below {low}", f"pass {flag} {max(low, 1)} "
+                              "or more" + (" (0 skips the step)" if low == 0 else ""))
+    lr = getattr(args, "lr", None)
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--lr {lr} is not a positive number", "pass e.g. --lr 5e-3")
+
+
 def _method(args: argparse.Namespace) -> str:
     """``qat`` or ``ptq``, checking ``--zero-shot`` / ``--save-samples`` against it."""
     from tvmq.errors import ConfigError
@@ -103,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from tvmq import models
     from tvmq.train import accuracy, predict, train
 
+    _check_numbers(args)
     method = _method(args)
     train_set, test_set = _load_data(args.data, models.input_shape(args.model))
     model = models.create(args.model)

@@ -58,10 +58,14 @@ class QuantSpec:
     symmetric: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.bits, int) or not MIN_BITS <= self.bits <= MAX_BITS:
-            fixed = min(max(int(self.bits), MIN_BITS), MAX_BITS) if isinstance(self.bits, (int, float)) else 8
-            raise ConfigError(f"bits={self.bits!r} is outside {MIN_BITS}..{MAX_BITS}",
-                              f"use {_call(self, bits=fixed)}")
+        bits = self.bits
+        if isinstance(bits, int) and not isinstance(bits, bool) and MIN_BITS <= bits <= MAX_BITS:
+            pass
+        else:
+            problem = f"bits={bits!r} is outside {MIN_BITS}..{MAX_BITS}" \
+                if isinstance(bits, int) and not isinstance(bits, bool) else \
+                f"bits={bits!r} is not an int in {MIN_BITS}..{MAX_BITS}"
+            raise ConfigError(problem, f"use {_call(self, bits=_nearest_bits(bits))}")
         if not isinstance(self.granularity, (PerTensor, PerChannel)):
             raise ConfigError(f"granularity={self.granularity!r} is not a granularity object",
                               f"use {_call(self, granularity=PerChannel())} or PerTensor()")
@@ -214,6 +218,19 @@ def _method(name: str) -> type:
     """A method config class by name (the methods import this module, so not at import time)."""
     from tvmq.quant import methods
     return getattr(methods, name)
+
+
+def _nearest_bits(bits: Any) -> int:
+    """The bit width a bad ``bits`` most likely meant (``"4"`` -> 4, ``4.0`` -> 4, ``12`` -> 8);
+    8 when nothing numeric can be read from it (NaN, None, an object)."""
+    try:
+        value = float(bits)
+    except (TypeError, ValueError):
+        return 8
+    if value != value or isinstance(bits, bool):  # NaN; True is no bit width
+        return 8
+    return int(min(max(round(value), MIN_BITS), MAX_BITS)) if abs(value) != float("inf") \
+        else (MAX_BITS if value > 0 else MIN_BITS)
 
 
 def _call(obj: Any, **changes: Any) -> str:
