@@ -66,7 +66,7 @@ def test_overwrite_is_atomic(digits_artifact, tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(type(digits_artifact), "_export_library", boom)
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(ArtifactError, match="disk full"):
         digits_artifact.save(path)
     assert (path / "lib.so").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"], "temp dir left behind"
