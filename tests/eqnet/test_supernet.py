@@ -10,6 +10,7 @@ from torch import nn
 
 import tvmq.eqnet as eqnet
 import tvmq.quant as tq
+from tvmq.errors import ConfigError
 from tvmq.mixed import bits_of
 
 
@@ -142,3 +143,25 @@ def test_teacher_logits_guide_the_largest_subnet(supernet, digits_data):
     taught = eqnet.gpg_step(supernet.train(), x, y, random.Random(0), cfg,
                             teacher_logits=torch.zeros(16, 10))
     assert "wdr" not in plain and plain["largest"] != taught["largest"]
+
+
+def test_join_scales_follow_the_chosen_subnets(digits_data):
+    """learn_joins='largest': the chain below the largest leaves the join scales' gradient
+    untouched; 'none' gives them no gradient at all."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    cfg = eqnet.GPGConfig(num_subnets=3, kurtosis_rate=0, skewness_rate=0)
+    grads = {}
+    for mode in ("all", "largest", "none"):
+        sup = eqnet.Supernet(net, eqnet.ElasticSpace(act_symmetric=(True,), first_last_bits=None),
+                             learn_joins=mode)
+        sup.initialize([x])
+        assert sup.joins()
+        eqnet.gpg_step(sup.train(), x, y, random.Random(0), cfg)
+        grads[mode] = [q.scale_sym.grad for q in sup.joins()]
+    assert all(g is None for g in grads["none"])
+    assert any(not torch.equal(a, b) for a, b in zip(grads["all"], grads["largest"]))
+    with pytest.raises(ConfigError, match="learn_joins='all'"):
+        eqnet.Supernet(net, learn_joins="some")

@@ -80,6 +80,16 @@ def gpg_step(net: Supernet, x: torch.Tensor, y: torch.Tensor, rng: random.Random
         distill_loss(logits, teacher_logits, y, cfg.alpha)
     loss.backward()
     out["largest"] = loss.item()
+    if net.learn_joins == "largest":
+        net.train_joins(False)  # shared 8-bit joins follow the largest subnet only
+    try:
+        _chain(net, x, y, rng, cfg, cond, logits, out)
+    finally:
+        net.train_joins(net.learn_joins != "none")
+    return out
+
+
+def _chain(net, x, y, rng, cfg, cond, logits, out) -> None:
     for i in range(1, cfg.num_subnets):
         last = i == cfg.num_subnets - 1
         net.set_subnet(net.smallest(**cond) if last else net.sample(rng, **cond))
@@ -87,7 +97,6 @@ def gpg_step(net: Supernet, x: torch.Tensor, y: torch.Tensor, rng: random.Random
         loss = distill_loss(logits, teacher, y, cfg.alpha)
         loss.backward()
         out["smallest" if last else f"random{i}"] = loss.item()
-    return out
 
 
 def train(net: Supernet, data, epochs: int = 10, lr: float = 5e-3, gpg: GPGConfig = GPGConfig(),
