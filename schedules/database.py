@@ -86,6 +86,13 @@ def open_database(path: str | Path, target: dict[str, Any], tvm_version: str,
     if create and not (path / WORKLOAD_FILE).exists():
         path.mkdir(parents=True, exist_ok=True)
     else:
+        if (path / WORKLOAD_FILE).is_file() and (path / RECORD_FILE).is_file():
+            try:
+                _warn_skipped(path, repair(path))
+            except Exception as err:  # noqa: BLE001 - e.g. a read-only shipped database
+                warnings.warn(f"ignoring tuned database {path}: cannot repair it ({err})",
+                              stacklevel=2)
+                return None
         reason = compatible(path, target, tvm_version)
         if reason is not None:
             key = (str(path), reason)
@@ -93,9 +100,83 @@ def open_database(path: str | Path, target: dict[str, Any], tvm_version: str,
                 _WARNED.add(key)
                 warnings.warn(f"ignoring tuned database {path}: {reason}", stacklevel=2)
             return None
-    return ms.database.JSONDatabase(path_workload=str(path / WORKLOAD_FILE),
-                                    path_tuning_record=str(path / RECORD_FILE),
-                                    allow_missing=True)
+    try:
+        return ms.database.JSONDatabase(path_workload=str(path / WORKLOAD_FILE),
+                                        path_tuning_record=str(path / RECORD_FILE),
+                                        allow_missing=True)
+    except Exception as err:  # noqa: BLE001 - a record whose trace does not replay
+        if create:
+            raise  # tvmq.tune drops such records and reopens
+        reason = str(err).strip().splitlines()[-1][:200] if str(err).strip() else type(err).__name__
+        warnings.warn(f"ignoring tuned database {path}: MetaSchedule cannot read it ({reason}); "
+                      "rerun `tvmq tune --db` on it to drop the bad records", stacklevel=2)
+        return None
+
+
+def _parse_lines(text: str, check) -> tuple[list[str], list[tuple[int, str]]]:
+    """(good lines, [(1-based line number, why)] of the bad ones); blank lines are dropped."""
+    good, bad = [], []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            check(json.loads(line))
+            good.append(line)
+        except (ValueError, TypeError, IndexError, KeyError) as err:
+            bad.append((number, f"{type(err).__name__}: {str(err)[:60]}"))
+    return good, bad
+
+
+def _check_workload(value) -> None:
+    if not (isinstance(value, list) and len(value) == 2):
+        raise ValueError("not a [hash, module] pair")
+
+
+def repair(path: str | Path) -> list[str]:
+    """Drop the unreadable lines of the database at ``path``; returns one note per line.
+
+    A crash in the middle of an append leaves a partial last line, and MetaSchedule then
+    refuses the whole database. Bad workload lines are dropped with the records that name
+    them (the other records' workload indices are renumbered); bad record lines (not JSON,
+    not ``[index, record]``, an index with no workload) are dropped. The files are
+    rewritten with write-then-rename, so a second crash cannot make it worse.
+    """
+    path = Path(path)
+    wtext = (path / WORKLOAD_FILE).read_text(errors="replace")
+    rtext = (path / RECORD_FILE).read_text(errors="replace")
+    raw = [line for line in wtext.split("\n") if line.strip()]
+    workloads, bad_w = _parse_lines(wtext, _check_workload)
+    keep = [i for i, line in enumerate(raw) if line in workloads]
+    renumber = {old: new for new, old in enumerate(keep)}
+
+    def check_record(value):
+        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int)
+                and isinstance(value[1], list) and len(value[1]) == 4):
+            raise ValueError("not an [index, record] pair")
+        if value[0] not in renumber:
+            raise IndexError(f"workload {value[0]} does not exist")
+
+    records, bad_r = _parse_lines(rtext, check_record)
+    if not bad_w and not bad_r and renumber == {i: i for i in range(len(raw))}:
+        return []
+    records = [json.dumps([renumber[json.loads(r)[0]], json.loads(r)[1]]) for r in records]
+    _atomic_text(path / WORKLOAD_FILE, "".join(w + "\n" for w in workloads))
+    _atomic_text(path / RECORD_FILE, "".join(r + "\n" for r in records))
+    return [f"{WORKLOAD_FILE} line {n} ({why})" for n, why in bad_w] + \
+        [f"{RECORD_FILE} line {n} ({why})" for n, why in bad_r]
+
+
+def _warn_skipped(path: Path, notes: list[str]) -> None:
+    if notes:
+        more = f" and {len(notes) - 3} more" if len(notes) > 3 else ""
+        warnings.warn(f"{path}: skipped {len(notes)} unreadable line(s), kept the rest: "
+                      f"{'; '.join(notes[:3])}{more}", stacklevel=3)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    from tvmq.artifact import atomic_write
+
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def apply_database(mod, target, database):

@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     except TvmqError as err:
         print(f"tvmq {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # tvmq.tune.tuner.TuneInterrupted says what was kept
+        print(f"tvmq {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 130
 
 

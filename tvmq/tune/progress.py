@@ -24,8 +24,12 @@ class TuneProgress(ms.measure_callback.PyMeasureCallback):
 
     def __init__(self, names: list[str], weights: list[float], total: int,
                  deadline: float | None = None, show: bool = True, offset: int = 0,
-                 baseline_us: list[float | None] | None = None):
+                 baseline_us: list[float | None] | None = None, on_batch=None):
         self.names, self.weights = names, weights
+        #: called after each measured batch, once MetaSchedule has stored its records
+        self.on_batch = on_batch
+        #: set by a Ctrl-C handler: every task is terminated after the current batch
+        self.interrupted = False
         self.baseline_us = list(baseline_us or [None] * len(names))
         self.best_us: list[float | None] = [None] * len(names)
         self.trials = offset
@@ -55,6 +59,8 @@ class TuneProgress(ms.measure_callback.PyMeasureCallback):
             # searching it, ~10 s a round, to no end (ResNet-18: 8 minutes of 18).
             if not task_scheduler.tasks_[task_id].is_terminated:
                 task_scheduler.terminate_task(task_id)
+            if self.interrupted:
+                _terminate_all(task_scheduler)
             return
         for res in runner_results:
             self.trials += 1
@@ -69,10 +75,16 @@ class TuneProgress(ms.measure_callback.PyMeasureCallback):
         self.bar.set_postfix_str(f"{self.names[task_id][:24]} best={best or float('nan'):.1f}us "
                                  f"model~{(est or 0) / 1e3:.3f}ms")
         self.bar.update(len(runner_results))
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            for i, record in enumerate(task_scheduler.tasks_):
-                if not record.is_terminated:
-                    task_scheduler.terminate_task(i)
+        if self.on_batch is not None:
+            self.on_batch()
+        if self.interrupted or (self.deadline is not None and time.monotonic() > self.deadline):
+            _terminate_all(task_scheduler)
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _terminate_all(task_scheduler) -> None:
+    for i, record in enumerate(task_scheduler.tasks_):
+        if not record.is_terminated:
+            task_scheduler.terminate_task(i)

@@ -14,6 +14,7 @@ import functools
 import json
 import shutil
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -308,15 +309,33 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
     if trials < 1:
         raise TvmqError(f"--trials must be positive, got {trials}", "use --trials 64")
     db_dir = Path(db)
+    reason = dbmod.compatible(db_dir, board.target, TVM_VERSION)
+    if (db_dir / dbmod.WORKLOAD_FILE).exists() and reason is not None:
+        raise TvmqError(f"{db_dir} holds a database for another TVM version or target "
+                        f"({reason})", "pass a new --db directory")
+    with _working_copy(db_dir) as work:
+        return _tune_into(work, db_dir, model, board, example_inputs, input_shapes, trials,
+                          time_budget_min, device, trials_per_iter, number, repeat, progress,
+                          seed, max_tasks, kernels)
+
+
+class TuneInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`tune`: the search stopped after the batch in flight and every
+    record measured so far is in the database."""
+
+
+def _tune_into(work: Path, db_dir: Path, model, board: Board, example_inputs, input_shapes,
+               trials, time_budget_min, device, trials_per_iter, number, repeat, progress,
+               seed, max_tasks, kernels) -> "TuneReport":
+    """:func:`tune` on ``work``, a private copy of ``db_dir`` published into it after each
+    measured batch (write-then-rename: a crash or kill cannot leave a partial line)."""
+    ms = meta_schedule()
     try:
-        database = dbmod.open_database(db_dir, board.target, TVM_VERSION, create=True)
+        database = dbmod.open_database(work, board.target, TVM_VERSION, create=True)
     except Exception:  # noqa: BLE001 - a record whose trace no longer replays: drop those
-        _drop_unreplayable(db_dir)
-        database = dbmod.open_database(db_dir, board.target, TVM_VERSION, create=True)
-    if database is None:
-        raise TvmqError(f"{db_dir} holds a database for another TVM version or target",
-                        "pass a new --db directory")
-    dbmod.write_meta(db_dir, board.target, TVM_VERSION, board.name)
+        _drop_unreplayable(work)
+        database = dbmod.open_database(work, board.target, TVM_VERSION, create=True)
+    dbmod.write_meta(work, board.target, TVM_VERSION, board.name)
     tasks, baseline_us, task_names = _tasks(model, board, example_inputs, input_shapes,
                                             max_tasks, kernels)
     existing = _existing(database, tasks)
@@ -328,22 +347,28 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
     cb = None
     if remaining > 0:
         with _unnamed_log_handlers_detached():
-            contexts, weights = _contexts(tasks, board, str(db_dir / "logs"), seed)
+            contexts, weights = _contexts(tasks, board, str(work / "logs"), seed)
         deadline = t0 + time_budget_min * 60 if time_budget_min else None
         cb = TuneProgress(names, weights, before + remaining, deadline, progress, before,
-                          baseline_us)
+                          baseline_us, on_batch=lambda: _publish(work, db_dir))
         cb.best_us = [b for _, b in existing]
         cb.mark_start()
         cost_model = _cost_model(db_dir)
-        ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db_dir),
-                      max_trials_global=remaining, num_trials_per_iter=min(trials_per_iter,
-                                                                           remaining),
-                      builder=_builder(board), runner=_runner(board, device, number, repeat),
-                      database=database, cost_model=cost_model,
-                      measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
-                      + [cb])
+        with _stop_on_ctrl_c(cb):
+            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work),
+                          max_trials_global=remaining,
+                          num_trials_per_iter=min(trials_per_iter, remaining),
+                          builder=_builder(board), runner=_runner(board, device, number, repeat),
+                          database=database, cost_model=cost_model,
+                          measure_callbacks=ms.measure_callback.MeasureCallback.create(
+                              "default") + [cb])
         cb.close()
+        _publish(work, db_dir, logs=True)
         atomic_write(db_dir / _cm.COST_MODEL_FILE, lambda f: _cm.save(cost_model, f))
+        if cb.interrupted:
+            done = cb.trials
+            raise TuneInterrupted(f"interrupted after {done} trial(s) ({done - before} in this "
+                                  f"run), all kept in {db_dir}; rerun to resume")
     after = _existing(database, tasks)
     report = TuneReport(board.name, str(db_dir), [
         {"name": n, "layers": lays, "weight": w, "records": c, "best_us": b}
@@ -352,6 +377,60 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
     atomic_write(db_dir / "tune_report.json",
                  lambda f: f.write(json.dumps(report.to_json(), indent=2).encode()))
     return report
+
+
+@contextlib.contextmanager
+def _working_copy(db_dir: Path):
+    """A private copy of the database at ``db_dir`` (which may not exist yet), removed at
+    the end: a tune that fails before its first measurement leaves no half-made database."""
+    import tempfile
+
+    parent = db_dir.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{db_dir.name}.work-", dir=parent))
+    try:
+        for name in (dbmod.WORKLOAD_FILE, dbmod.RECORD_FILE, dbmod.META_FILE):
+            if (db_dir / name).is_file():
+                shutil.copyfile(db_dir / name, work / name)
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _publish(work: Path, db_dir: Path, logs: bool = False) -> None:
+    """Copy the working database into ``db_dir``, each file by write-then-rename, workloads
+    before the records that name them."""
+    db_dir.mkdir(parents=True, exist_ok=True)
+    for name in (dbmod.WORKLOAD_FILE, dbmod.RECORD_FILE, dbmod.META_FILE):
+        if (work / name).is_file():
+            data = (work / name).read_bytes()
+            atomic_write(db_dir / name, lambda f, data=data: f.write(data))
+    if logs and (work / "logs").is_dir():
+        shutil.copytree(work / "logs", db_dir / "logs", dirs_exist_ok=True)
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c(cb):
+    """SIGINT sets ``cb.interrupted`` (the search stops after the batch in flight) instead of
+    raising KeyboardInterrupt inside MetaSchedule's C++ loop, which ended in std::terminate."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _handler(_sig, _frame):
+        if not cb.interrupted:
+            print("\ntvmq tune: stopping after the batch in flight; the database stays intact",
+                  file=sys.stderr, flush=True)
+        cb.interrupted = True
+
+    previous = signal.signal(signal.SIGINT, _handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
