@@ -102,4 +102,6 @@ def test_ctrl_c_stops_cleanly_and_rerun_resumes(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".work-" in p.name], "working copy left"
     report = tvmq.tune.tune(tmp_path / "m.onnx", "host", trials=len(lines) + 2, db=db,
                             trials_per_iter=2, progress=False)
-    assert report.trials_before == len(lines) and report.trials_run >= 1, report.to_json()
+    # the rerun starts from what was kept (records of failed builds do not count as trials)
+    assert 1 <= report.trials_before <= len(lines), report.to_json()
+    assert report.trials_run >= 1, report.to_json()

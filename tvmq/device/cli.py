@@ -42,6 +42,9 @@ def add_parsers(subparsers) -> None:
     bench.add_argument("--warmup", type=int, default=3)
     bench.add_argument("--timeout", type=float, default=60.0,
                        help="seconds to wait for a free board")
+    bench.add_argument("--session-timeout", type=float, default=600.0, metavar="S",
+                       help="give up on the board after S seconds for the whole session "
+                            "(a hung board never answers; default 600, 0: wait forever)")
     bench.add_argument("--json", metavar="FILE")
     bench.add_argument("--csv", metavar="FILE")
     bench.add_argument("--plot", metavar="FILE", help="image (png/svg/pdf) via matplotlib")
@@ -70,6 +73,12 @@ def _down(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from tvmq import device
 
+    from tvmq.device import processes
+
+    for entry in processes.recorded():
+        if entry["orphaned"]:
+            print(f"orphaned: {entry['name']} (leader pid {entry['pid']} died, process group "
+                  f"{entry.get('pgid', entry['pid'])} still runs; `tvmq device down` stops it)")
     tracker = args.tracker or str(device.default_tracker())
     print(device.format_queue(device.queue(tracker), tracker))
     return 0
@@ -78,10 +87,19 @@ def _list(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from tvmq import device
 
-    with device.connect(args.device, timeout=args.timeout) as board:
-        result = board.bench(args.artifact, reference=args.reference, number=args.number,
-                             repeat=args.repeat, min_repeat_ms=args.min_repeat_ms,
-                             warmup=args.warmup, per_layer=args.per_layer)
+    from tvmq.device.watchdog import deadline
+
+    limit = args.session_timeout
+    with deadline(limit, f"no answer from {args.device} within {limit:.0f} s (board hung, "
+                         "stopped or unreachable)", "restart the board's RPC server (tvmq "
+                         "device down && tvmq device up), or raise --session-timeout",
+                  prog="tvmq bench"):
+        with device.connect(args.device, timeout=args.timeout,
+                            session_timeout=int(limit)) as board:
+            result = board.bench(args.artifact, reference=args.reference,
+                                 number=args.number, repeat=args.repeat,
+                                 min_repeat_ms=args.min_repeat_ms, warmup=args.warmup,
+                                 per_layer=args.per_layer)
     print(result.summary())
     for path, write in ((args.json, result.write_json), (args.csv, result.write_csv),
                         (args.plot, result.write_plot)):

@@ -66,7 +66,15 @@ def _alive(pid: int) -> bool:
     try:  # a zombie child of ours counts as dead
         return os.waitpid(pid, os.WNOHANG) == (0, 0)
     except ChildProcessError:
-        return True
+        return _proc_state(pid) not in ("Z", "X")  # nor one nobody reaps (no init in a container)
+
+
+def _proc_state(pid: int) -> str | None:
+    """The state letter of ``/proc/PID/stat`` (``Z``: zombie), None where unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -187,31 +195,57 @@ def emulated_server_argv(tracker: TrackerAddress, host: str, port: int) -> list[
     return ["chroot", str(root), "/usr/bin/env", "HOME=/root", "TMPDIR=/tmp"] + inner
 
 
+def _group_alive(pgid: int) -> bool:
+    """Some process of group ``pgid`` still runs (its leader may be gone: an RPC server's
+    worker keeps listening after the leader died)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not Path("/proc/self/stat").exists():
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):  # members that are not zombies
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _entry_alive(entry: dict) -> bool:
+    return _alive(entry["pid"]) or _group_alive(entry.get("pgid", entry["pid"]))
+
+
 def stop_entry(entry: dict, grace: float = 3.0) -> bool:
-    """Stop one recorded process group; True when something was running."""
-    pid, pgid = entry["pid"], entry.get("pgid", entry["pid"])
-    if not _alive(pid):
+    """Stop one recorded process group, leader or not; True when something was running."""
+    pgid = entry.get("pgid", entry["pid"])
+    if not _entry_alive(entry):
         return False
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and _entry_alive(entry):
             time.sleep(0.05)
-        if not _alive(pid):
+        if not _entry_alive(entry):
             break
     return True
 
 
 def record(entries: list[dict]) -> None:
     state = _read_state()
-    state["processes"] = [p for p in state["processes"] if _alive(p["pid"])] + entries
+    state["processes"] = [p for p in state["processes"] if _entry_alive(p)] + entries
     _write_state(state)
 
 
 def recorded() -> list[dict]:
-    """Recorded processes that are still alive."""
-    return [p for p in _read_state()["processes"] if _alive(p["pid"])]
+    """Recorded process groups that still run (``orphaned``: the leader died, others run)."""
+    return [{**p, "orphaned": not _alive(p["pid"])} for p in _read_state()["processes"]
+            if _entry_alive(p)]
 
 
 def stop_recorded() -> list[dict]:
