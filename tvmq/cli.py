@@ -62,7 +62,7 @@ def cmd_compile(args) -> int:
     check_output_dir(args.output)  # before a long compile
     shapes = _parse_shapes(args.input_shape)
     model, example, shapes = _resolve_model(args.model, shapes)
-    opts = tvmq.PipelineOptions(dump_dir=args.dump_ir)
+    opts = tvmq.PipelineOptions(dump_dir=args.dump_ir, database=_database_dir(args.db))
     artifact = tvmq.compile(model, example_inputs=example, board=args.board,
                             input_shapes=shapes, options=opts)
     path = artifact.save(args.output)
@@ -70,6 +70,18 @@ def cmd_compile(args) -> int:
     print(f"compiled {args.model} for {args.board} -> {path} "
           f"({sizes['lib_bytes'] / 1024:.1f} KiB, {artifact.meta['compile_seconds']:.1f} s)")
     return 0
+
+
+def _database_dir(db: str | None) -> str | None:
+    """``--db DIR``: a database written by ``tvmq tune --db DIR``."""
+    if db is None:
+        return None
+    from tvmq.schedules.database import WORKLOAD_FILE
+
+    if not (Path(db) / WORKLOAD_FILE).is_file():
+        raise TvmqError(f"--db {db} is not a tuning database (no {WORKLOAD_FILE})",
+                        "pass the directory of `tvmq tune --db DIR`")
+    return db
 
 
 def _load_inputs(values: list[str], artifact) -> dict[str, np.ndarray] | list[np.ndarray]:
@@ -139,7 +151,13 @@ def cmd_info(args) -> int:
     import tvmq
     from tvmq.report import format_codebooks, format_float_ops, format_layers
 
-    meta = tvmq.load(args.artifact).meta
+    artifact = tvmq.load(args.artifact)
+    meta = artifact.meta
+    try:
+        artifact.verified_lib_path()
+        library = "matches meta.json (size, SHA-256, TVM version, arch)"
+    except TvmqError as err:  # info still describes it; run/load refuse it
+        library = f"UNUSABLE: {err.problem}"
     if args.json:
         print(json.dumps(meta, indent=2))
         return 0
@@ -150,6 +168,7 @@ def cmd_info(args) -> int:
     for kind in ("inputs", "outputs"):
         for s in meta[kind]:
             print(f"{kind[:-1]:<10} {s['name']} {s['shape']} {s['dtype']}")
+    print(f"library    {library}")
     print("sizes      " + ", ".join(f"{k}={v}" for k, v in meta["sizes"].items()))
     print(format_layers(meta["layers"]))
     books = format_codebooks(meta["layers"])
@@ -193,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", action="append", metavar="[NAME:]D0,D1,...",
                    help="static input shape (repeat per input)")
     p.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pipeline phase")
+    p.add_argument("--db", metavar="DIR", help="apply this tuning database (`tvmq tune --db`) "
+                   "instead of the board's shipped one")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run an artifact on this machine")

@@ -29,6 +29,13 @@ _QOP_PARAMS = {
     "QLinearMatMul": [(1, 2, 0), (4, 5, 3), (6, 7, None)],
     "QLinearAdd": [(1, 2, 0), (4, 5, 3), (6, 7, None)],
     "QLinearGlobalAveragePool": [(1, 2, 0), (3, 4, None)],
+    "QLinearMul": [(1, 2, 0), (4, 5, 3), (6, 7, None)],
+    "QLinearSigmoid": [(1, 2, 0), (3, 4, None)],
+    "QLinearLeakyRelu": [(1, 2, 0), (3, 4, None)],
+    "QLinearAveragePool": [(1, 2, 0), (3, 4, None)],
+    "QLinearSoftmax": [(1, 2, 0), (3, 4, None)],
+    "QLinearReduceMean": [(1, 2, 0), (3, 4, None)],
+    "QLinearWhere": [(2, 3, 1), (5, 6, 4), (7, 8, None)],
     "QGemm": [(1, 2, 0), (4, 5, 3), (7, 8, None)],
 }
 

@@ -4,7 +4,10 @@
 after :func:`tvmq.onnx_checks.check_quantization_params` rejected invalid scales/zero points:
 
 * **QOperator -> QDQ.** ``QLinearConv``, ``QLinearMatMul``, ``ConvInteger``, and the
-  ``com.microsoft`` ``QGemm``, ``QLinearAdd``, ``QLinearGlobalAveragePool`` are rewritten into
+  ``com.microsoft`` ``QGemm``, ``QLinearAdd``, ``QLinearMul``, ``QLinearConcat``,
+  ``QLinearSigmoid``, ``QLinearLeakyRelu``, ``QLinearAveragePool``,
+  ``QLinearGlobalAveragePool``, ``QLinearSoftmax``, ``QLinearWhere``, ``QLinearReduceMean``
+  (what onnxruntime's ``quantize_static`` emits in QOperator format) are rewritten into
   ``DequantizeLinear -> float op -> QuantizeLinear`` (``ConvInteger``: ``-> Cast(int32)``).
   The integer-lowering passes (``tvmq.passes``) then turn these QDQ patterns back into integer
   ops, so one lowering path serves both formats. A ``QLinearConv``/``QGemm`` bias is
@@ -116,7 +119,9 @@ EXTRA_CONVERTERS["Gather"] = _gather_converter
 _SUB_BYTE = {"INT4": "INT8", "UINT4": "UINT8", "INT2": "INT8", "UINT2": "UINT8"}
 _RANGE = {"INT4": (-8, 7), "UINT4": (0, 15), "INT2": (-2, 1), "UINT2": (0, 3)}
 QOPERATOR_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "QGemm", "QLinearAdd",
-                 "QLinearGlobalAveragePool")
+                 "QLinearGlobalAveragePool", "QLinearMul", "QLinearConcat", "QLinearSigmoid",
+                 "QLinearLeakyRelu", "QLinearAveragePool", "QLinearSoftmax", "QLinearWhere",
+                 "QLinearReduceMean")
 
 
 @contextlib.contextmanager
@@ -260,6 +265,8 @@ def _qoperator_to_qdq(g, node) -> list | None:
         return [a_dq, b_dq, _node("Add", [xa, xb], [y], name),
                 _node("QuantizeLinear", [y, i[6]] + ([i[7]] if len(i) > 7 else []),
                       [node.output[0]], f"{name}/q")]
+    if op in _QLINEAR_ELEMENTWISE or op in _QLINEAR_UNARY or op in _QLINEAR_OTHER:
+        return _qlinear_via_float(g, node, i, a, name, op)
     if op == "QLinearGlobalAveragePool":
         if a.get("channels_last", 0):
             return None
@@ -268,6 +275,61 @@ def _qoperator_to_qdq(g, node) -> list | None:
         return [x_dq, _node("GlobalAveragePool", [x], [y], name),
                 _node("QuantizeLinear", [y, i[3], i[4]], [node.output[0]], f"{name}/q")]
     return None
+
+
+#: com.microsoft binary ops (A, sA, zA, B, sB, zB, sC, zC) -> their float op
+_QLINEAR_ELEMENTWISE = {"QLinearMul": "Mul"}
+#: com.microsoft unary ops (X, sX, zX, sY, zY) -> their float op (attributes carried over)
+_QLINEAR_UNARY = {"QLinearSigmoid": "Sigmoid", "QLinearLeakyRelu": "LeakyRelu",
+                  "QLinearAveragePool": "AveragePool", "QLinearSoftmax": "Softmax",
+                  "QLinearReduceMean": "ReduceMean"}
+_QLINEAR_OTHER = ("QLinearConcat", "QLinearWhere")
+#: attributes of the contrib op that the float op does not have
+_DROPPED_ATTRS = {"QLinearSoftmax": ("opset",), "QLinearAveragePool": ("channels_last",)}
+
+
+def _q(name, y, s, z, out):
+    return _node("QuantizeLinear", [y, s] + ([z] if z else []), [out], f"{name}/q")
+
+
+def _qlinear_via_float(g, node, i, a, name, op) -> list | None:
+    """``DequantizeLinear`` of every quantized input -> the float op -> ``QuantizeLinear``
+    (the integer passes lower the pattern where they can; onnxruntime rounds the float
+    result the same way, so outputs agree within one step)."""
+    arg = lambda k: i[k] if k < len(i) else ""  # noqa: E731 optional inputs
+    y, nodes = g.fresh("y"), []
+    if op in _QLINEAR_ELEMENTWISE:
+        a_dq, xa = _dq(g, i[0], i[1], arg(2), name)
+        b_dq, xb = _dq(g, i[3], i[4], arg(5), name)
+        return [a_dq, b_dq, _node(_QLINEAR_ELEMENTWISE[op], [xa, xb], [y], name),
+                _q(name, y, i[6], arg(7), node.output[0])]
+    if op == "QLinearConcat":  # Y_scale, Y_zp, then (X, X_scale, X_zp) per input
+        xs = []
+        for k in range(2, len(i), 3):
+            dq, x = _dq(g, i[k], i[k + 1], i[k + 2], name)
+            nodes.append(dq)
+            xs.append(x)
+        return nodes + [_node("Concat", xs, [y], name, axis=a.get("axis", 0)),
+                        _q(name, y, i[0], i[1], node.output[0])]
+    if op == "QLinearWhere":  # cond, X, sX, zX, Y, sY, zY, sZ, zZ
+        x_dq, x = _dq(g, i[1], i[2], i[3], name)
+        y_dq, yv = _dq(g, i[4], i[5], i[6], name)
+        return [x_dq, y_dq, _node("Where", [i[0], x, yv], [y], name),
+                _q(name, y, i[7], arg(8), node.output[0])]
+    if a.get("channels_last", 0):
+        return None  # NHWC pooling: not in ONNX's float op
+    attrs = {k: v for k, v in a.items() if k not in _DROPPED_ATTRS.get(op, ())}
+    x_dq, x = _dq(g, i[0], i[1], arg(2), name)
+    inputs = [x]
+    if op == "QLinearReduceMean" and "axes" in attrs and _opset(g.model) >= 18:
+        inputs.append(g.const(np.asarray(attrs.pop("axes"), np.int64), "axes"))
+    return [x_dq, _node(_QLINEAR_UNARY[op], inputs, [y], name, **attrs),
+            _q(name, y, i[3], arg(4), node.output[0])]
+
+
+def _opset(model) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+               default=1)
 
 
 def _widen_sub_byte(model) -> None:

@@ -14,8 +14,13 @@ def cmd_tune(args) -> int:
     # logging (configured inside tune(), on sys.stdout) go to stderr
     out = sys.stderr if args.json else sys.stdout
     trials = args.trials or (1_000_000 if args.time_budget else 64)
+    model, example, shapes = args.model, None, None
+    if model.startswith("zoo:"):  # as `tvmq compile zoo:NAME`
+        from tvmq.cli import _resolve_model
+
+        model, example, shapes = _resolve_model(args.model, None)
     with contextlib.redirect_stdout(out):
-        report = tune(args.model, args.board, trials=trials, time_budget_min=args.time_budget,
+        report = tune(model, args.board, example_inputs=example, input_shapes=shapes, trials=trials, time_budget_min=args.time_budget,
                       db=args.db, device=args.device, trials_per_iter=args.trials_per_iter,
                       progress=not args.quiet, max_tasks=args.tasks,
                       kernels=not args.no_kernels)
@@ -43,7 +48,7 @@ def cmd_tune(args) -> int:
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("tune", help="auto-tune a model's kernels with MetaSchedule")
-    p.add_argument("model", help="model.onnx, program.pt2 or an artifact directory")
+    p.add_argument("model", help="model.onnx, program.pt2, zoo:NAME or an artifact directory")
     p.add_argument("--board", default="host")
     p.add_argument("--device", help="rpc://HOST:PORT/KEY to measure on a board (default: local)")
     budget = p.add_mutually_exclusive_group()
