@@ -131,6 +131,8 @@ CLI_CASES = {
     "quantize_negative_epochs": (["quantize", "digits_cnn", "--epochs", "-3"], "--epochs -3"),
     "quantize_nan_lr": (["quantize", "digits_cnn", "--lr", "nan"], "--lr nan"),
     "qparams_runtime_inputs": (["compile", "qconv.onnx", "-o", "out"], "graph inputs"),
+    "compile_db_not_a_database": (["compile", "relu.onnx", "-o", "out", "--db", "a_dir"],
+                                  "is not a tuning database"),
 }
 
 
@@ -230,3 +232,11 @@ def test_torch_example_of_wrong_shape_names_the_input():
         tvmq.compile(models.create("digits_cnn"), example_inputs=torch.randn(1, 3, 32, 32))
     assert "traceable" not in str(info.value)
 
+
+
+def test_info_reports_an_unusable_library(art, tmp_path):
+    """``tvmq info`` still describes an artifact whose lib.so is broken, and says so."""
+    proc = _tvmq(["info", str(art / "empty")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("library"))
+    assert "UNUSABLE" in line and "0 bytes" in line, line
