@@ -36,7 +36,8 @@ def cmd_tune(args) -> int:
         print(f"  {name:<48} x{task['weight']:<3} {task['records']:>5} records  {best}",
               file=out)
     if args.export_db:
-        models = [args.model] if report.board == "host" else []
+        source = (model, example) if example is not None else model  # zoo: (module, input)
+        models = [source] if report.board == "host" else []
         with contextlib.redirect_stdout(out):
             dest = export_database(args.db, args.board, models=models)
         print(f"exported to {dest}" + (" (only schedules measured faster in the model; see "
