@@ -63,14 +63,18 @@ def up(emulated_arm: bool = False, host: str | None = None, port: int | None = N
             _proc.stop_entry(entry)
         raise
     finally:
-        _proc.record(started)
+        _proc.record([{**e, "tracker": str(addr)} for e in started])
     return {"tracker": str(addr), "started": [e["name"] for e in started],
             "state": str(_proc.state_path())}
 
 
-def down() -> list[str]:
-    """Stop the processes :func:`up` recorded (and nothing else); returns their names."""
-    return [f"{e['name']} (pid {e['pid']})" for e in _proc.stop_recorded()]
+def down(tracker: str | TrackerAddress | None = None) -> list[str]:
+    """Stop the processes :func:`up` recorded (and nothing else); returns their names.
+
+    ``tracker`` (``HOST:PORT``): only what ``up`` started for that tracker; default: all.
+    """
+    scope = None if tracker is None else str(_address(tracker))
+    return [f"{e['name']} (pid {e['pid']})" for e in _proc.stop_recorded(scope)]
 
 
 def queue(tracker: str | TrackerAddress | None = None) -> dict[str, Any]:

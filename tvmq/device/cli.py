@@ -24,6 +24,11 @@ def add_parsers(subparsers) -> None:
     up.set_defaults(func=_up)
 
     down = actions.add_parser("down", help="stop the processes `device up` started")
+    scope = down.add_mutually_exclusive_group()
+    scope.add_argument("--port", type=int, help="the tracker port whose processes to stop "
+                       "(default TVM_TRACKER_PORT or 9190)")
+    scope.add_argument("--all", action="store_true",
+                       help="stop everything `device up` recorded, for every tracker")
     down.set_defaults(func=_down)
 
     lst = actions.add_parser("list", help="boards registered with the tracker, free/pending")
@@ -65,8 +70,12 @@ def _up(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     from tvmq import device
 
-    stopped = device.down()
-    print("stopped " + ", ".join(stopped) if stopped else "nothing recorded to stop")
+    default = device.default_tracker()
+    tracker = None if args.all else device.TrackerAddress(default.host,
+                                                          args.port or default.port)
+    stopped = device.down(tracker)
+    where = "" if tracker is None else f" for tracker {tracker} (--all: every tracker)"
+    print("stopped " + ", ".join(stopped) if stopped else f"nothing recorded to stop{where}")
     return 0
 
 

@@ -248,9 +248,14 @@ def recorded() -> list[dict]:
             if _entry_alive(p)]
 
 
-def stop_recorded() -> list[dict]:
-    """Stop every recorded process (servers before trackers) and clear the state file."""
+def stop_recorded(tracker: str | None = None) -> list[dict]:
+    """Stop the recorded processes (servers before trackers) and forget them: all of them,
+    or with ``tracker`` (``HOST:PORT``) only those ``up`` started for that tracker (and
+    entries recorded without one), so one terminal's ``down`` leaves another's alone."""
     entries = _read_state()["processes"]
-    stopped = [e for e in sorted(entries, key=lambda e: e["name"] == "tracker") if stop_entry(e)]
-    _write_state({"processes": []})
+    port = None if tracker is None else tracker.rpartition(":")[2]
+    mine = [e for e in entries if port is None or e.get("tracker") is None
+            or str(e["tracker"]).rpartition(":")[2] == port]  # the bind address may differ
+    stopped = [e for e in sorted(mine, key=lambda e: e["name"] == "tracker") if stop_entry(e)]
+    _write_state({"processes": [e for e in entries if e not in mine and _entry_alive(e)]})
     return stopped
