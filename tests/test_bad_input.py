@@ -133,6 +133,10 @@ CLI_CASES = {
     "qparams_runtime_inputs": (["compile", "qconv.onnx", "-o", "out"], "graph inputs"),
     "compile_db_not_a_database": (["compile", "relu.onnx", "-o", "out", "--db", "a_dir"],
                                   "is not a tuning database"),
+    # tune parses zoo:NAME as compile does; a tune that fails leaves no database behind
+    "tune_unknown_zoo": (["tune", "zoo:nope", "--db", "newdb"], "unknown zoo model"),
+    "tune_failing_model_leaves_no_db": (["tune", "unique.onnx", "--db", "newdb"],
+                                        "data-dependent shape"),
 }
 
 
