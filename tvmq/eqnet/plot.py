@@ -17,8 +17,7 @@ def plot_search(result, report: dict, path: str | os.PathLike, budget: str = "")
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from tvmq.artifact import atomic_write
-    from tvmq.mixed.pareto import pareto_front
+    from tvmq.mixed.pareto import draw_front, save_figure
 
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4))
     pred, meas = report.get("predicted"), report.get("measured")
@@ -31,14 +30,8 @@ def plot_search(result, report: dict, path: str | os.PathLike, budget: str = "")
     points = [{"cost": c, "acc": s} for _, s, c in result.history]
     ax1.scatter([p["cost"] for p in points], [p["acc"] for p in points], s=10,
                 label="evaluated subnets")
-    front = pareto_front(points, "cost", "acc")
-    ax1.plot([points[i]["cost"] for i in front], [points[i]["acc"] for i in front], "k--",
-             lw=0.8, label="Pareto front")
+    draw_front(ax1, points, "cost", "acc")
     ax1.set(xlabel="budget cost", ylabel="predicted accuracy (%)", title=f"search {budget}")
     ax1.legend(fontsize=8)
     fig.tight_layout()
-    fmt = Path(path).suffix[1:] or "png"
-    try:
-        return atomic_write(path, lambda f: fig.savefig(f, format=fmt))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)

@@ -34,8 +34,6 @@ def plot_pareto(points: Sequence[dict[str, Any]], path: str | os.PathLike,
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from tvmq.artifact import atomic_write
-
     panels = [(k, lab) for k, lab in _AXES if any(p.get(k) is not None for p in points)]
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5.5 * max(len(panels), 1), 4),
                              squeeze=False)
@@ -44,12 +42,26 @@ def plot_pareto(points: Sequence[dict[str, Any]], path: str | os.PathLike,
             mine = [p for p in points if p.get("kind", "plan") == kind and p.get(cost) is not None
                     and p.get(quality) is not None]
             ax.scatter([p[cost] for p in mine], [p[quality] for p in mine], label=kind, s=22)
-        front = pareto_front(points, cost, quality)
-        ax.plot([points[i][cost] for i in front], [points[i][quality] for i in front], "k--",
-                lw=0.8, label="Pareto front")
+        draw_front(ax, points, cost, quality)
         ax.set(xlabel=label, ylabel=quality_label, title=title)
         ax.legend(fontsize=8)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def draw_front(ax, points: Sequence[dict[str, Any]], cost: str, quality: str) -> None:
+    """The Pareto front of ``points`` as a dashed line on ``ax``."""
+    front = pareto_front(points, cost, quality)
+    ax.plot([points[i][cost] for i in front], [points[i][quality] for i in front], "k--",
+            lw=0.8, label="Pareto front")
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write ``fig`` atomically (png/svg/pdf by suffix) and close it."""
+    from matplotlib import pyplot as plt
+
+    from tvmq.artifact import atomic_write
+
     fmt = Path(path).suffix[1:] or "png"
     try:
         return atomic_write(path, lambda f: fig.savefig(f, format=fmt))
