@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from tests._threads import one_torch_thread
 import tvmq.quant as tq
 from tvmq import models, zeroshot
 from tvmq.calib import GZSQConfig, SynthesisConfig, register_synthesizer, weight_band
@@ -24,12 +25,8 @@ SHAPE = (1, 8, 8)
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    """These models are tiny: one thread is as fast, and immune to other processes holding
-    the 2 cores (two threads then spin at barriers: 5-10x slower steps, measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

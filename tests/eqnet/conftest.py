@@ -4,14 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests._threads import one_torch_thread
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """The digits models are tiny: a second intra-op thread only adds wake-ups."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

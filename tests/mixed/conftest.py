@@ -1,12 +1,10 @@
 """Shared fixtures: a synthetic sensitivity (no Hessian), a briefly trained digits CNN."""
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
-import torch
 
+from tests._threads import one_torch_thread
 from tvmq.mixed.sensitivity import LayerSensitivity, Sensitivity
 
 
@@ -27,18 +25,6 @@ def synthetic_sensitivity(n_layers: int = 6, seed: int = 0, weight_bits=(2, 3, 4
             {b: 0.05 * tr * 4.0 ** -b for b in act_bits}))
     return Sensitivity(layers, tuple(weight_bits), tuple(act_bits), [list(t) for t in ties],
                        get_preset("w8a8"), 1, 1)
-
-
-@contextlib.contextmanager
-def one_torch_thread():
-    """The digits models are tiny: on 2 busy cores a second intra-op thread only adds
-    wake-ups (training and Hessian products measured 8x slower with two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True, scope="module")
