@@ -8,6 +8,8 @@ Integer lowering of QDQ graphs, in pipeline order::
     LowerCodebookWeights           Gather(table, indices) weights -> codebook-lookup weights
                                    (canonicalize phase, first)
     FoldConstantKeepQuantized      (canonicalize phase, instead of FoldConstant)
+    LowerIntegerLUT                quantize(f(dequantize(x))) over 8-bit x, f elementwise
+                                   (Hardswish, SiLU, GELU, ...) -> 256-entry table lookup
     SinkDequantize                 activations dequantized before flatten / max_pool reach
                                    the conv or dense they feed
     LowerIntegerConv               conv2d / depthwise / matmul (+ bias) -> int32 accumulator
@@ -26,11 +28,12 @@ from tvmq.passes.lower_codebook_weights import LowerCodebookWeights
 from tvmq.passes.lower_integer_add import LowerIntegerAdd
 from tvmq.passes.lower_integer_concat import LowerIntegerConcat
 from tvmq.passes.lower_integer_conv import LowerIntegerConv
+from tvmq.passes.lower_integer_lut import LowerIntegerLUT
 from tvmq.passes.lower_integer_pool import LowerIntegerPool
 from tvmq.passes.pack_sub_byte_weights import PackSubByteWeights
 from tvmq.passes.sink_dequantize import SinkDequantize
 
 __all__ = ["FoldBatchNormIntoConv", "FoldConstantKeepQuantized", "IntegerRequantize",
            "LowerCodebookWeights", "LowerIntegerAdd", "LowerIntegerConcat", "LowerIntegerConv",
-           "LowerIntegerPool",
+           "LowerIntegerLUT", "LowerIntegerPool",
            "PackSubByteWeights", "SinkDequantize"]

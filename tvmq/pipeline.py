@@ -42,6 +42,11 @@ class PipelineOptions:
         (:mod:`tvmq.ir.codecs`) and decode them inside the kernels, per register tile
         (default). False decodes them to int8 at compile time (artifact as large as int8;
         for comparison).
+    integer_lut : bool
+        Elementwise float functions between 8-bit quantized tensors (Hardswish, SiLU, GELU,
+        LeakyReLU, Sigmoid, ...) become 256-entry lookup tables
+        (:class:`tvmq.passes.LowerIntegerLUT`; default). False keeps them float
+        (dequantize -> function -> quantize; for comparison).
     blocked_layout : bool
         Integer layers exchange activations in the kernels' blocked layout ``NCHW{ob}c``
         (layout transforms only at the graph's edges; default; not with
@@ -60,6 +65,7 @@ class PipelineOptions:
     match_onnxruntime: bool = False
     keep_subbyte_packed: bool = True
     blocked_layout: bool = True
+    integer_lut: bool = True
     stats: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
@@ -85,7 +91,9 @@ def quantize_passes(board: Board, opts: PipelineOptions) -> list:
     if not opts.integer:
         return []
     f32 = opts.match_onnxruntime
-    return [P.SinkDequantize(), P.LowerIntegerConv(split_bias=not f32), P.LowerIntegerAdd(f32),
+    lut = [P.LowerIntegerLUT()] if opts.integer_lut else []
+    return [*lut, P.SinkDequantize(), P.LowerIntegerConv(split_bias=not f32),
+            P.LowerIntegerAdd(f32),
             P.LowerIntegerConcat(),
             P.LowerIntegerPool(), P.SinkDequantize(), P.IntegerRequantize(f32),
             P.SinkDequantize(), P.IntegerRequantize(f32),

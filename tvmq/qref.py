@@ -574,6 +574,25 @@ def max_pool2d_int(x, pool, strides=None, padding=(0, 0, 0, 0)) -> np.ndarray:
     return out
 
 
+# ---- lookup tables -------------------------------------------------------------------------
+def lut(fn, scale_in, zero_in, dtype_in: str, scale_out, zero_out, dtype_out: str) -> np.ndarray:
+    """``quantize(fn(dequantize(q)))`` for every value ``q`` of ``dtype_in``, in order.
+
+    The table of :class:`tvmq.passes.LowerIntegerLUT`: entry ``i`` is the output for input
+    ``lo + i`` (``lo`` the smallest value of ``dtype_in``). ``fn`` maps a float32 array to a
+    float32 array (elementwise); dequantize and quantize are :func:`dequantize` and
+    :func:`quantize` (float32, round half to even, saturate). A NaN output has no quantized
+    value: ``ValueError``.
+    """
+    lo, hi = dtype_range(dtype_in)
+    x = dequantize(np.arange(lo, hi + 1), scale_in, zero_in, axis=0)
+    y = np.broadcast_to(np.asarray(fn(x), np.float32), x.shape)
+    if np.isnan(y).any():
+        bad = int(np.flatnonzero(np.isnan(y))[0]) + lo
+        raise ValueError(f"the function is NaN at the quantized input {bad}")
+    return quantize(y, scale_out, zero_out, dtype_out, axis=0)
+
+
 # ---- sub-byte packing ----------------------------------------------------------------------
 def pack_subbyte(values, bits: int) -> np.ndarray:
     """Pack integers of ``bits`` (2 or 4) into uint8, element ``i`` in bits ``(i % k) * bits``
