@@ -13,6 +13,7 @@ _LAYER_OPS = {
     "relax.nn.adaptive_avg_pool2d": "global_avg_pool", "relax.mean": "mean",
     "relax.add": "add", "relax.concat": "concat", "relax.nn.relu": "relu",
     "relax.nn.softmax": "softmax", "relax.quantize": "quantize", "relax.dequantize": "dequantize",
+    "relax.take": "lookup",  # LowerIntegerLUT's activation tables (or a model's own gather)
 }
 
 
@@ -152,6 +153,9 @@ def _integer_info(op: str, call, bound, mod=None) -> dict[str, Any]:
     tensor_dtypes = [d for d in dtypes if d is not None]
     if op in ("quantize", "dequantize"):
         return {"bits": None, "why_not": None}
+    if op == "lookup" and _dtype(call) in _BITS:  # a table of integers: its output's width
+        bits = _BITS[_dtype(call)]
+        return {"integer": True, "precision": f"int{bits}", "bits": bits, "why_not": None}
     if tensor_dtypes and all(d in _BITS for d in tensor_dtypes):
         bits = max(_BITS[d] for d in tensor_dtypes if d != "bool")
         info = {"integer": True, "precision": f"int{bits}", "bits": bits, "why_not": None}
