@@ -206,7 +206,7 @@ class _Lower(relax.PyExprMutator):
             return call
         out = q.QParams(call)
         out_dtype = str(call.attrs.out_dtype)
-        if not out.per_tensor or out_dtype not in qref.DTYPE_RANGE:
+        if not out.per_tensor or out_dtype not in ("int8", "uint8", "int16", "uint16"):
             return call
         dag = _Expr(self)
         fn = dag.build(call.args[0])

@@ -61,9 +61,11 @@ def _check_match(model, x, path):
         # both sides are float32 convs summed in different orders (onnxruntime's MLAS
         # differs per CPU): a value within an ulp of a rounding boundary may land one step
         # apart, and later layers inherit it. Measured: equal on Zen 5; on Zen 2 1 of 230,400
-        # conv codes and 3 of 14,400 dense codes one step apart.
+        # conv codes and 3 of 14,400 dense codes one step apart. A code read through a
+        # pointwise function (SiLU after its 8-bit input quantizer: slope up to 1.1, output
+        # step finer than the input's) can inherit one input step as two (Zen 3: 1 of 230,400).
         diff = np.abs(c_ort - c_torch)
-        assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3, \
+        assert diff.max() <= 2 and (diff > 0).mean() <= 1e-3, \
             f"{int((diff > 0).sum())} of {diff.size} codes differ, by up to {diff.max()}"
     # outputs equal to 1e-4 of their range, except in samples that inherited a code one
     # step apart (<= 1% of samples; measured 0 on Zen 5, 2 of 450 on Zen 2)
@@ -97,8 +99,10 @@ def test_ptq_w8a8_export_matches(trained, digits, tmp_path, name):
     assert onnx_model.opset_import[0].version == 13
     ops = [n.op_type for n in onnx_model.graph.node]
     # input, conv2/conv3 inputs, the pool's input and output (the classifier reads the
-    # pool's quantized output: one Q per tensor)
-    assert "BatchNormalization" not in ops and ops.count("QuantizeLinear") == 5
+    # pool's quantized output: one Q per tensor); with SiLU also each conv's output, the
+    # activation's 8-bit input (it compiles to a lookup table)
+    quantizes = 5 + (3 if name == "digits_cnn_silu" else 0)
+    assert "BatchNormalization" not in ops and ops.count("QuantizeLinear") == quantizes
     dq_weights = [inits[n.input[0]] for n in onnx_model.graph.node
                   if n.op_type == "DequantizeLinear" and n.input[0] in inits]
     assert len(dq_weights) == 4 and all(t.data_type == TensorProto.INT8 for t in dq_weights)

@@ -192,7 +192,56 @@ def test_zoo_w8a8_export_has_no_float_layer(name, tmp_path):
               if l["op"] in kinds and not l["integer"]]
     assert not floats, floats
     assert all(l["integer"] for l in art.meta["layers"]), art.meta["layers"]
-    if name == "digits_cnn_silu":  # SiLU runs in float: each conv's bias add precedes it
-        return
+    if name == "digits_cnn_silu":  # each conv's output is quantized before its SiLU: a table
+        assert sum(l["op"] == "lookup" and l["integer"] for l in art.meta["ops"]) == 3
     adds = [l for l in art.meta["ops"] if l["op"] == "add"]
     assert sum(not l["integer"] for l in adds) <= 1, [(l["name"], l["integer"]) for l in adds]
+
+
+class ActNet(nn.Module):
+    """Attribute-style conv + BN feeding a LeakyReLU module, a functional GELU, a Hardswish
+    after a residual add (already quantized there; with the ReLU after it, one table)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 8, 1)
+        self.leaky, self.hs = nn.LeakyReLU(0.1), nn.Hardswish()
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.leaky(self.bn1(self.conv1(x)))
+        y = F.gelu(self.conv2(x))
+        x = self.hs(x + self.conv3(y))
+        return self.fc(torch.flatten(self.pool(torch.relu(x)), 1))
+
+
+@pytest.mark.build
+def test_activation_inputs_quantized_and_compiled_as_tables(tmp_path):
+    """A quantized layer feeding a non-ReLU activation gets an 8-bit output quantizer (the
+    activation's input), so the compiled model runs it as a lookup table: no float op
+    between the input and the output's dequantize + bias add; TVM = fake-quant argmax."""
+    torch.manual_seed(0)
+    net = ActNet().eval()
+    net.bn1.running_mean.uniform_(-0.2, 0.2)
+    net.bn1.running_var.uniform_(0.5, 1.5)
+    gen = torch.Generator().manual_seed(0)
+    calib = [torch.randn(4, 3, 8, 8, generator=gen) for _ in range(2)]
+    quantize_(net, PTQConfig(get_preset("w8a8"), calibration=calib, progress=False))
+    joins = [n for n, _ in net.named_children() if n.startswith(JOIN_PREFIX)]
+    # conv1 (LeakyReLU input), conv2 (GELU input), the add's two inputs ... and output
+    assert len(joins) >= 4, joins
+    path = export(net, torch.randn(1, 3, 8, 8), tmp_path / "q.onnx")
+    art = tvmq.compile(path, input_shapes={"input": (1, 3, 8, 8)})
+    ops = art.meta["ops"]
+    assert sum(o["op"] == "lookup" and o["integer"] for o in ops) == 3, ops
+    floats = [o["op"] for o in ops if not o["integer"] and o["op"] not in ("quantize",
+                                                                          "dequantize")]
+    assert floats == ["add"], floats  # the classifier's bias add on the float output
+    x = torch.randn(64, 3, 8, 8, generator=gen)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    got = np.concatenate([art.run(x[i:i + 1].numpy())[0] for i in range(len(x))])
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.98
+    np.testing.assert_allclose(got, ref, atol=0.05 * np.abs(ref).max())

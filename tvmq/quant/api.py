@@ -150,7 +150,8 @@ def _corrected_overrides(overrides: dict, names: list[str]) -> str:
 def prepare(model: nn.Module, base: MethodConfig, overrides: dict, fold_bn: bool,
             quantize_joins: bool = True) -> nn.Module:
     """Swap conv/linear layers (and conv+BN pairs) for quantized layers; with
-    ``quantize_joins``, quantize the inputs and outputs of adds, concats and pools too."""
+    ``quantize_joins``, quantize the inputs and outputs of adds, concats and pools too, and
+    the input of a non-ReLU elementwise activation after a quantized layer."""
     names = quantizable_layers(model)
     unknown = sorted(set(overrides) - set(names))
     if unknown:

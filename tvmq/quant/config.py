@@ -154,8 +154,10 @@ class QATConfig:
     freeze_bn_after : int or None
         Epoch after which :func:`tvmq.quant.fit` freezes BN statistics.
     quantize_joins : bool
-        Also quantize the inputs and outputs of residual adds, concats and pools (8-bit,
-        the base method), so the compiled model is integer end to end.
+        Also quantize the inputs and outputs of residual adds, concats and pools, and the
+        input of an elementwise activation other than ReLU that follows a quantized layer
+        (SiLU, Hardswish, GELU, ...: it compiles to an integer lookup table) (8-bit, the
+        base method), so the compiled model is integer end to end.
     """
 
     base: MethodConfig = dataclasses.field(default_factory=lambda: _method("LSQConfig")())
@@ -191,7 +193,7 @@ class PTQConfig:
     max_batches : int or None
         Stop calibrating after this many batches.
     quantize_joins : bool
-        Also quantize adds, concats and pools (see :class:`QATConfig`).
+        Also quantize adds, concats, pools and activation inputs (see :class:`QATConfig`).
     """
 
     base: MethodConfig = dataclasses.field(default_factory=lambda: _method("FakeQuantConfig")())

@@ -5,8 +5,11 @@
   children of an ``nn.Sequential``).
 * :func:`quantize_joins`: quantizes the inputs and outputs of residual adds, concats and
   pools the way the integer lowering wants them (``add(DQ(a), DQ(b))`` followed by ``Q``,
-  ``mean(DQ(x))`` followed by ``Q``, ``max_pool(DQ(x))``), so that the exported graph has
-  no float island between quantized layers. One quantizer per tensor: every consumer of a
+  ``mean(DQ(x))`` followed by ``Q``, ``max_pool(DQ(x))``), and the output of a quantized
+  layer that feeds an elementwise activation other than ReLU (SiLU, Hardswish, GELU,
+  LeakyReLU, Sigmoid, ...: ``act(DQ(x))`` followed by the next layer's ``Q`` compiles to one
+  integer lookup table, as onnxruntime's ``quantize_static`` places them), so that the
+  exported graph has no float island between quantized layers. One quantizer per tensor: every consumer of a
   quantized tensor reads the same ``Q -> DQ`` (as onnxruntime's ``quantize_static`` does).
 
 A model that ``torch.fx`` cannot trace (data-dependent control flow) keeps the
@@ -36,6 +39,13 @@ _PASS_F = {torch.flatten, torch.reshape, F.relu, torch.relu, F.dropout}
 _PASS_M = (nn.ReLU, nn.Identity, nn.Flatten, nn.Dropout)
 _PASS_METHODS = {"view", "reshape", "flatten", "relu", "contiguous", "add"}
 _RELU = ({F.relu, torch.relu}, (nn.ReLU,), {"relu"})
+# elementwise activations other than ReLU/ReLU6: an 8-bit input makes them one integer
+# lookup table in the compiled model (tvmq.passes.LowerIntegerLUT)
+_ACT_F = {F.silu, F.hardswish, F.hardsigmoid, F.gelu, F.leaky_relu, F.mish, F.elu,
+          F.sigmoid, torch.sigmoid, torch.tanh, F.tanh, F.softplus, F.selu, F.celu}
+_ACT_M = (nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.GELU, nn.LeakyReLU, nn.Mish, nn.ELU,
+          nn.Sigmoid, nn.Tanh, nn.Softplus, nn.SELU, nn.CELU)
+_ACT_METHODS = {"sigmoid", "tanh"}
 JOIN_PREFIX = "tvmq_join_quant"
 
 
@@ -108,8 +118,11 @@ def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
-    """"add", "cat", "avg", "max", "pass" or None."""
+    """"add", "cat", "avg", "max", "pass", "act" or None."""
     mod = _module(gm, node)
+    if (node.op == "call_function" and node.target in _ACT_F) or isinstance(mod, _ACT_M) \
+            or (node.op == "call_method" and node.target in _ACT_METHODS):
+        return "act"
     if node.op == "call_function":
         for kind, fns in (("add", _ADD), ("cat", _CAT), ("avg", _AVG_F), ("max", _MAX_F),
                           ("pass", _PASS_F)):
@@ -139,6 +152,14 @@ def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
     return ((node.op == "call_function" and node.target in fns)
             or (node.op == "call_method" and node.target in methods)
             or isinstance(_module(gm, node), mods))
+
+
+def _from_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """``node`` is a quantized layer's output (looking through identities: folded BNs)."""
+    while isinstance(_module(gm, node), (nn.Identity, nn.Dropout)) and node.args \
+            and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    return isinstance(_module(gm, node), QUANT_LAYERS)
 
 
 class _Inserter:
@@ -178,6 +199,9 @@ def quantize_joins(model: nn.Module, make: Callable[[], Quantizer]) -> int:
         if isinstance(_module(gm, node), Quantizer):  # quantized by an earlier prepare
             ins.source[node] = _module(gm, node)
         kind = _kind(gm, node)
+        if kind == "act" and node.args and isinstance(node.args[0], fx.Node) \
+                and node.args[0] not in ins.source and _from_layer(gm, node.args[0]):
+            ins.after(node.args[0])  # a quantized layer's output: an 8-bit activation input
         if kind in ("add", "cat", "avg", "max"):
             for arg in _operands(node, kind):
                 if arg not in ins.source:
