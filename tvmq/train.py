@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tvmq import distributed as dist
 from tvmq.data import Dataset
 
 
@@ -37,14 +38,27 @@ def sgd_loop(model: nn.Module, data: Dataset, params, epochs: int, lr: float,
         kd = lambda m, x, y: nn.functional.kl_div(m(x).log_softmax(1),
                                                   teacher(x).softmax(1), reduction="batchmean")
         sgd_loop(student, data, student.parameters(), 5, 1e-2, loss_fn=kd)
+
+    Under ``torchrun --nproc_per_node N`` (see :mod:`tvmq.distributed`) each rank trains on
+    its shard of every epoch with ``ceil(batch_size / N)`` samples per step, gradients
+    averaged over the ranks, BN statistics and other untrained state made equal at each
+    epoch end; only rank 0 shows the progress bar. Hooks run on every rank and must make
+    the same choices there (seed any sampling in ``before_step`` / ``loss_fn`` identically).
     """
     torch.manual_seed(seed)
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     loss_fn = loss_fn or cross_entropy_loss
-    loader = data.loader(batch_size, shuffle=True, seed=seed)
+    sharded = dist.maybe_init_process_group()
+    loader = (dist.shard_loader(data, batch_size, seed) if sharded
+              else data.loader(batch_size, shuffle=True, seed=seed))
+    trained = [p for group in opt.param_groups for p in group["params"]]
+    dist.broadcast_state(model)
     step = 0
-    for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
+    for epoch in tqdm(range(epochs), desc=desc, disable=not progress or not dist.is_main(),
+                      leave=False):
+        if sharded:
+            loader.sampler.set_epoch(epoch)
         if before_epoch is not None:
             before_epoch(epoch)
         model.train()
@@ -55,8 +69,12 @@ def sgd_loop(model: nn.Module, data: Dataset, params, epochs: int, lr: float,
             loss = loss_fn(model, xb, yb)
             if loss is not None:
                 loss.backward()
+            dist.average_gradients(trained)
             opt.step()
+            if step == 0:  # quantizers that initialized from their rank's first batch
+                dist.broadcast_state(model, opt)
             step += 1
+        dist.sync_state(model)
         sched.step()
     return model.eval()
 

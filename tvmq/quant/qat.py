@@ -28,6 +28,11 @@ def fit(model: nn.Module, data: Dataset, epochs: int = 10, lr: float = 5e-3,
     ``freeze_bn_after``; ``None`` never freezes). ``loss_fn`` and ``before_step``: the
     training hooks of :func:`tvmq.train.sgd_loop` (distillation, unlabelled data, a
     sub-configuration per step). Returns the model in eval mode.
+
+    Under ``torchrun`` every rank calibrates on the same first batches (so the ranges agree)
+    and trains on its shard (:func:`tvmq.train.sgd_loop`, :mod:`tvmq.distributed`): learned
+    scales and offsets stay equal through the averaged gradients, observer state and BN
+    statistics are made equal at every epoch end.
     """
     if freeze_bn_after is None:
         cfg = getattr(model, "tvmq_qat_config", None)
