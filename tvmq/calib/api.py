@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tvmq import distributed as dist
 from tvmq.calib.base import METHODS, SynthesisConfig, frozen_copy, handler, resolve
 from tvmq.data import Dataset
 from tvmq.errors import ConfigError
@@ -34,7 +35,8 @@ def synthesize(model: nn.Module, n: int = 256, method: str | SynthesisConfig = "
     iters, lr, batch_size : optional
         Override the method config's Adam steps per batch, learning rate, and batch size.
     seed : int
-        Seeds the starting noise; the same seed gives the same images.
+        Seeds the starting noise; the same seed gives the same images (under torchrun
+        too: the ranks split the batches and gather them, see :mod:`tvmq.distributed`).
     progress : bool
         Show a progress bar over the synthesis steps.
 
@@ -54,14 +56,18 @@ def synthesize(model: nn.Module, n: int = 256, method: str | SynthesisConfig = "
     frozen = frozen_copy(model)
     _probe(frozen, shape)
     gen = torch.Generator().manual_seed(seed)
-    sizes = _batch_sizes(n, cfg.batch_size)
+    starts = [torch.randn(b, *shape, generator=gen) for b in _batch_sizes(n, cfg.batch_size)]
+    # batches are independent: under torchrun each rank optimizes every N-th one, and all
+    # ranks gather the same images a single process makes
+    dist.maybe_init_process_group()
+    mine = range(dist.rank(), len(starts), dist.world_size())
     name = next((k for k, v in METHODS.items() if type(v) is type(cfg)), type(cfg).__name__)
-    bar = tqdm(total=cfg.iters * len(sizes), desc=f"synthesize {name}", leave=False,
-               disable=not progress or cfg.iters == 0)
+    bar = tqdm(total=cfg.iters * len(mine), desc=f"synthesize {name}", leave=False,
+               disable=not progress or cfg.iters == 0 or not dist.is_main())
     with bar, torch.enable_grad():
-        xs = [handler(cfg)(frozen, torch.randn(b, *shape, generator=gen), cfg, bar)
-              for b in sizes]
-    x = torch.cat(xs)
+        done = {i: handler(cfg)(frozen, starts[i], cfg, bar) for i in mine}
+    done = dist.all_gather_dict(done)
+    x = torch.cat([done[i] for i in range(len(starts))])
     with torch.no_grad():
         out = torch.cat([frozen(x[i:i + 256]) for i in range(0, len(x), 256)])
     classes = out.shape[-1] if out.dim() == 2 else 1
