@@ -102,6 +102,7 @@ def _data(spec: str, checkpoint=None, model: str | None = None):
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from tvmq import distributed as dist
     from tvmq.eqnet import ElasticSpace, GPGConfig
     from tvmq.eqnet.workflow import train_zoo
 
@@ -111,7 +112,8 @@ def run_train(args: argparse.Namespace) -> int:
     data = _data(args.data, model=args.model)
     path = train_zoo(args.model, data[0], space, args.output, args.fp32_epochs, args.epochs,
                      args.lr, gpg, args.seed)
-    print(f"wrote {path} (then: tvmq eqnet search {path} --avg-bits 3 -o plan.json)")
+    if dist.is_main():  # under torchrun only rank 0 wrote it
+        print(f"wrote {path} (then: tvmq eqnet search {path} --avg-bits 3 -o plan.json)")
     return 0
 
 

@@ -34,7 +34,9 @@ def split_validation(data, fraction: float = 0.2, seed: int = 0):
 def train_zoo(model_name: str, train_set, space: ElasticSpace, output, fp32_epochs: int = 30,
               epochs: int = 10, lr: float = 1e-2, gpg: GPGConfig = GPGConfig(), seed: int = 0,
               progress: bool = True) -> Path:
-    """Train the zoo model in float, then its supernet; write the checkpoint at ``output``."""
+    """Train the zoo model in float, then its supernet; write the checkpoint at ``output``
+    (under torchrun: the ranks train together, rank 0 writes)."""
+    from tvmq import distributed as dist
     from tvmq import models
     from tvmq.train import train as train_fp32
 
@@ -42,6 +44,8 @@ def train_zoo(model_name: str, train_set, space: ElasticSpace, output, fp32_epoc
                       lr=models.train_lr(model_name), seed=seed, progress=progress)
     net = train(Supernet(fp32, space), train_set, epochs=epochs, lr=lr, gpg=gpg, seed=seed,
                 progress=progress)
+    if not dist.is_main():
+        return Path(output)
     return net.save(output, meta={"model": model_name, "epochs": epochs,
                                   "fp32_epochs": fp32_epochs, "seed": seed})
 

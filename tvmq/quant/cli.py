@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tvmq import distributed as dist
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``quantize`` subcommand to an ``argparse`` subparsers object."""
@@ -103,10 +105,16 @@ def _calibration(args: argparse.Namespace, model, train_set):
 
     calib = zeroshot.synthesize(model, args.zs_samples, args.zero_shot,
                                 input_shape=models.input_shape(args.model), iters=args.zs_iters)
-    if args.save_samples:
+    if args.save_samples and dist.is_main():
         png, npz = zeroshot.save_samples(calib, args.save_samples, args.zero_shot)
         print(f"wrote {png} and {npz}")
     return calib
+
+
+def _say(text: str) -> None:
+    """Print on rank 0 only (under torchrun every rank runs this command)."""
+    if dist.is_main():
+        print(text)
 
 
 def _load_data(spec: str, input_shape):
@@ -119,7 +127,11 @@ def _load_data(spec: str, input_shape):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Handler of ``tvmq quantize``; prints the accuracy before and after, returns 0."""
+    """Handler of ``tvmq quantize``; prints the accuracy before and after, returns 0.
+
+    Under ``torchrun --nproc_per_node N`` the ranks train together (:mod:`tvmq.distributed`);
+    only rank 0 prints and writes the ONNX file.
+    """
     import torch
 
     import tvmq.quant as tq
@@ -128,13 +140,14 @@ def run(args: argparse.Namespace) -> int:
 
     _check_numbers(args)
     method = _method(args)
+    dist.maybe_init_process_group()
     train_set, test_set = _load_data(args.data, models.input_shape(args.model))
     model = models.create(args.model)
     if args.zero_shot is not None:  # refuse (ZeroQ without BatchNorm) before training
         from tvmq import zeroshot
         zeroshot.check(model, args.zero_shot)
     model = train(model, train_set, epochs=args.fp32_epochs, lr=models.train_lr(args.model))
-    print(f"fp32 accuracy {accuracy(predict(model, test_set.x), test_set.y):.2f}%")
+    _say(f"fp32 accuracy {accuracy(predict(model, test_set.x), test_set.y):.2f}%")
     base = tq.get_preset(args.preset)
     plan = tq.load_plan(args.plan) if args.plan else {}
     if method == "ptq":
@@ -148,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
         tq.fit(model, train_set, epochs=args.epochs, lr=lr)
         tq.quantize_(model, tq.QATConfig(base, step="convert", overrides=plan))
     label = method if args.zero_shot is None else f"zero-shot {args.zero_shot} ptq"
-    print(f"{args.preset} {label} accuracy {accuracy(predict(model, test_set.x), test_set.y):.2f}%")
-    path = tq.export(model, torch.from_numpy(test_set.x[:1]), args.output)
-    print(f"wrote {path}")
+    _say(f"{args.preset} {label} accuracy {accuracy(predict(model, test_set.x), test_set.y):.2f}%")
+    if dist.is_main():
+        path = tq.export(model, torch.from_numpy(test_set.x[:1]), args.output)
+        _say(f"wrote {path}")
     return 0
