@@ -28,12 +28,12 @@ from tvmq.passes.lower_codebook_weights import LowerCodebookWeights
 from tvmq.passes.lower_integer_add import LowerIntegerAdd
 from tvmq.passes.lower_integer_concat import LowerIntegerConcat
 from tvmq.passes.lower_integer_conv import LowerIntegerConv
-from tvmq.passes.lower_integer_lut import LowerIntegerLUT
+from tvmq.passes.lower_integer_lut import LowerIntegerLUT, MarkLookupsElementwise
 from tvmq.passes.lower_integer_pool import LowerIntegerPool
 from tvmq.passes.pack_sub_byte_weights import PackSubByteWeights
 from tvmq.passes.sink_dequantize import SinkDequantize
 
 __all__ = ["FoldBatchNormIntoConv", "FoldConstantKeepQuantized", "IntegerRequantize",
            "LowerCodebookWeights", "LowerIntegerAdd", "LowerIntegerConcat", "LowerIntegerConv",
-           "LowerIntegerLUT", "LowerIntegerPool",
+           "LowerIntegerLUT", "LowerIntegerPool", "MarkLookupsElementwise",
            "PackSubByteWeights", "SinkDequantize"]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from tvmq import qref
-from tvmq._tvm import relax, tvm
+from tvmq._tvm import relax, tir, tvm
 from tvmq.passes import _qcommon as q
 
 _NAME = "LowerIntegerLUT"
@@ -235,3 +235,36 @@ class LowerIntegerLUT:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         return q.run_mutator(mod, _Lower)
+
+
+@tvm.transform.module_pass(opt_level=0, name="MarkLookupsElementwise")
+class MarkLookupsElementwise:
+    """Mark the legalized table lookups elementwise, so they fuse with their neighbours.
+
+    ``LegalizeOps`` turns ``take(T, idx)`` into a PrimFunc that ``AnnotateTIROpPattern``
+    calls opaque; with a 1-D table each output element reads the index at its own position
+    (and the constant table), which is elementwise: ``FuseOps`` may then fuse the index cast
+    before it and the next layer's input packing after it. Position: legalize phase, after
+    ``AnnotateTIROpPattern``, before ``FuseOps``.
+    """
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        lookups = set()
+        call_tir = tvm.ir.Op.get("relax.call_tir")
+
+        def visit(expr):
+            if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+                gvar, args = expr.args[0], expr.args[1]
+                fields = list(getattr(args, "fields", []))
+                if gvar.name_hint.startswith("take") and len(fields) == 2:
+                    shape = q.shape_of(fields[0])
+                    if shape is not None and len(shape) == 1:
+                        lookups.add(gvar.name_hint)
+
+        for func in mod.functions.values():
+            if isinstance(func, relax.Function):
+                relax.analysis.post_order_visit(func, visit)
+        for gvar, func in list(mod.functions.items()):
+            if gvar.name_hint in lookups and isinstance(func, tir.PrimFunc):
+                mod[gvar] = func.with_attr("op_pattern", 0)  # kElemWise
+        return mod

@@ -105,6 +105,8 @@ def legalize_passes(board: Board, opts: PipelineOptions) -> list:
     # With integer lowering, constants were folded at the end of the quantize phase (a fold
     # here would leave the encoded weights alone: FoldConstant never evaluates their decode).
     fold = [] if opts.integer else [relax.transform.FoldConstant()]
+    from tvmq import passes as P
+
     # tvmq.schedules: integer conv/matmul -> the board's blocked kernels (weights packed now)
     from tvmq import schedules
 
@@ -116,7 +118,7 @@ def legalize_passes(board: Board, opts: PipelineOptions) -> list:
                                          blocked_layout=opts.blocked_layout
                                          and not opts.match_onnxruntime)
     return [*prelude, relax.transform.LegalizeOps(),
-            relax.transform.AnnotateTIROpPattern(), *fold,
+            relax.transform.AnnotateTIROpPattern(), P.MarkLookupsElementwise(), *fold,
             relax.transform.FuseOps(), relax.transform.FuseTIR()]
 
 
