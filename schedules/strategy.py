@@ -83,3 +83,55 @@ def strategy_for(target) -> Strategy | None:
         return None
     return _x86(intrin, "x86-vnni" if intrin == xi.VNNI_16x4 else "x86-avx2",
                 xi.select_dw_intrin(target))
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatStrategy:
+    """How float32 kernels are built for one target (:mod:`tvmq.schedules.blocked_float`).
+
+    Parameters
+    ----------
+    name : str
+        e.g. ``"x86-avx2-fma"``, ``"arm-neon"``.
+    lanes : int
+        float32 lanes of one vector register (AVX-512 16, AVX2 8, SSE / NEON 4).
+    block : int
+        Channel block of the float layout ``NCHW{block}c`` and of the kernels' output
+        vectors (one register).
+    regs : int
+        Vector registers (AVX2, SSE, armv7 NEON q: 16; AVX-512, aarch64: 32).
+    max_acc : int
+        Most accumulator registers of one register tile; the others hold the tile's weight
+        vectors and the broadcast input (:func:`tvmq.schedules.schedule_float_kernels.register_tile`).
+    """
+
+    name: str
+    lanes: int
+    block: int
+    regs: int
+    max_acc: int
+
+    def with_block(self, block: int) -> "FloatStrategy":
+        """The same kernels over a wider layout block (a multiple of ``lanes``: the integer
+        layers' ``NCHW16c`` on AVX2, so float and integer layers share one layout)."""
+        return dataclasses.replace(self, block=block)
+
+
+def float_strategy_for(target) -> FloatStrategy | None:
+    """The float-kernel strategy of ``target`` (any llvm CPU target), or None."""
+    if str(target.kind.name) != "llvm":
+        return None
+    mtriple = str(target.attrs.get("mtriple", ""))
+    if mtriple.startswith("aarch64"):
+        return FloatStrategy("arm-neon", 4, 4, 32, 24)
+    if mtriple.startswith(("arm", "thumb")):
+        return FloatStrategy("armv7-neon", 4, 4, 16, 12) if target_has_features(target, "neon") \
+            else None
+    if mtriple and not mtriple.startswith("x86_64"):
+        return None
+    if target_has_features(target, "avx512f"):
+        return FloatStrategy("x86-avx512", 16, 16, 32, 28)
+    if target_has_features(target, "avx2"):
+        return FloatStrategy("x86-avx2" + ("-fma" if target_has_features(target, "fma")
+                                           else ""), 8, 8, 16, 12)
+    return FloatStrategy("x86-sse", 4, 4, 16, 12)

@@ -52,6 +52,10 @@ class PipelineOptions:
         (layout transforms only at the graph's edges; default; not with
         ``match_onnxruntime``). False: every conv packs its NCHW input and unpacks its
         output (for comparison).
+    float_kernels : bool
+        float32 conv2d (groups 1, depthwise) and dense/matmul with constant weights run
+        tvmq's blocked FMA kernels (:class:`tvmq.schedules.BlockFloatOps`; default). False
+        leaves them to TVM's unscheduled legalization (for comparison).
     dump_dir : path or None
         Write the IR after each phase there.
     database : path or None
@@ -66,6 +70,7 @@ class PipelineOptions:
     keep_subbyte_packed: bool = True
     blocked_layout: bool = True
     integer_lut: bool = True
+    float_kernels: bool = True
     stats: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
@@ -116,7 +121,8 @@ def legalize_passes(board: Board, opts: PipelineOptions) -> list:
                                          # stages TVM 0.27 cannot re-layout (transform_layout
                                          # pads bool with float): it keeps NCHW
                                          blocked_layout=opts.blocked_layout
-                                         and not opts.match_onnxruntime)
+                                         and not opts.match_onnxruntime,
+                                         float_kernels=opts.float_kernels)
     return [*prelude, relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(), P.MarkLookupsElementwise(), *fold,
             relax.transform.FuseOps(), relax.transform.FuseTIR()]
