@@ -4,9 +4,8 @@ Runs Relax's ``ConvertLayout`` with ``conv2d`` data layout ``NCHW{b}c`` on the f
 convs :class:`BlockFloatOps` can run in that layout, so the bias, activations, residual
 adds and pools between them follow it, and layout transforms end up at the graph's edges
 and at float <-> integer boundaries instead of a pack before and an unpack after every
-conv. ``b`` is the float strategy's block, or the integer layers' block when the module
-already has blocked integer convs (:class:`BlockedActivationLayout` ran before: one layout
-for both, no transform at the boundaries).
+conv. ``b`` is the float strategy's block. A module whose integer convs
+:class:`BlockedActivationLayout` already blocked is left alone (see :func:`layout_block`).
 
 Before the conversion:
 
@@ -56,15 +55,17 @@ def _convs(mod) -> list:
 
 
 def layout_block(mod, fs: FloatStrategy) -> int | None:
-    """The block to convert ``mod``'s float convs to, or None (nothing worth it)."""
+    """The block to convert ``mod``'s float convs to, or None: no float conv worth it, or
+    integer convs already blocked (TVM 0.27's ``ConvertLayout`` fails on a module that
+    already holds ``NCHW{k}c`` tensors: "Layouts must have the same size"; the float
+    layers of such a mixed model keep their per-layer pack and unpack)."""
     convs = _convs(mod)
+    if any(_BLOCKED.match(str(c.attrs.data_layout)) for c in convs):
+        return None
     big = [c for c in convs if struct_dtype(c.args[0]) == "float32"
            and len(struct_shape(c.args[0]) or ()) == 4
            and struct_shape(c.args[0])[2] * struct_shape(c.args[0])[3] >= MIN_FEATURE_MAP]
-    if not big:
-        return None
-    blocked = [_BLOCKED.match(str(c.attrs.data_layout)) for c in convs]
-    return next((int(m.group(1)) for m in blocked if m), fs.block)
+    return fs.block if big else None
 
 
 def _prim_value(v) -> float:

@@ -125,16 +125,35 @@ def _vectorize_reduction(sch, block, vec_loop, red) -> None:
         sch.vectorize(sch.get_loops(init)[-1])
 
 
+def _divisors(n: int, cap: int) -> list[int]:
+    return [d for d in range(1, min(n, cap) + 1) if n % d == 0]
+
+
+def _choose(sch, cands: list[int], default: int, sample: bool):
+    """``default``, or for MetaSchedule (``sample``) a ``sample_categorical`` over ``cands``
+    with half the probability on it, so the search starts around the default tile."""
+    cands = sorted(set(cands) | {default})
+    if not sample or len(cands) == 1:
+        return default
+    probs = [0.5 if c == default else 0.5 / (len(cands) - 1) for c in cands]
+    return sch.sample_categorical(candidates=cands, probs=probs)
+
+
 def schedule_conv(sch, fs: FloatStrategy, ow_tile: int | None = None,
-                  ob_tile: int | None = None):
-    """Register-tiled ``BLOCK_FCONV`` (see the module docstring)."""
+                  ob_tile: int | None = None, sample: bool = False):
+    """Register-tiled ``BLOCK_FCONV`` (see the module docstring). ``sample``: draw the
+    tile's pixels (divisors of the padded row) and channel blocks around the default, for
+    MetaSchedule (:func:`tvmq.schedules.tune.kernel_space`)."""
     conv = sch.get_sblock(BLOCK_FCONV)
     _schedule_packs(sch)
     outs = inline_epilogue(sch, (BLOCK_FCONV,))
     b, o, y, x, oi, *red = sch.get_loops(conv)
-    best_ow, best_ob = _tile(sch, conv) or conv_tile(_extent(sch, x), _extent(sch, o), fs)
-    o_o, o_i = sch.split(o, [None, ob_tile or best_ob])
-    x_o, x_i = sch.split(x, [None, ow_tile or best_ow])
+    n_x, n_o, rpb = _extent(sch, x), _extent(sch, o), max(1, _extent(sch, oi) // fs.lanes)
+    best_ow, best_ob = _tile(sch, conv) or conv_tile(n_x, n_o, fs)
+    ow = ow_tile or _choose(sch, _divisors(n_x, fs.max_acc // rpb), best_ow, sample)
+    ob = ob_tile or _choose(sch, _divisors(n_o, fs.max_acc // rpb), best_ob, sample)
+    o_o, o_i = sch.split(o, [None, ob])
+    x_o, x_i = sch.split(x, [None, ow])
     # pixel-major inside the tile: one broadcast input feeds ob_tile FMAs, then dies (the
     # other order keeps ow broadcasts live: 6x2 on AVX2 spilled and ran 4x slower)
     sch.reorder(b, o_o, y, x_o, *red, x_i, o_i, oi)
@@ -148,13 +167,16 @@ def schedule_conv(sch, fs: FloatStrategy, ow_tile: int | None = None,
     return sch
 
 
-def schedule_depthwise(sch, fs: FloatStrategy, ow_tile: int | None = None):
+def schedule_depthwise(sch, fs: FloatStrategy, ow_tile: int | None = None,
+                       sample: bool = False):
     """``BLOCK_FDWCONV``: ``ow`` pixels x one channel block a tile, taps unrolled."""
     dw = sch.get_sblock(BLOCK_FDWCONV)
     _schedule_packs(sch)
     outs = inline_epilogue(sch, (BLOCK_FDWCONV,))
     b, c, y, x, ci, *red = sch.get_loops(dw)
-    ow = ow_tile or (_tile(sch, dw) or depthwise_tile(_extent(sch, x), fs))[0]
+    n_x, rpb = _extent(sch, x), max(1, _extent(sch, ci) // fs.lanes)
+    best = (_tile(sch, dw) or depthwise_tile(n_x, fs))[0]
+    ow = ow_tile or _choose(sch, _divisors(n_x, fs.max_acc // rpb), best, sample)
     x_o, x_i = sch.split(x, [None, ow])
     sch.reorder(b, c, y, x_o, *red, x_i, ci)
     tile = sch.fuse(b, c, y)
@@ -168,14 +190,16 @@ def schedule_depthwise(sch, fs: FloatStrategy, ow_tile: int | None = None):
     return sch
 
 
-def schedule_dense(sch, fs: FloatStrategy, m_tile: int | None = None):
+def schedule_dense(sch, fs: FloatStrategy, m_tile: int | None = None, sample: bool = False):
     """``BLOCK_FDENSE`` (``[M, N/ob, ob]``): ``m x n_tile`` vectors a tile."""
     dense = sch.get_sblock(BLOCK_FDENSE)
     outs = inline_epilogue(sch, (BLOCK_FDENSE,))
     i, j, jj, *red = sch.get_loops(dense)
     rpb = max(1, _extent(sch, jj) // fs.lanes)
     m_tile = m_tile or divisor_at_most(_extent(sch, i), 4)
-    j_tile = divisor_at_most(_extent(sch, j), max(1, fs.max_acc // (m_tile * rpb)))
+    cap = max(1, fs.max_acc // (m_tile * rpb))
+    j_tile = _choose(sch, _divisors(_extent(sch, j), cap),
+                     divisor_at_most(_extent(sch, j), cap), sample)
     i_o, i_i = sch.split(i, [None, m_tile])
     j_o, j_i = sch.split(j, [None, j_tile])
     sch.reorder(i_o, j_o, *red, i_i, j_i, jj)
@@ -197,19 +221,24 @@ def _block_names(func) -> set[str]:
         return set()
 
 
+def schedule_sch(sch, fs: FloatStrategy, sample: bool = False) -> bool:
+    """Schedule the float kernel in ``sch`` in place; False when it holds none."""
+    names = {sch.get(b).name_hint for b in child_blocks(sch)}
+    if BLOCK_FCONV in names:
+        schedule_conv(sch, fs, sample=sample)
+    elif BLOCK_FDWCONV in names:
+        schedule_depthwise(sch, fs, sample=sample)
+    elif BLOCK_FDENSE in names:
+        schedule_dense(sch, fs, sample=sample)
+    else:
+        return False
+    return True
+
+
 def schedule(func, fs: FloatStrategy):
     """The scheduled float kernel ``func`` (one of ``FLOAT_KERNEL_BLOCKS``), or None."""
-    names = _block_names(func)
     sch = s_tir().Schedule(func)
-    if BLOCK_FCONV in names:
-        schedule_conv(sch, fs)
-    elif BLOCK_FDWCONV in names:
-        schedule_depthwise(sch, fs)
-    elif BLOCK_FDENSE in names:
-        schedule_dense(sch, fs)
-    else:
-        return None
-    return sch.mod["main"]
+    return sch.mod["main"] if schedule_sch(sch, fs) else None
 
 
 def ScheduleFloatKernels(strategy: FloatStrategy | None) -> tvm.transform.Pass:  # noqa: N802

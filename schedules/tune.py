@@ -32,13 +32,16 @@ def builder_initializer() -> None:
     import tvmq.schedules.x86.intrin  # noqa: F401
 
 
-def _kernel_space_fn(st):
+def _kernel_space_fn(st, fs=None):
     from tvmq.schedules import blocked as B
     from tvmq.schedules import tiling
+    from tvmq.schedules.schedule_float_kernels import schedule_sch as schedule_float
 
     def fn(sch):
         names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
-        if B.BLOCK_CONV in names:
+        if fs is not None and schedule_float(sch, fs, sample=SAMPLE_TILES):
+            pass  # a float kernel: its register tile sampled
+        elif B.BLOCK_CONV in names:
             # the arch module's parameters, with the register tile sampled
             st.schedule_conv(sch, st.intrin, sample=SAMPLE_TILES)
         elif B.BLOCK_DENSE in names:
@@ -91,12 +94,14 @@ def postprocs() -> list:
 
 def kernel_space(target):
     """Space generator of tvmq's kernel schedules alone (sampled register tiles), or None."""
+    from tvmq.schedules.strategy import float_strategy_for
+
     st = strategy_for(target)
     if st is None:
         return None
     ms = meta_schedule()
-    return ms.space_generator.ScheduleFn(_kernel_space_fn(st), sch_rules=[], postprocs=[],
-                                         mutator_probs="llvm")
+    return ms.space_generator.ScheduleFn(_kernel_space_fn(st, float_strategy_for(target)),
+                                         sch_rules=[], postprocs=[], mutator_probs="llvm")
 
 
 def tune_space(target):

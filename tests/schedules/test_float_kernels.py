@@ -348,3 +348,29 @@ def test_aarch64_kernels_under_qemu(rng):
             _check(np.load(work / f"{name}.out.npy"), ref, mag, k, name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# ---- tuning -------------------------------------------------------------------------------
+def test_sampled_float_space_replays(rng):
+    """MetaSchedule's kernel space samples the float conv's register tile around the
+    default; every sampled schedule replays from its trace and stays within the bound."""
+    from tvmq._tvm import s_tir
+    from tvmq.schedules import strategy_for, tune
+
+    st = strategy_for(TARGET)
+    if st is None:
+        pytest.skip("no integer strategy for this target: tvmq's kernel space is off")
+    x = rng.standard_normal((1, 16, 12, 12)).astype(np.float32)
+    wt = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    func, wp = FK.conv_func(x.shape, wt, FS, padding=(1,) * 4)
+    ref, mag, k = _conv_ref(x, wt, None, pad=1)
+    decisions = set()
+    for seed in range(1, 6):
+        sch = s_tir().Schedule(func, seed=seed)
+        tune._kernel_space_fn(st, FS)(sch)
+        decisions.add(tuple(int(v) for v in sch.trace.decisions.values()))
+        replay = s_tir().Schedule(func)
+        sch.trace.apply_to_schedule(replay, remove_postproc=False)
+        lib = tvm.compile(replay.mod, target=TARGET)
+        _check(_run(lib, x, wp, out_shape=ref.shape), ref, mag, k, f"seed {seed}")
+    assert len(decisions) > 1
