@@ -316,6 +316,117 @@ class _FoldConstTransforms(relax.PyExprMutator):
         return relax.const(out, str(src.dtype))
 
 
+@relax.expr_functor.mutator
+class _LookupsBlocked(relax.PyExprMutator):
+    """Activation tables (``tvmq.passes.LowerIntegerLUT``) stay in the blocked layout.
+
+    ``ConvertLayout`` has no layout rule for ``take``: it sends a table lookup's input back to
+    NCHW and its output forth again, two transforms per activation (MobileNetV2 with
+    Hardswish: 70). A lookup in a 1-D table is elementwise in its index, so
+    ``take(T, idx(layout_transform(x)))`` (``idx``: the cast and offset the lowering emits)
+    becomes ``layout_transform(take(T, idx(x)))``, and a ``layout_transform`` that undoes the
+    one before it (same elements, no padding) disappears.
+    """
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        name = call.op.name if isinstance(call.op, tvm.ir.Op) else None
+        if name == "relax.take":
+            return self._take(call)
+        if name == "relax.layout_transform":
+            return self._cancel(call)
+        if name == "relax.nn.pad":
+            return self._pad(call)
+        return call
+
+    def _channel_unblock(self, expr):
+        """The blocked tensor behind ``expr`` if ``expr`` is ``layout_transform`` from
+        ``NCHW{b}c`` to NCHW (only the channel axis rearranged), else None."""
+        from tvmq._tvm import struct_shape
+
+        node = self._bound(expr)
+        if not (isinstance(node, relax.Call) and isinstance(node.op, tvm.ir.Op)
+                and node.op.name == "relax.layout_transform"):
+            return None
+        src, out = struct_shape(node.args[0]), struct_shape(node)
+        if src is None or out is None or len(src) != 5 or len(out) != 4 \
+                or src[1] * src[4] != out[1]:
+            return None
+        imap = node.attrs.index_map
+        rng = np.random.default_rng(0)
+        for _ in range(16):
+            point = [int(rng.integers(0, d)) for d in src]
+            got = [int(v) for v in imap.map_indices([tvm.tirx.IntImm("int64", v)
+                                                      for v in point])]
+            if got != [point[0], point[1] * src[4] + point[4], point[2], point[3]]:
+                return None
+        return node
+
+    def _bound(self, expr):
+        while isinstance(expr, relax.Var):
+            nxt = self.lookup_binding(expr)
+            if nxt is None:
+                break
+            expr = nxt
+        return expr
+
+    def _take(self, call):
+        from tvmq._tvm import struct_shape
+
+        table, idx = call.args
+        if len(struct_shape(table) or ()) != 1:
+            return call
+        chain, node = [], self._bound(idx)
+        while isinstance(node, relax.Call) and isinstance(node.op, tvm.ir.Op) \
+                and (node.op.name == "relax.astype" or (node.op.name == "relax.subtract"
+                                                        and isinstance(node.args[1], Constant))):
+            chain.append(node)
+            node = self._bound(node.args[0])
+        if not (isinstance(node, relax.Call) and isinstance(node.op, tvm.ir.Op)
+                and node.op.name == "relax.layout_transform"):
+            return call
+        value = node.args[0]
+        for op in reversed(chain):
+            value = self.builder_.emit(
+                relax.op.astype(value, op.attrs.dtype) if op.op.name == "relax.astype"
+                else relax.op.subtract(value, op.args[1]))
+        looked = self.builder_.emit(relax.op.take(table, value, axis=0, mode=call.attrs.mode))
+        return relax.op.layout_transform(looked, node.attrs.index_map, node.attrs.pad_value)
+
+    def _pad(self, call):
+        """``pad(unblock(y))`` with no channel padding -> ``unblock(pad(y))``."""
+        node = self._channel_unblock(call.args[0])
+        widths = [int(v) for v in call.attrs.pad_width]
+        if node is None or len(widths) != 8 or widths[2] or widths[3] \
+                or str(call.attrs.pad_mode) != "constant":
+            return call
+        padded = self.builder_.emit(relax.op.nn.pad(node.args[0], widths + [0, 0],
+                                                    pad_value=float(call.attrs.pad_value)))
+        return relax.op.layout_transform(padded, node.attrs.index_map, node.attrs.pad_value)
+
+    def _cancel(self, call):
+        from tvmq._tvm import struct_shape
+
+        inner = self._bound(call.args[0])
+        if not (isinstance(inner, relax.Call) and isinstance(inner.op, tvm.ir.Op)
+                and inner.op.name == "relax.layout_transform"):
+            return call
+        src = struct_shape(inner.args[0])
+        mid, out = struct_shape(inner), struct_shape(call)
+        if src is None or mid is None or out is None or tuple(src) != tuple(out) \
+                or int(np.prod(src)) != int(np.prod(mid)):
+            return call
+        first, second = inner.attrs.index_map, call.attrs.index_map
+        rng = np.random.default_rng(0)
+        for _ in range(16):  # a bijection between equal shapes: identity on samples
+            point = [int(rng.integers(0, d)) for d in src]
+            imm = [tvm.tirx.IntImm("int64", v) for v in point]
+            back = second.map_indices(first.map_indices(imm))
+            if [int(v) for v in back] != point:
+                return call
+        return inner.args[0]
+
+
 def _pad_channels(mod):
     """:class:`_PadChannels` over ``mod``; a graph it cannot rewrite (a construct it does not
     know, such as a ``match_cast`` of a padded tensor) is returned unchanged, with a
@@ -338,6 +449,7 @@ def _convert(mod, ob: int):
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": [B.blocked_layout(ob),
                                                                  "OIHW"]})(mod)
         mod = _run(mod, _Unhide)
+        mod = _run(mod, _LookupsBlocked)
         return _run(_drop(mod, set(_HIDDEN)), _FoldConstTransforms)
     finally:
         _HIDDEN.clear()
