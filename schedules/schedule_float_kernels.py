@@ -34,6 +34,9 @@ FLOAT_KERNEL_BLOCKS = (BLOCK_FCONV, BLOCK_FDWCONV, BLOCK_FDENSE)
 MAX_OW = 28
 #: independent accumulators that hide the FMA latency (4 cycles, 2 FMAs a cycle)
 LATENCY_CHAINS = 8
+#: fewest multiply-adds a kernel needs to run on several threads (about 6 us on one core);
+#: below, waking the pool costs more than it saves (the digits CNN's 8x8 convs)
+PARALLEL_MIN_MACS = 1 << 18
 
 
 def conv_tile(n_x: int, n_o: int, fs: FloatStrategy,
@@ -92,10 +95,31 @@ def _loops_after(sch, blk, at_loop):
     return loops[idx[0] + 1:] if idx else loops
 
 
-def _schedule_packs(sch) -> None:
+def _schedule_packs(sch, parallel: bool = True) -> None:
     for blk in child_blocks(sch):
-        if sch.get(blk).name_hint in PACK_BLOCKS:
+        if sch.get(blk).name_hint not in PACK_BLOCKS:
+            continue
+        if parallel:
             schedule_injective(sch, blk)
+            continue
+        loops = sch.get_loops(blk)
+        if 1 < _extent(sch, loops[-1]) <= 64:
+            sch.vectorize(loops[-1])
+
+
+def _work(sch, block) -> int:
+    """Multiply-adds of a kernel block (the product of its loop extents)."""
+    n = 1
+    for iv in sch.get(block).iter_vars:
+        n *= int(iv.dom.extent)
+    return n
+
+
+def _parallel(sch, loop, work: int) -> None:
+    """Run ``loop`` on the thread pool unless the kernel is too small to pay for waking it
+    (:data:`PARALLEL_MIN_MACS`)."""
+    if work >= PARALLEL_MIN_MACS:
+        sch.parallel(loop)
 
 
 def _accumulate_locally(sch, kernel) -> None:
@@ -145,7 +169,8 @@ def schedule_conv(sch, fs: FloatStrategy, ow_tile: int | None = None,
     tile's pixels (divisors of the padded row) and channel blocks around the default, for
     MetaSchedule (:func:`tvmq.schedules.tune.kernel_space`)."""
     conv = sch.get_sblock(BLOCK_FCONV)
-    _schedule_packs(sch)
+    work = _work(sch, conv)
+    _schedule_packs(sch, work >= PARALLEL_MIN_MACS)
     outs = inline_epilogue(sch, (BLOCK_FCONV,))
     b, o, y, x, oi, *red = sch.get_loops(conv)
     n_x, n_o, rpb = _extent(sch, x), _extent(sch, o), max(1, _extent(sch, oi) // fs.lanes)
@@ -158,7 +183,7 @@ def schedule_conv(sch, fs: FloatStrategy, ow_tile: int | None = None,
     # other order keeps ow broadcasts live: 6x2 on AVX2 spilled and ran 4x slower)
     sch.reorder(b, o_o, y, x_o, *red, x_i, o_i, oi)
     tile = sch.fuse(b, o_o, y)
-    sch.parallel(tile)
+    _parallel(sch, tile, work)
     _accumulate_locally(sch, conv)
     _finish(sch, BLOCK_FCONV, outs, x_o)
     _vectorize_reduction(sch, conv, oi, red)
@@ -171,7 +196,8 @@ def schedule_depthwise(sch, fs: FloatStrategy, ow_tile: int | None = None,
                        sample: bool = False):
     """``BLOCK_FDWCONV``: ``ow`` pixels x one channel block a tile, taps unrolled."""
     dw = sch.get_sblock(BLOCK_FDWCONV)
-    _schedule_packs(sch)
+    work = _work(sch, dw)
+    _schedule_packs(sch, work >= PARALLEL_MIN_MACS)
     outs = inline_epilogue(sch, (BLOCK_FDWCONV,))
     b, c, y, x, ci, *red = sch.get_loops(dw)
     n_x, rpb = _extent(sch, x), max(1, _extent(sch, ci) // fs.lanes)
@@ -180,7 +206,7 @@ def schedule_depthwise(sch, fs: FloatStrategy, ow_tile: int | None = None,
     x_o, x_i = sch.split(x, [None, ow])
     sch.reorder(b, c, y, x_o, *red, x_i, ci)
     tile = sch.fuse(b, c, y)
-    sch.parallel(tile)
+    _parallel(sch, tile, work)
     _accumulate_locally(sch, dw)
     _finish(sch, BLOCK_FDWCONV, outs, x_o)
     _vectorize_reduction(sch, dw, ci, red)
@@ -204,7 +230,7 @@ def schedule_dense(sch, fs: FloatStrategy, m_tile: int | None = None, sample: bo
     j_o, j_i = sch.split(j, [None, j_tile])
     sch.reorder(i_o, j_o, *red, i_i, j_i, jj)
     tile = sch.fuse(i_o, j_o)
-    sch.parallel(tile)
+    _parallel(sch, tile, _work(sch, dense))
     _accumulate_locally(sch, dense)
     _finish(sch, BLOCK_FDENSE, outs, tile)
     _vectorize_reduction(sch, dense, jj, red)
