@@ -162,7 +162,17 @@ def wait_for_key(addr: TrackerAddress, key: str, timeout: float) -> dict[str, in
 
 def request(addr: TrackerAddress, key: str, timeout: float = 60.0,
             session_timeout: float = 0.0, attempts: int = 3):
-    """Request a board under ``key``; returns a connected ``tvm.rpc.RPCSession``."""
+    """Request a board under ``key``; returns a connected ``tvm.rpc.RPCSession``.
+
+    The tracker hands out whichever server under ``key`` is free (first freed, first
+    given); with every board busy the request waits in the tracker's queue.
+    """
+    return request_board(addr, key, timeout, session_timeout, attempts)[0]
+
+
+def request_board(addr: TrackerAddress, key: str, timeout: float = 60.0,
+                  session_timeout: float = 0.0, attempts: int = 3):
+    """:func:`request`, also returning which board answered: ``(session, "HOST:PORT")``."""
     from tvmq._tvm import rpc
 
     wait_for_key(addr, key, timeout=min(timeout, 10.0))
@@ -178,7 +188,7 @@ def request(addr: TrackerAddress, key: str, timeout: float = 60.0,
             sock.close()
         url, port, matchkey = value[1]
         try:
-            return rpc().connect(url, port, matchkey, session_timeout)
+            return rpc().connect(url, port, matchkey, session_timeout), f"{url}:{port}"
         except Exception as err:  # the server left between the tracker's answer and ours
             raise ConnectionResetError(errno.ECONNRESET, str(err)) from err
 
@@ -195,3 +205,23 @@ def request(addr: TrackerAddress, key: str, timeout: float = 60.0,
         raise DeviceError(f"could not open a session with a {key!r} board via {addr}: {err}",
                           "check the board's RPC server log; restart it with `tvmq device up`"
                           ) from err
+
+
+def boards(addr: TrackerAddress, key: str) -> dict[str, int]:
+    """How many servers are registered under ``key``: ``{"total", "free", "busy",
+    "waiting"}`` (``busy``: in a session; ``waiting``: requests queued for a free board)."""
+    info = summary(addr, attempts=3)
+    total = sum(s.get("key") == f"server:{key}" for s in info["server_info"])
+    queue = info["queue_info"].get(key, {})
+    free = min(int(queue.get("free", 0)), total)
+    return {"total": total, "free": free, "busy": total - free,
+            "waiting": int(queue.get("pending", 0))}
+
+
+def is_registered(addr: TrackerAddress, key: str, board: str) -> bool:
+    """Whether the server ``board`` (``HOST:PORT``, as :func:`request_board` names it) is
+    still registered under ``key``: a server that died has dropped its tracker connection.
+    (A server reports no host of its own unless started with ``--custom-addr``.)"""
+    host, _, port = board.rpartition(":")
+    return any(s.get("key") == f"server:{key}" and str(s["addr"][1]) == port
+               and s["addr"][0] in (None, host) for s in summary(addr)["server_info"])
