@@ -18,10 +18,12 @@ from tvmq.device import processes as _proc
 from tvmq.device.remote import OutputMismatchError, Remote, connect
 from tvmq.device.result import BenchResult
 from tvmq.device.tracker import TrackerAddress, default_tracker, parse_device, summary
+from tvmq.errors import DeviceError
 
 
 def up(emulated_arm: bool = False, host: str | None = None, port: int | None = None,
-       host_server: bool = True, server_timeout: float = 180.0) -> dict[str, Any]:
+       host_server: bool = True, server_timeout: float = 180.0, servers: int = 1
+       ) -> dict[str, Any]:
     """Start (or reuse) a tracker on ``host:port`` and RPC servers registered with it.
 
     Parameters
@@ -36,12 +38,21 @@ def up(emulated_arm: bool = False, host: str | None = None, port: int | None = N
         Tracker port; default ``TVM_TRACKER_PORT`` or 9190.
     host_server : bool
         Serve this machine's CPU under key ``host``.
+    servers : int
+        How many servers to run under key ``host`` (a fleet of identical boards on
+        loopback: ``tvmq tune --device rpc://.../host`` measures on all of them at once).
+        Servers already registered under ``host`` count; with more than one, each gets an
+        equal share of this machine's cores (``TVM_NUM_THREADS``) so that concurrent
+        measurements do not run on the same cores.
 
     Returns
     -------
     dict
         ``{"tracker": "HOST:PORT", "started": [...], "state": path}``.
     """
+    if servers < 1:
+        raise DeviceError(f"--servers must be at least 1, got {servers}",
+                          "use --servers 1 (or --no-host-server for none)")
     default = default_tracker()
     addr = TrackerAddress(host or default.host, port or default.port)
     started = []
@@ -50,8 +61,8 @@ def up(emulated_arm: bool = False, host: str | None = None, port: int | None = N
             started.append(_proc.start_tracker(addr.host, addr.port))
         keys = _registered_keys(addr)
         spawned = []
-        if host_server and "host" not in keys:
-            spawned.append(_proc.spawn_server(addr, "host", addr.host))
+        if host_server:
+            spawned += _host_servers(addr, servers - keys.count("host"), servers)
         if emulated_arm and _proc.EMULATED_KEY not in keys:
             port_ = _proc.free_port(addr.host)
             argv = _proc.emulated_server_argv(addr, addr.host, port_)
@@ -78,7 +89,10 @@ def down(tracker: str | TrackerAddress | None = None) -> list[str]:
 
 
 def queue(tracker: str | TrackerAddress | None = None) -> dict[str, Any]:
-    """The tracker's boards: ``{key: {"total", "free", "pending"}}``."""
+    """The tracker's boards per key: ``{key: {"total", "free", "busy", "pending"}}``.
+
+    ``busy``: registered servers in a session; ``pending``: requests waiting for a free one.
+    """
     addr = _address(tracker)
     info = summary(addr)
     out: dict[str, dict[str, int]] = {}
@@ -88,15 +102,19 @@ def queue(tracker: str | TrackerAddress | None = None) -> dict[str, Any]:
     for key, q in info["queue_info"].items():
         if q["free"] or q["pending"] or key in out:
             out.setdefault(key, {"total": 0, "free": 0, "pending": 0}).update(q)
+    for row in out.values():  # a server that just left may linger in the free queue
+        row["free"] = min(row["free"], row["total"])
+        row["busy"] = row["total"] - row["free"]
     return out
 
 
 def format_queue(boards: dict[str, Any], tracker: str = "") -> str:
-    """The table ``tvmq device list`` prints."""
+    """The table ``tvmq device list`` prints: per key, boards total / free / busy, and
+    requests waiting for a free board."""
     rows = [f"tracker {tracker}" if tracker else "tracker",
-            f"{'key':<16}{'total':>6}{'free':>6}{'pending':>9}"]
-    rows += [f"{k:<16}{v['total']:>6}{v['free']:>6}{v['pending']:>9}" for k, v in
-             sorted(boards.items())]
+            f"{'key':<16}{'total':>6}{'free':>6}{'busy':>6}{'waiting':>9}"]
+    rows += [f"{k:<16}{v['total']:>6}{v['free']:>6}{v['busy']:>6}{v['pending']:>9}"
+             for k, v in sorted(boards.items())]
     if not boards:
         rows.append("(no boards registered: `tvmq device up [--emulated-arm]`)")
     return "\n".join(rows)
@@ -112,8 +130,6 @@ def _address(tracker) -> TrackerAddress:
 
 
 def _tracker_answers(addr: TrackerAddress) -> bool:
-    from tvmq.errors import DeviceError
-
     try:
         summary(addr, timeout=2.0)
         return True
@@ -121,8 +137,20 @@ def _tracker_answers(addr: TrackerAddress) -> bool:
         return False
 
 
-def _registered_keys(addr: TrackerAddress) -> set[str]:
-    return {s["key"].split(":", 1)[1] for s in summary(addr)["server_info"]}
+def _registered_keys(addr: TrackerAddress) -> list[str]:
+    """The key of every registered server (a key served N times appears N times)."""
+    return [s["key"].split(":", 1)[1] for s in summary(addr)["server_info"]]
+
+
+def _host_servers(addr: TrackerAddress, count: int, fleet: int) -> list[dict]:
+    """Spawn ``count`` servers under key ``host``, each with 1/``fleet`` of the cores."""
+    from tvmq._tvm import physical_cores
+
+    env = {"TVM_NUM_THREADS": str(max(1, physical_cores() // fleet))} if fleet > 1 else None
+    ports: set[int] = set()
+    while len(ports) < count:  # distinct: the OS may offer a just-probed port again
+        ports.add(_proc.free_port(addr.host))
+    return [_proc.spawn_server(addr, "host", addr.host, port, env=env) for port in sorted(ports)]
 
 
 __all__ = ["up", "down", "queue", "format_queue", "connect", "Remote", "BenchResult", "default_tracker",

@@ -21,6 +21,9 @@ def add_parsers(subparsers) -> None:
     up.add_argument("--port", type=int, help="tracker port (default TVM_TRACKER_PORT or 9190)")
     up.add_argument("--no-host-server", dest="host_server", action="store_false",
                     help="do not serve this machine's CPU under key 'host'")
+    up.add_argument("--servers", type=int, default=1, metavar="N",
+                    help="run N servers under key 'host' (a fleet on loopback; each gets "
+                         "1/N of the cores); default 1")
     up.set_defaults(func=_up)
 
     down = actions.add_parser("down", help="stop the processes `device up` started")
@@ -31,7 +34,8 @@ def add_parsers(subparsers) -> None:
                        help="stop everything `device up` recorded, for every tracker")
     down.set_defaults(func=_down)
 
-    lst = actions.add_parser("list", help="boards registered with the tracker, free/pending")
+    lst = actions.add_parser("list", help="boards registered with the tracker per key: "
+                             "total, free, busy, requests waiting")
     lst.add_argument("--tracker", help="HOST:PORT (default TVM_TRACKER_HOST:TVM_TRACKER_PORT)")
     lst.set_defaults(func=_list)
 
@@ -60,7 +64,7 @@ def _up(args: argparse.Namespace) -> int:
     from tvmq import device
 
     info = device.up(emulated_arm=args.emulated_arm, host=args.host, port=args.port,
-                     host_server=args.host_server)
+                     host_server=args.host_server, servers=args.servers)
     started = ", ".join(info["started"]) or "nothing new (already running)"
     print(f"tracker {info['tracker']}: started {started}; state in {info['state']}")
     print(device.format_queue(device.queue(info["tracker"]), info["tracker"]))

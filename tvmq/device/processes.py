@@ -142,13 +142,16 @@ def server_argv(tracker: TrackerAddress, key: str, host: str, port: int,
 
 
 def spawn_server(tracker: TrackerAddress, key: str = "host", host: str = DEFAULT_HOST,
-                 port: int | None = None, argv: list[str] | None = None) -> dict:
-    """Start an RPC server registered under ``key`` without waiting for it."""
+                 port: int | None = None, argv: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> dict:
+    """Start an RPC server registered under ``key`` without waiting for it (``env``: extra
+    environment variables, e.g. ``TVM_NUM_THREADS``)."""
     port = port or free_port(host)
     if _port_in_use(host, port):
         raise DeviceError(f"port {host}:{port} is already in use", "pick another port")
     argv = argv or server_argv(tracker, key, host, port)
-    entry = _spawn(f"server:{key}", argv, state_path().parent / f"server-{key}-{port}.log")
+    entry = _spawn(f"server:{key}", argv, state_path().parent / f"server-{key}-{port}.log",
+                   env)
     entry.update(host=host, port=port, key=key, tracker=[tracker.host, tracker.port])
     return entry
 
