@@ -23,7 +23,7 @@ def cmd_tune(args) -> int:
         report = tune(model, args.board, example_inputs=example, input_shapes=shapes, trials=trials, time_budget_min=args.time_budget,
                       db=args.db, device=args.device, trials_per_iter=args.trials_per_iter,
                       progress=not args.quiet, max_tasks=args.tasks,
-                      kernels=not args.no_kernels)
+                      kernels=not args.no_kernels, boards=args.boards)
     est = report.estimated_ms
     print(f"tuned {len(report.tasks)} task(s): {report.trials_run} new trial(s), "
           f"{report.trials_before + report.trials_run} in {report.db}; "
@@ -34,6 +34,9 @@ def cmd_tune(args) -> int:
         name = ", ".join(task.get("layers") or []) or task["name"]  # the user's layer names
         name = name if len(name) <= 48 else name[:45] + "..."
         print(f"  {name:<48} x{task['weight']:<3} {task['records']:>5} records  {best}",
+              file=out)
+    if report.boards:
+        print("measured on " + ", ".join(f"{b} ({n})" for b, n in report.boards.items()),
               file=out)
     if args.export_db:
         source = (model, example) if example is not None else model  # zoo: (module, input)
@@ -52,6 +55,9 @@ def add_parsers(sub) -> None:
     p.add_argument("model", help="model.onnx, program.pt2, zoo:NAME or an artifact directory")
     p.add_argument("--board", default="host")
     p.add_argument("--device", help="rpc://HOST:PORT/KEY to measure on a board (default: local)")
+    p.add_argument("--boards", type=int, metavar="N",
+                   help="with --device: measure on N boards under the key at once (default: "
+                        "every board free under the key at the start)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--trials", type=int,
                         help="total trials the database should hold, default 64 "

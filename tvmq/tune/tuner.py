@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -34,6 +35,7 @@ from tvmq.schedules import database as dbmod
 from tvmq.tune import cost_model as _cm
 
 BUILDER_TIMEOUT_S = 300  # workers import tvm.s_tir.tensor_intrin (~33 s, more under load)
+BOARD_LOG = "boards.jsonl"  # under <db>/logs/: every measurement attempt on a board
 
 
 @dataclasses.dataclass
@@ -51,6 +53,8 @@ class TuneReport:
     trials_run: int
     seconds: float
     curve: list[tuple[int, float]]
+    #: successful measurements per board (``HOST:PORT``) when measured over RPC
+    boards: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def estimated_ms(self) -> float | None:
@@ -186,14 +190,26 @@ def _builder_init() -> None:
     builder_initializer()
 
 
-def _builder(board: Board):
+def _build_worker_init() -> None:
+    """:func:`_builder_init`, then TVM's own tensor intrinsics, which MetaSchedule's
+    ``default_build`` imports on a worker's first build (~35 s, 100+ s on 2 loaded cores):
+    there the import counted against that build's timeout, and two workers importing at
+    once both timed out; an initializer has no timeout."""
+    _builder_init()
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
+def _builder(board: Board, workers: int = 1):
     ms = meta_schedule()
     export = None
     if board.cross_compiler:
         ensure_cross_compiler(board)
         export = functools.partial(_export_cross, compiler=board.cross_compiler)
-    return ms.builder.LocalBuilder(max_workers=1, timeout_sec=BUILDER_TIMEOUT_S,
-                                   f_export=export, initializer=_builder_init)
+    builder = ms.builder.LocalBuilder(max_workers=workers, timeout_sec=BUILDER_TIMEOUT_S,
+                                      f_export=export, initializer=_builder_init)
+    # the constructor's one-off check pool needs no TVM intrinsics; the build pools do
+    builder.initializer = _build_worker_init
+    return builder
 
 
 def parse_device(url: str | None) -> tuple[str, int, str] | None:
@@ -213,7 +229,10 @@ def parse_device(url: str | None) -> tuple[str, int, str] | None:
     return addr.host, addr.port, key
 
 
-def _runner(board: Board, device: str | None, number: int, repeat: int):
+def _runner(board: Board, device: str | None, number: int, repeat: int,
+            boards: int | None = None, log_path: Path | None = None):
+    """LocalRunner, or a :class:`~tvmq.device.fleet.FleetRunner` measuring on ``boards``
+    boards under the device's key at once (default: those free now, at least 1)."""
     ms = meta_schedule()
     evaluator = ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=20,
                                           enable_cpu_cache_flush=False)
@@ -223,27 +242,45 @@ def _runner(board: Board, device: str | None, number: int, repeat: int):
             raise TvmqError(f"board {board.name!r} cannot run on this machine",
                             f"pass --device rpc://HOST:PORT/{board.rpc_key} (see tvmq device up)")
         return ms.runner.LocalRunner(evaluator_config=evaluator, timeout_sec=120)
+    from tvmq.device.fleet import FleetRunner
+    from tvmq.device.tracker import TrackerAddress
+
     host, port, key = remote
-    _check_tracker(host, port, key)
-    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
-                                 session_timeout_sec=300)
-    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
+    free = _check_tracker(host, port, key)
+    return FleetRunner(TrackerAddress(host, port), key, boards or max(free, 1), evaluator,
+                       session_timeout=300, log_path=log_path)
 
 
-def _check_tracker(host: str, port: int, key: str) -> None:
-    """Fail fast (clear error) when the tracker is down or has no server under ``key``."""
-    from tvmq.device.tracker import TrackerAddress, summary
+def _check_tracker(host: str, port: int, key: str) -> int:
+    """Fail fast (clear error) when the tracker is down or has no server under ``key``;
+    returns how many servers under ``key`` are free."""
+    from tvmq.device.tracker import TrackerAddress, boards
 
-    info = summary(TrackerAddress(host, port))
-    keys = {str(k).split(":")[-1] for k in _server_keys(info)}
-    if key not in keys:
+    queue = boards(TrackerAddress(host, port), key)
+    if not queue["total"]:
         raise TvmqError(f"no server registered under key {key!r} at {host}:{port}",
                         "start one (tvmq device up [--emulated-arm]) or fix the key")
+    return queue["free"]
 
 
-def _server_keys(info) -> list[str]:
-    keys = [s.get("key", "") for s in info.get("server_info", [])]
-    return keys + list(info.get("queue_info", {}).keys())
+def _check_parallelism(device: str | None, boards: int | None, builders: int | None) -> None:
+    if boards is not None and boards < 1:
+        raise TvmqError(f"--boards must be at least 1, got {boards}",
+                        "use --boards 1, or leave it out to use every free board")
+    if boards is not None and parse_device(device) is None:
+        raise TvmqError("--boards needs a board to measure on",
+                        "add --device rpc://HOST:PORT/KEY, or drop --boards")
+    if builders is not None and builders < 1:
+        raise TvmqError(f"builders must be at least 1, got {builders}",
+                        "pass builders=1, or None for every local core")
+
+
+def _measured_per_board(log: Path) -> dict[str, int]:
+    if not log.is_file():
+        return {}
+    from tvmq.device.fleet import measured_per_board
+
+    return measured_per_board(log)
 
 
 def _space(board: Board, kernel: bool = False):
@@ -280,7 +317,8 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
          trials: int = 64, time_budget_min: float | None = None, db: str | Path = "tune-db",
          device: str | None = None, trials_per_iter: int = 16, number: int = 3,
          repeat: int = 3, progress: bool = True, seed: int = 0,
-         max_tasks: int | None = None, kernels: bool = True) -> TuneReport:
+         max_tasks: int | None = None, kernels: bool = True, boards: int | None = None,
+         builders: int | None = None) -> TuneReport:
     """Tune ``model``'s tasks for ``board``; records accumulate in the database ``db``.
 
     Parameters
@@ -295,6 +333,13 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
         Database directory (MetaSchedule JSON files + meta.json + cost model).
     device : str, optional
         ``rpc://HOST:PORT/KEY`` to measure on a board through a tracker; default local.
+    boards : int, optional
+        With ``device``: measure on this many boards under the key at once (default: the
+        servers free under the key when the run starts, at least 1). A board that drops out
+        mid-run costs no result: its candidate is re-measured on another board.
+    builders : int, optional
+        Processes building candidates on this machine (default: every core when measuring
+        on boards, 1 when measuring here, where builds would disturb the timings).
     max_tasks : int, optional
         Tune only the ``max_tasks`` most expensive tasks (measured time of the default build
         when the board is this machine, else weighted FLOPs).
@@ -308,6 +353,11 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
     board = get_board(board)
     if trials < 1:
         raise TvmqError(f"--trials must be positive, got {trials}", "use --trials 64")
+    _check_parallelism(device, boards, builders)
+    remote = parse_device(device)
+    if remote is not None:  # before the minutes of task extraction: a tracker is there
+        free = _check_tracker(*remote)
+        boards = boards or max(free, 1)  # every board free now
     db_dir = Path(db)
     reason = dbmod.compatible(db_dir, board.target, TVM_VERSION)
     if (db_dir / dbmod.WORKLOAD_FILE).exists() and reason is not None:
@@ -316,7 +366,7 @@ def tune(model, board: str | Board = "host", *, example_inputs=None, input_shape
     with _working_copy(db_dir) as work:
         return _tune_into(work, db_dir, model, board, example_inputs, input_shapes, trials,
                           time_budget_min, device, trials_per_iter, number, repeat, progress,
-                          seed, max_tasks, kernels)
+                          seed, max_tasks, kernels, boards, builders)
 
 
 class TuneInterrupted(KeyboardInterrupt):
@@ -326,7 +376,7 @@ class TuneInterrupted(KeyboardInterrupt):
 
 def _tune_into(work: Path, db_dir: Path, model, board: Board, example_inputs, input_shapes,
                trials, time_budget_min, device, trials_per_iter, number, repeat, progress,
-               seed, max_tasks, kernels) -> "TuneReport":
+               seed, max_tasks, kernels, boards=None, builders=None) -> "TuneReport":
     """:func:`tune` on ``work``, a private copy of ``db_dir`` published into it after each
     measured batch (write-then-rename: a crash or kill cannot leave a partial line)."""
     ms = meta_schedule()
@@ -354,11 +404,14 @@ def _tune_into(work: Path, db_dir: Path, model, board: Board, example_inputs, in
         cb.best_us = [b for _, b in existing]
         cb.mark_start()
         cost_model = _cost_model(db_dir)
+        remote = parse_device(device) is not None
+        runner = _runner(board, device, number, repeat, boards, work / "logs" / BOARD_LOG)
+        builder = _builder(board, builders or ((os.cpu_count() or 1) if remote else 1))
         with _stop_on_ctrl_c(cb):
             ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work),
                           max_trials_global=remaining,
                           num_trials_per_iter=min(trials_per_iter, remaining),
-                          builder=_builder(board), runner=_runner(board, device, number, repeat),
+                          builder=builder, runner=runner,
                           database=database, cost_model=cost_model,
                           measure_callbacks=ms.measure_callback.MeasureCallback.create(
                               "default") + [cb])
@@ -373,7 +426,8 @@ def _tune_into(work: Path, db_dir: Path, model, board: Board, example_inputs, in
     report = TuneReport(board.name, str(db_dir), [
         {"name": n, "layers": lays, "weight": w, "records": c, "best_us": b}
         for n, lays, w, (c, b) in zip(names, task_names, weights, after)], before,
-        sum(c for c, _ in after) - before, time.monotonic() - t0, cb.curve if cb else [])
+        sum(c for c, _ in after) - before, time.monotonic() - t0, cb.curve if cb else [],
+        _measured_per_board(db_dir / "logs" / BOARD_LOG) if cb else {})
     atomic_write(db_dir / "tune_report.json",
                  lambda f: f.write(json.dumps(report.to_json(), indent=2).encode()))
     return report
