@@ -374,3 +374,52 @@ def test_sampled_float_space_replays(rng):
         lib = tvm.compile(replay.mod, target=TARGET)
         _check(_run(lib, x, wp, out_shape=ref.shape), ref, mag, k, f"seed {seed}")
     assert len(decisions) > 1
+
+
+# ---- ONNX's own Conv / Gemm cases, weights as initializers ------------------------------
+ONNX_CASES = ["test_basic_conv_with_padding", "test_basic_conv_without_padding",
+              "test_conv_with_strides_padding", "test_conv_with_strides_no_padding",
+              "test_conv_with_strides_and_asymmetric_padding", "test_conv_with_autopad_same",
+              "test_gemm_default_vector_bias", "test_gemm_transposeB", "test_gemm_all_attributes",
+              "test_matmul_2d"]
+
+
+def _with_constant_weights(case):
+    """The case's model with every input but the first an initializer (as in a real model)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    inputs, _ = case.data_sets[0]
+    graph = model.graph
+    for inp, value in zip(list(graph.input)[1:], inputs[1:]):
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value), inp.name))
+        graph.input.remove(inp)
+    return model
+
+
+@pytest.fixture(scope="module")
+def onnx_cases():
+    from onnx.backend.test.case.node import collect_testcases
+
+    return {c.name: c for c in collect_testcases(None) if c.name in ONNX_CASES}
+
+
+@pytest.mark.parametrize("name", ONNX_CASES)
+def test_onnx_conv_gemm_cases(onnx_cases, name, tmp_path):
+    import tvmq
+
+    case = onnx_cases[name]
+    inputs, expected = case.data_sets[0]
+    model = _with_constant_weights(case)
+    art = tvmq.compile(model, options=tvmq.PipelineOptions(dump_dir=str(tmp_path)))
+    assert "tvmq_fkernel" in (tmp_path / "03-legalize.py").read_text(), "float kernel not used"
+    got = art.run([np.asarray(inputs[0])])[0]
+    ref = np.asarray(expected[0], np.float64)
+    arrays = [np.abs(np.asarray(a, np.float64)) for a in inputs]
+    k = int(np.prod(arrays[1].shape[1:])) if "conv" in name else arrays[0].shape[-1]
+    # k max|x| max|w| bounds each sum of |products|; bias / C and Gemm's alpha, beta (<= 1
+    # in these cases) add at most their own magnitude and a few roundings
+    mag = k * arrays[0].max() * arrays[1].max() + sum(a.max() for a in arrays[2:]) + np.abs(ref)
+    _check(got, ref, mag, k + 4, name)
