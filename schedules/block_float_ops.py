@@ -7,13 +7,14 @@ Rewrites, for the target's :class:`~tvmq.schedules.strategy.FloatStrategy`:
   runs the register-tiled conv with weights packed *now*, at compile time, and unpacks to
   NCHW; in the float blocked layout (``data_layout = out_layout = NCHW{b}c``, see
   :class:`BlockedFloatLayout`) it reads and writes that layout directly;
-* depthwise ``conv2d`` (groups = C = O, ``C`` a multiple of the block) likewise;
+* depthwise ``conv2d`` (groups = C = O, ``C`` a multiple of the block) likewise, and grouped
+  ones whose groups hold whole output blocks (and whole input blocks);
 * ``matmul(x, W)`` (``x`` 2-D float32, ``W`` a constant ``[K, N]``) into a dense kernel.
 
 The kernels return what the op they replace returns and are marked
 ``op_pattern = kOutEWiseFusable``, so ``FuseOps`` fuses bias, BatchNorm scale/shift,
 activations and residual adds into them and :class:`ScheduleFloatKernels` computes that
-epilogue per register tile. Anything else (grouped convs, weights computed at run time
+epilogue per register tile. Anything else (groups of partial blocks, weights computed at run time
 such as a codebook's ``take``, other dtypes and layouts) is left for ``LegalizeOps``.
 
 Position: legalize phase, before ``LegalizeOps``, after :class:`BlockIntegerOps` (whose
@@ -126,6 +127,11 @@ class _Mutator(relax.PyExprMutator):
         if groups == x_shape[1] == o and ci == 1 and o % fs.block == 0:
             tile = depthwise_tile(hw[1], fs, divisors_only=in_place)
             return self._depthwise(call, x, x_shape, w, geo, hw, tile, fs.block, bool(blk))
+        if groups > 1 and ci * groups == x_shape[1] and (o // groups) % fs.block == 0 \
+                and ci % F.input_block(ci, fs.block) == 0:
+            tile = conv_tile(hw[1], o // groups // fs.block, fs, divisors_only=in_place)
+            return self._dense_conv(call, x, x_shape, w, geo, hw, tile,
+                                    fs.block if blk else None, groups=groups)
         return None
 
     def _channel_padded_source(self, x):
@@ -144,8 +150,8 @@ class _Mutator(relax.PyExprMutator):
             return None
         return pad.args[0]
 
-    def _dense_conv(self, call, x, x_shape, w, geo, hw, tile, blk, nchw_in=False):
-        """groups=1; ``blk``: the output layout block (and the input's unless
+    def _dense_conv(self, call, x, x_shape, w, geo, hw, tile, blk, nchw_in=False, groups=1):
+        """Not depthwise; ``blk``: the output layout block (and the input's unless
         ``nchw_in``), or None (NCHW)."""
         strides, pads, dil = geo
         owp = F.padded(hw[1], tile[0])
@@ -155,13 +161,13 @@ class _Mutator(relax.PyExprMutator):
             if w.shape[0] % blk:
                 return None
             xb, xp = blk, (F.pad_blocked(x_t, pads) if any(pads) else x_t)
-        else:
-            xb = F.input_block(x_shape[1], blk or self.fs.block)
+        else:  # per group: w.shape[1] input channels
+            xb = F.input_block(w.shape[1], blk or self.fs.block)
             xp = F.pack_activation(x_t, xb, pads)
         ob = blk or self.fs.block
         wp_np = F.pack_conv_weight(w, ob, xb)
         wp = te.placeholder(F.i64(wp_np.shape), "float32", "w_packed")
-        acc = F.conv2d(xp, wp, strides, dil, (hw[0], owp), tile)
+        acc = F.conv2d(xp, wp, strides, dil, (hw[0], owp), tile, groups=groups)
         out = F.unpack_blocked(acc, hw[1]) if blk else F.unpack_nchw(acc, w.shape[0], hw[1])
         return self._call([x_t, wp], out, [x, relax.const(wp_np)], struct_shape(call))
 

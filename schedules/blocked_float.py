@@ -105,9 +105,15 @@ def _check_width(xp, out_w, kw, sw, dw) -> None:
                          f"for {out_w} output pixels (see right_pad)")
 
 
-def conv2d(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, tile=None):
-    """``[N, O/ob, OH, OWp, ob]`` of a groups=1 conv over padded blocked ``xp``
+def conv2d(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, tile=None,
+           groups: int = 1):
+    """``[N, O/ob, OH, OWp, ob]`` of a conv over padded blocked ``xp``
     (block ``BLOCK_FCONV``; reduction ``cb, kh, kw, ci``, unit ones left out).
+
+    ``groups > 1``: ``wp`` holds each group's ``C/groups`` input channels (packed from
+    ``[O, C/groups, KH, KW]`` like a groups=1 weight), and output block ``o`` reads the
+    input blocks of its group; needs ``O/groups`` a multiple of ``ob`` and ``C/groups``
+    of the input block ``xb``.
 
     ``out_hw[1]`` may exceed the real output width: rows are then computed in whole
     register tiles (``tile = (ow, ob_tile)``, recorded on the block for the schedule) over
@@ -122,8 +128,11 @@ def conv2d(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, tile=None):
     red = [a for a, _ in axes if a is not None]
     cb, kh, kw, ci = (v for _, v in axes)
 
+    per_group = ob_n // groups  # output blocks of a group
+
     def f(b, o, y, x_, oi):
-        prod = xp[b, cb, y * sh + kh * dh, x_ * sw + kw * dw, ci] * wp[o, cb, kh, kw, ci, oi]
+        xcb = cb if groups == 1 else o // per_group * cb_n + cb
+        prod = xp[b, xcb, y * sh + kh * dh, x_ * sw + kw * dw, ci] * wp[o, cb, kh, kw, ci, oi]
         return te.sum(prod, axis=red) if red else prod
 
     return te.compute(i64((n, ob_n, *out_hw, ob)), f, name=BLOCK_FCONV,

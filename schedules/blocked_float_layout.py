@@ -14,7 +14,7 @@ Before the conversion:
   :class:`BlockFloatOps` then packs the real NCHW input itself;
 * ``clip`` (ReLU6), which has no layout rule in TVM 0.27 and would send every tensor back
   to NCHW and forth again, becomes ``minimum(maximum(x, lo), hi)``;
-* convs that stay NCHW (other dtypes, grouped, channels not divisible by ``b``,
+* convs that stay NCHW (other dtypes, groups of partial blocks, channels not divisible by ``b``,
   non-constant weights) are hidden from ``ConvertLayout`` inside private functions and
   inlined back afterwards.
 
@@ -112,7 +112,8 @@ class _Prepare(relax.PyExprMutator):
                 or w.ndim != 4 or str(a.kernel_layout) != "OIHW" or w.dtype != np.float32:
             return None
         c, o, groups = struct_shape(x)[1], w.shape[0], int(a.groups)
-        if o % self.b or (groups not in (1, c)) or (groups == c and c % self.b):
+        if o % self.b or (groups == c and c % self.b) \
+                or (1 < groups < c and ((o // groups) % self.b or (c // groups) % self.b)):
             return None
         if groups == 1 and c % self.b:  # a stem: zero-padded input channels
             extra = -c % self.b

@@ -44,7 +44,7 @@ def _channel_fn(blocked: bool, block: int):
 
 def conv_func(x_shape, w: np.ndarray, fs: FloatStrategy, strides=(1, 1), padding=(0,) * 4,
               dilation=(1, 1), layout: str = "NCHW", bias=None, relu=False, residual=False,
-              tile=None):
+              tile=None, groups: int = 1):
     """(PrimFunc, packed weight) of a groups=1 float conv; ``layout="blocked"``: input and
     output ``NCHW{fs.block}c`` (``x_shape`` still NCHW). Arguments: ``x, w, [bias],
     [residual], out``. ``tile``: ``(ow, ob_tile)`` register tile (default: chosen for ``fs``)."""
@@ -54,7 +54,7 @@ def conv_func(x_shape, w: np.ndarray, fs: FloatStrategy, strides=(1, 1), padding
     blocked = layout != "NCHW"
     hw = out_hw(h, wd, w.shape[2:], strides, padding, dilation)
     # an input copied anyway (packed or padded) takes extra columns for whole tiles
-    tile = tile or conv_tile(hw[1], -(-w.shape[0] // fs.block), fs,
+    tile = tile or conv_tile(hw[1], -(-w.shape[0] // groups // fs.block), fs,
                              divisors_only=blocked and not any(padding))
     owp = F.padded(hw[1], tile[0])
     padding = F.right_pad(wd, padding, w.shape[3], strides[1], dilation[1], owp)
@@ -63,11 +63,11 @@ def conv_func(x_shape, w: np.ndarray, fs: FloatStrategy, strides=(1, 1), padding
         xp, xb = (F.pad_blocked(x, padding) if any(padding) else x), fs.block
     else:
         x = te.placeholder(F.i64(x_shape), "float32", "x")
-        xb = F.input_block(c, fs.block)
+        xb = F.input_block(w.shape[1], fs.block)  # a group's input channels
         xp = F.pack_activation(x, xb, padding)
     wp_np = F.pack_conv_weight(w, fs.block, xb)
     wp = te.placeholder(F.i64(wp_np.shape), "float32", "w_packed")
-    acc = F.conv2d(xp, wp, strides, dilation, (hw[0], owp), tile)
+    acc = F.conv2d(xp, wp, strides, dilation, (hw[0], owp), tile, groups=groups)
     out = F.unpack_blocked(acc, hw[1]) if blocked else F.unpack_nchw(acc, w.shape[0], hw[1])
     out, extra = _epilogue(out, _channel_fn(blocked, fs.block), bias, relu, residual)
     return te.create_prim_func([x, wp, *extra, out]), wp_np

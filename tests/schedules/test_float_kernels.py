@@ -112,6 +112,26 @@ def test_conv_blocked_with_residual(rng, pad, tile):
     _check(_from_blocked(got), ref, mag, k, f"pad {pad} tile {tile}")
 
 
+@pytest.mark.parametrize("c_g,layout", [(3, "NCHW"), ("block", "NCHW"), ("block", "blocked")])
+def test_grouped_conv(rng, c_g, layout):
+    """Groups of whole output blocks; each group's inputs one small block or whole blocks."""
+    c_g = FS.block * 2 if c_g == "block" else c_g
+    groups, o_g = 2, FS.block * 2
+    x = rng.standard_normal((1, groups * c_g, 9, 9)).astype(np.float32)
+    wt = rng.standard_normal((groups * o_g, c_g, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(groups * o_g).astype(np.float32)
+    func, wp = FK.conv_func(x.shape, wt, FS, padding=(1,) * 4, groups=groups, layout=layout,
+                            bias=b, relu=True)
+    lib = FK.build(func, TARGET, FS)
+    ref, mag, k = _conv_ref(x, wt, b, pad=1, groups=groups, relu=True)
+    if layout == "NCHW":
+        got = _run(lib, x, wp, b, out_shape=ref.shape)
+    else:
+        got = _from_blocked(_run(lib, to_blocked(x, FS.block), wp, b,
+                                 out_shape=(1, 4, 9, 9, FS.block)))
+    _check(got, ref, mag, k, f"groups {groups} c_g {c_g} {layout}")
+
+
 @pytest.mark.parametrize("stride,layout", [(1, "NCHW"), (2, "NCHW"), (1, "blocked"),
                                            (2, "blocked")])
 def test_depthwise(rng, stride, layout):
@@ -252,9 +272,9 @@ def test_layout_flows_between_float_layers():
     assert not any("tvmq_fkernel" in c for c in old)
 
 
-def test_block_float_ops_leaves_grouped_and_dynamic_weights(rng):
-    """A grouped (not depthwise) conv and a conv whose weight is computed at run time stay
-    for LegalizeOps."""
+def test_block_float_ops_leaves_partial_groups_and_dynamic_weights(rng):
+    """A grouped conv whose groups hold 4 output channels (not whole blocks) and a conv
+    whose weight is computed at run time stay for LegalizeOps."""
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, 8, 6, 6), "float32"))
     wv = relax.Var("w", relax.TensorType((8, 8, 1, 1), "float32"))
