@@ -427,7 +427,7 @@ def _tune_into(work: Path, db_dir: Path, model, board: Board, example_inputs, in
         {"name": n, "layers": lays, "weight": w, "records": c, "best_us": b}
         for n, lays, w, (c, b) in zip(names, task_names, weights, after)], before,
         sum(c for c, _ in after) - before, time.monotonic() - t0, cb.curve if cb else [],
-        _measured_per_board(db_dir / "logs" / BOARD_LOG) if cb else {})
+        _measured_per_board(work / "logs" / BOARD_LOG))  # this run's, not an earlier one's
     atomic_write(db_dir / "tune_report.json",
                  lambda f: f.write(json.dumps(report.to_json(), indent=2).encode()))
     return report
