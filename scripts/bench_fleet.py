@@ -9,8 +9,10 @@ which at least one board was measuring (from the runner's log ``<db>/logs/boards
 and the rest (task extraction, search, building). Writes JSON with per-config medians and
 the ratios first config / each other.
 
-Loopback servers share this machine's cores with the builder (with 2 servers each gets
-half the cores): on a 2-core host the builds, not the boards, set the pace.
+Every config's servers run with the same number of threads (``--server-threads``,
+default: the cores divided by the largest config), so all boards are alike and only their
+number changes. Loopback servers share this machine's cores with the builder: on a 2-core
+host the builds, not the boards, set the pace.
 
     python scripts/bench_fleet.py --configs 1 2 --rounds 2 -o docs/results/bench_fleet.json
 """
@@ -91,9 +93,13 @@ def main() -> None:
                     help="evaluator repeats per measurement (>= 20 ms each): raise it to "
                          "play a slower board")
     ap.add_argument("--builders", type=int, help="build processes (default: every core)")
+    ap.add_argument("--server-threads", type=int,
+                    help="TVM threads per server (default: cores // largest config)")
     ap.add_argument("-o", "--output", default="out/bench_fleet.json")
     args = ap.parse_args()
     os.environ.setdefault("TVMQ_DEVICE_STATE", str(Path(tempfile.mkdtemp()) / "state.json"))
+    threads = args.server_threads or max(1, (os.cpu_count() or 1) // max(args.configs))
+    os.environ["TVM_NUM_THREADS"] = str(threads)  # what the servers inherit (a lone one too)
     runs: dict[int, list[dict]] = {n: [] for n in args.configs}
     with tempfile.TemporaryDirectory(prefix="tvmq-bench-fleet-") as tmp:
         for r in range(args.rounds):
@@ -108,6 +114,7 @@ def main() -> None:
     ref = args.configs[0]
     out = {"cpu": _cpu(), "cores": os.cpu_count(), "trials": args.trials,
            "repeat": args.repeat, "builders": args.builders or os.cpu_count(),
+           "server_threads": threads,
            "median": med, "runs": runs,
            "ratio_wall": {n: med[ref]["wall_s"] / med[n]["wall_s"] for n in args.configs},
            "ratio_measuring": {n: med[ref]["measuring_s"] / med[n]["measuring_s"]
