@@ -97,12 +97,13 @@ class FloatStrategy:
         float32 lanes of one vector register (AVX-512 16, AVX2 8, SSE / NEON 4).
     block : int
         Channel block of the float layout ``NCHW{block}c`` and of the kernels' output
-        vectors (one register).
+        vectors (one register; :meth:`with_block` for a multiple of it).
     regs : int
         Vector registers (AVX2, SSE, armv7 NEON q: 16; AVX-512, aarch64: 32).
     max_acc : int
         Most accumulator registers of one register tile; the others hold the tile's weight
-        vectors and the broadcast input (:func:`tvmq.schedules.schedule_float_kernels.register_tile`).
+        vectors and the broadcast input
+        (:func:`tvmq.schedules.schedule_float_kernels.conv_tile`).
     """
 
     name: str
@@ -112,8 +113,8 @@ class FloatStrategy:
     max_acc: int
 
     def with_block(self, block: int) -> "FloatStrategy":
-        """The same kernels over a wider layout block (a multiple of ``lanes``: the integer
-        layers' ``NCHW16c`` on AVX2, so float and integer layers share one layout)."""
+        """The same kernels over another layout block (a conv already in ``NCHW{block}c``,
+        e.g. the integer layers' ``NCHW16c`` on AVX2: two registers a block)."""
         return dataclasses.replace(self, block=block)
 
 
