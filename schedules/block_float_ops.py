@@ -9,13 +9,15 @@ Rewrites, for the target's :class:`~tvmq.schedules.strategy.FloatStrategy`:
   :class:`BlockedFloatLayout`) it reads and writes that layout directly;
 * depthwise ``conv2d`` (groups = C = O, ``C`` a multiple of the block) likewise, and grouped
   ones whose groups hold whole output blocks (and whole input blocks);
-* ``matmul(x, W)`` (``x`` 2-D float32, ``W`` a constant ``[K, N]``) into a dense kernel.
+* ``matmul(x, W)`` (``x`` 2-D float32, ``W`` a ``[K, N]`` weight) into a dense kernel.
 
 The kernels return what the op they replace returns and are marked
 ``op_pattern = kOutEWiseFusable``, so ``FuseOps`` fuses bias, BatchNorm scale/shift,
 activations and residual adds into them and :class:`ScheduleFloatKernels` computes that
-epilogue per register tile. Anything else (groups of partial blocks, weights computed at run time
-such as a codebook's ``take``, other dtypes and layouts) is left for ``LegalizeOps``.
+epilogue per register tile. A weight computed at run time (a codebook's ``take``, a
+dequantize the integer lowering left) is packed inside the kernel, once a call, before the
+conv. Anything else (groups of partial blocks, other dtypes and layouts) is left for
+``LegalizeOps``.
 
 Position: legalize phase, before ``LegalizeOps``, after :class:`BlockIntegerOps` (whose
 float fallbacks between blocked integer layers are NCHW convs this pass then takes).
@@ -68,6 +70,41 @@ def _out_hw(x_shape, w_shape, strides, pads, dil) -> tuple[int, int]:
     return out_hw(x_shape[2], x_shape[3], w_shape[2:], strides, pads, dil)
 
 
+class _Weight:
+    """A conv/dense weight: a compile-time constant, packed now, or a tensor computed at run
+    time (a codebook's ``take``), packed inside the kernel (block ``BLOCK_DECODE_W``)."""
+
+    def __init__(self, value: np.ndarray | None, expr):
+        self.value, self.expr = value, expr
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape) if self.value is not None else struct_shape(self.expr)
+
+    def first_inputs(self, c: int) -> "_Weight":
+        """The weight of the first ``c`` input channels (constants only)."""
+        return _Weight(self.value[:, :c], None)
+
+    def operand(self, pack_np, pack_te, *args):
+        """``(placeholder, tensor the kernel reads, Relax argument)``."""
+        if self.value is not None:
+            packed = pack_np(self.value, *args)
+            t = te.placeholder(F.i64(packed.shape), "float32", "w_packed")
+            return t, t, relax.const(packed)
+        t = te.placeholder(F.i64(self.shape), "float32", "w")
+        return t, pack_te(t, *args), self.expr
+
+
+def _weight(mut, expr, ndim: int) -> _Weight | None:
+    value = _const(mut, expr)
+    if value is not None:
+        return _Weight(value, None) if value.dtype == np.float32 and value.ndim == ndim \
+            else None
+    if struct_dtype(expr) == "float32" and len(struct_shape(expr) or ()) == ndim:
+        return _Weight(None, expr)
+    return None
+
+
 @relax.expr_functor.mutator
 class _Mutator(relax.PyExprMutator):
     def __init__(self, mod, fs: FloatStrategy):
@@ -104,8 +141,8 @@ class _Mutator(relax.PyExprMutator):
                 or str(a.out_layout) not in (layout, "") \
                 or not (layout == "NCHW" or blk):
             return None
-        w = _const(self, w_expr)
-        if w is None or w.dtype != np.float32 or w.ndim != 4:
+        w = _weight(self, w_expr, 4)
+        if w is None:
             return None
         x_shape = struct_shape(x)
         if blk:  # NCHW{b}c: the NCHW shape
@@ -118,9 +155,10 @@ class _Mutator(relax.PyExprMutator):
         fs = self.fs.with_block(int(blk.group(1))) if blk else self.fs
         in_place = bool(blk) and not any(geo[1])  # no padded copy of the input anyway
         if groups == 1 and ci == x_shape[1]:
-            src = self._channel_padded_source(x) if blk else None
+            src = self._channel_padded_source(x) if blk and w.value is not None else None
             if src is not None:  # a stem padded to whole blocks: pack the real channels
-                x, x_shape, w, in_place = src, struct_shape(src), w[:, :struct_shape(src)[1]], False
+                x, x_shape, in_place = src, struct_shape(src), False
+                w = w.first_inputs(x_shape[1])
             tile = conv_tile(hw[1], -(-o // fs.block), fs, divisors_only=in_place)
             return self._dense_conv(call, x, x_shape, w, geo, hw, tile,
                                     fs.block if blk else None, nchw_in=src is not None)
@@ -164,12 +202,11 @@ class _Mutator(relax.PyExprMutator):
         else:  # per group: w.shape[1] input channels
             xb = F.input_block(w.shape[1], blk or self.fs.block)
             xp = F.pack_activation(x_t, xb, pads)
-        ob = blk or self.fs.block
-        wp_np = F.pack_conv_weight(w, ob, xb)
-        wp = te.placeholder(F.i64(wp_np.shape), "float32", "w_packed")
+        w_arg, wp, w_rel = w.operand(F.pack_conv_weight, F.pack_conv_weight_te,
+                                     blk or self.fs.block, xb)
         acc = F.conv2d(xp, wp, strides, dil, (hw[0], owp), tile, groups=groups)
         out = F.unpack_blocked(acc, hw[1]) if blk else F.unpack_nchw(acc, w.shape[0], hw[1])
-        return self._call([x_t, wp], out, [x, relax.const(wp_np)], struct_shape(call))
+        return self._call([x_t, w_arg], out, [x, w_rel], struct_shape(call))
 
     def _depthwise(self, call, x, x_shape, w, geo, hw, tile, b, blocked):
         strides, pads, dil = geo
@@ -180,25 +217,23 @@ class _Mutator(relax.PyExprMutator):
             xp = F.pad_blocked(x_t, pads) if any(pads) else x_t
         else:
             xp = F.pack_activation(x_t, b, pads)
-        w_np = F.pack_depthwise_weight(w, b)
-        wt = te.placeholder(F.i64(w_np.shape), "float32", "w_packed")
+        w_arg, wt, w_rel = w.operand(F.pack_depthwise_weight, F.pack_depthwise_weight_te, b)
         acc = F.depthwise(xp, wt, strides, dil, (hw[0], owp), tile)
         out = F.unpack_blocked(acc, hw[1]) if blocked else F.unpack_nchw(acc, w.shape[0], hw[1])
-        return self._call([x_t, wt], out, [x, relax.const(w_np)], struct_shape(call))
+        return self._call([x_t, w_arg], out, [x, w_rel], struct_shape(call))
 
     def _matmul(self, call):
         x, w_expr = call.args
         if struct_dtype(x) != "float32" or str(call.attrs.out_dtype) not in _SAME_DTYPE \
                 or len(struct_shape(x)) != 2:
             return None
-        w = _const(self, w_expr)
-        if w is None or w.dtype != np.float32 or w.ndim != 2:
+        w = _weight(self, w_expr, 2)
+        if w is None:
             return None
         x_t = te.placeholder(F.i64(struct_shape(x)), "float32", "x")
-        wp_np = F.pack_dense_weight(w, self.fs.block)
-        wp = te.placeholder(F.i64(wp_np.shape), "float32", "w_packed")
+        w_arg, wp, w_rel = w.operand(F.pack_dense_weight, F.pack_dense_weight_te, self.fs.block)
         out = F.unpack_rows(F.dense(x_t, wp), w.shape[1], None)
-        return self._call([x_t, wp], out, [x, relax.const(wp_np)], struct_shape(call))
+        return self._call([x_t, w_arg], out, [x, w_rel], struct_shape(call))
 
 
 def BlockFloatOps(strategy: FloatStrategy | None) -> tvm.transform.Pass:  # noqa: N802

@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from tvmq._tvm import te, tir
-from tvmq.schedules.blocked import (BLOCK_PACK, BLOCK_PAD, BLOCK_UNPACK, ceil_div, i64,
-                                    unpack_rows)
+from tvmq.schedules.blocked import (BLOCK_DECODE_W, BLOCK_PACK, BLOCK_PAD, BLOCK_UNPACK,
+                                    ceil_div, i64, unpack_rows)
 
 BLOCK_FCONV = "tvmq_fconv"
 BLOCK_FDWCONV = "tvmq_fdwconv"
@@ -185,6 +185,43 @@ def dense(x: te.Tensor, wp: te.Tensor):
         return te.sum(prod, axis=[k]) if k is not None else prod
 
     return te.compute(i64((m, nb_n, ob)), f, name=BLOCK_FDENSE)
+
+
+# ---- run-time weight packing (TE): weights computed at run time (a codebook's take) -------
+def _weight_value(w: te.Tensor, idx, padded_axes):
+    """``w[idx]``, zero past the end of the ``padded_axes`` (blocks padded to whole)."""
+    limits = [int(w.shape[a]) for a in padded_axes]
+    inside = tir.all(*[idx[a] < lim for a, lim in zip(padded_axes, limits)])
+    clamped = list(idx)
+    for a, lim in zip(padded_axes, limits):
+        clamped[a] = tir.min(idx[a], lim - 1)
+    return tir.if_then_else(inside, w[tuple(clamped)], tir.const(0.0, w.dtype))
+
+
+def pack_conv_weight_te(w: te.Tensor, ob: int, xb: int):
+    """:func:`pack_conv_weight` of a run-time OIHW tensor, in the kernel (block
+    ``BLOCK_DECODE_W``, which the schedules run once, before the conv)."""
+    o, c, kh, kw = (int(d) for d in w.shape)
+    return te.compute(
+        i64((ceil_div(o, ob), ceil_div(c, xb), kh, kw, xb, ob)),
+        lambda a, cb, y, x_, ci, oi: _weight_value(w, (a * ob + oi, cb * xb + ci, y, x_),
+                                                   (0, 1)),
+        name=BLOCK_DECODE_W)
+
+
+def pack_depthwise_weight_te(w: te.Tensor, b: int):
+    """:func:`pack_depthwise_weight` of a run-time ``[C, 1, KH, KW]`` tensor."""
+    c, _, kh, kw = (int(d) for d in w.shape)
+    return te.compute(i64((c // b, kh, kw, b)),
+                      lambda cb, y, x_, ci: w[cb * b + ci, 0, y, x_], name=BLOCK_DECODE_W)
+
+
+def pack_dense_weight_te(w: te.Tensor, ob: int):
+    """:func:`pack_dense_weight` of a run-time ``[K, N]`` tensor."""
+    k, n = (int(d) for d in w.shape)
+    return te.compute(i64((ceil_div(n, ob), k, ob)),
+                      lambda j, kk, jj: _weight_value(w, (kk, j * ob + jj), (1,)),
+                      name=BLOCK_DECODE_W)
 
 
 # ---- compile-time weight packing (NumPy) --------------------------------------------------

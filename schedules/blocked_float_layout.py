@@ -14,9 +14,9 @@ Before the conversion:
   :class:`BlockFloatOps` then packs the real NCHW input itself;
 * ``clip`` (ReLU6), which has no layout rule in TVM 0.27 and would send every tensor back
   to NCHW and forth again, becomes ``minimum(maximum(x, lo), hi)``;
-* convs that stay NCHW (other dtypes, groups of partial blocks, channels not divisible by ``b``,
-  non-constant weights) are hidden from ``ConvertLayout`` inside private functions and
-  inlined back afterwards.
+* convs that stay NCHW (other dtypes, groups of partial blocks, channels not divisible by
+  ``b``, stems whose weights are computed at run time) are hidden from ``ConvertLayout``
+  inside private functions and inlined back afterwards.
 
 After it, chains of two layout transforms (``NCHW{b}c -> NCHW -> NCHW{k}c``: a float
 layer feeding an integer one whose transform the integer pass had already placed) are
@@ -107,15 +107,18 @@ class _Prepare(relax.PyExprMutator):
     def _blockable(self, call):
         """``call`` (or its channel-padded form) if it can run in ``NCHW{b}c``, else None."""
         a, (x, w_expr) = call.attrs, call.args
-        w = _weight(self, w_expr)
-        if struct_dtype(x) != "float32" or str(a.data_layout) != "NCHW" or w is None \
-                or w.ndim != 4 or str(a.kernel_layout) != "OIHW" or w.dtype != np.float32:
+        w = _weight(self, w_expr)  # None: computed at run time (packed in the kernel)
+        if struct_dtype(x) != "float32" or str(a.data_layout) != "NCHW" \
+                or struct_dtype(w_expr) != "float32" or len(struct_shape(w_expr) or ()) != 4 \
+                or str(a.kernel_layout) != "OIHW":
             return None
-        c, o, groups = struct_shape(x)[1], w.shape[0], int(a.groups)
+        c, o, groups = struct_shape(x)[1], struct_shape(w_expr)[0], int(a.groups)
         if o % self.b or (groups == c and c % self.b) \
                 or (1 < groups < c and ((o // groups) % self.b or (c // groups) % self.b)):
             return None
         if groups == 1 and c % self.b:  # a stem: zero-padded input channels
+            if w is None:
+                return None
             extra = -c % self.b
             xp = relax.op.nn.pad(x, [0, 0, 0, extra, 0, 0, 0, 0])
             wp = relax.const(np.pad(w, [(0, 0), (0, extra), (0, 0), (0, 0)]))

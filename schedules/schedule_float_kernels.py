@@ -23,6 +23,7 @@ from __future__ import annotations
 import warnings
 
 from tvmq._tvm import s_tir, tir, tvm
+from tvmq.schedules.blocked import BLOCK_DECODE_W
 from tvmq.schedules.blocked_float import (BLOCK_FCONV, BLOCK_FDENSE, BLOCK_FDWCONV,
                                           TILE_ATTR, padded)
 from tvmq.schedules.common import (PACK_BLOCKS, child_blocks, divisor_at_most,
@@ -109,6 +110,17 @@ def _schedule_packs(sch, parallel: bool = True) -> None:
             sch.vectorize(loops[-1])
 
 
+def _schedule_weight_packs(sch, parallel: bool) -> None:
+    """Run-time weights (block ``BLOCK_DECODE_W``): packed once a call, at the root."""
+    for blk in child_blocks(sch):
+        if sch.get(blk).name_hint != BLOCK_DECODE_W:
+            continue
+        if parallel:
+            schedule_injective(sch, blk)
+        else:
+            sch.vectorize(sch.get_loops(blk)[-1])
+
+
 def _work(sch, block) -> int:
     """Multiply-adds of a kernel block (the product of its loop extents)."""
     n = 1
@@ -173,6 +185,7 @@ def schedule_conv(sch, fs: FloatStrategy, ow_tile: int | None = None,
     conv = sch.get_sblock(BLOCK_FCONV)
     work = _work(sch, conv)
     _schedule_packs(sch, work >= PARALLEL_MIN_MACS)
+    _schedule_weight_packs(sch, work >= PARALLEL_MIN_MACS)
     outs = inline_epilogue(sch, (BLOCK_FCONV,))
     b, o, y, x, oi, *red = sch.get_loops(conv)
     n_x, n_o, rpb = _extent(sch, x), _extent(sch, o), max(1, _extent(sch, oi) // fs.lanes)
@@ -208,6 +221,7 @@ def schedule_depthwise(sch, fs: FloatStrategy, ow_tile: int | None = None,
     dw = sch.get_sblock(BLOCK_FDWCONV)
     work = _work(sch, dw)
     pads = [b for b in child_blocks(sch) if sch.get(b).name_hint in PACK_BLOCKS]
+    _schedule_weight_packs(sch, work >= PARALLEL_MIN_MACS)
     outs = inline_epilogue(sch, (BLOCK_FDWCONV,))
     b, c, y, x, ci, *red = sch.get_loops(dw)
     n_x, rpb = _extent(sch, x), max(1, _extent(sch, ci) // fs.lanes)
@@ -233,6 +247,7 @@ def schedule_depthwise(sch, fs: FloatStrategy, ow_tile: int | None = None,
 def schedule_dense(sch, fs: FloatStrategy, m_tile: int | None = None, sample: bool = False):
     """``BLOCK_FDENSE`` (``[M, N/ob, ob]``): ``m x n_tile`` vectors a tile."""
     dense = sch.get_sblock(BLOCK_FDENSE)
+    _schedule_weight_packs(sch, _work(sch, dense) >= PARALLEL_MIN_MACS)
     outs = inline_epilogue(sch, (BLOCK_FDENSE,))
     i, j, jj, *red = sch.get_loops(dense)
     rpb = max(1, _extent(sch, jj) // fs.lanes)

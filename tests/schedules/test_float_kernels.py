@@ -272,22 +272,58 @@ def test_layout_flows_between_float_layers():
     assert not any("tvmq_fkernel" in c for c in old)
 
 
-def test_block_float_ops_leaves_partial_groups_and_dynamic_weights(rng):
-    """A grouped conv whose groups hold 4 output channels (not whole blocks) and a conv
-    whose weight is computed at run time stay for LegalizeOps."""
+def test_block_float_ops_leaves_partial_groups(rng):
+    """A grouped conv whose groups hold 4 output channels (not whole blocks) stays for
+    LegalizeOps."""
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, 8, 6, 6), "float32"))
-    wv = relax.Var("w", relax.TensorType((8, 8, 1, 1), "float32"))
-    with bb.function("main", [x, wv]):
+    with bb.function("main", [x]):
         with bb.dataflow():
-            g = bb.emit(relax.op.nn.conv2d(x, relax.const(
+            y = bb.emit_output(relax.op.nn.conv2d(x, relax.const(
                 rng.standard_normal((8, 4, 3, 3)).astype(np.float32)), groups=2))
-            y = bb.emit_output(relax.op.nn.conv2d(g, wv))
         bb.emit_func_output(y)
-    mod = bb.get()
-    out = S.BlockFloatOps(FS)(mod)
+    out = S.BlockFloatOps(FS)(bb.get())
     assert_well_formed(out)
     assert not [gv for gv in out.functions if "tvmq_fkernel" in gv.name_hint]
+
+
+def test_weights_computed_at_run_time(rng):
+    """A codebook-style weight, ``take(table, indices)`` at run time, feeding a conv, a
+    depthwise conv and a dense: each becomes a kernel that packs the weight itself (block
+    ``tvmq_decode_w``), within the bound of the float64 reference."""
+    c = 2 * FS.block
+    table = rng.standard_normal(16).astype(np.float32)
+    idx = {k: rng.integers(0, 16, shape).astype("int64") for k, shape in
+           (("conv", (c, c, 3, 3)), ("dw", (c, 1, 3, 3)), ("fc", (c, 10)))}
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, c, 12, 12), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            t = relax.const(table)
+            w = {k: bb.emit(relax.op.take(t, relax.const(v), axis=0)) for k, v in idx.items()}
+            y = bb.emit(relax.op.nn.conv2d(x, w["conv"], padding=1))
+            y = bb.emit(relax.op.nn.conv2d(y, w["dw"], padding=1, groups=c))
+            y = bb.emit(relax.op.mean(y, axis=[2, 3]))
+            out = bb.emit_output(relax.op.matmul(y, w["fc"]))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    with TARGET, tvm.transform.PassContext(opt_level=3):
+        lowered = tvm.transform.Sequential(
+            [*S.legalize_prelude(TARGET, blocked_layout=False), relax.transform.LegalizeOps(),
+             relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
+             relax.transform.FuseTIR(), *S.schedule_passes(TARGET)])(mod)
+    kernels = [gv.name_hint for gv in lowered.functions if "tvmq_fkernel" in gv.name_hint]
+    assert len(kernels) == 3, [gv.name_hint for gv in lowered.functions]
+    xv = rng.standard_normal((1, c, 12, 12)).astype(np.float32)
+    got = relax.VirtualMachine(tvm.compile(lowered, TARGET), tvm.cpu())["main"](
+        tensor(xv)).numpy()
+    wv = {k: table[v] for k, v in idx.items()}
+    y1, m1, _ = _conv_ref(xv, wv["conv"], None, pad=1)
+    y2, m2, _ = _conv_ref(y1, wv["dw"], None, pad=1, groups=c)
+    m2 = _conv_ref(m1, np.abs(wv["dw"]), None, pad=1, groups=c)[0]
+    ref = y2.mean((2, 3)) @ wv["fc"]
+    mag = m2.mean((2, 3)) @ np.abs(wv["fc"])
+    _check(got, ref, mag, c * 9 + 9 + 144 + c, "run-time weights")
 
 
 # ---- aarch64 ------------------------------------------------------------------------------
