@@ -4,17 +4,18 @@ Each round starts a fresh tracker with the config's number of RPC servers under 
 ``host`` on loopback (``tvmq.device.up(servers=N)``), tunes a small dense layer
 (Linear 64->32 + ReLU) for a fixed number of trials in one batch into a fresh database
 (``tvmq.tune.tune(..., device="rpc://.../host", boards=N)``), and stops the servers;
-configurations alternate (A B A B ...). Per run: wall time of ``tune()``, the time during
-which at least one board was measuring (from the runner's log ``<db>/logs/boards.jsonl``),
-and the rest (task extraction, search, building). Writes JSON with per-config medians and
-the ratios first config / each other.
+configurations alternate (A B B A ...), each run in a fresh process (as ``tvmq tune`` is:
+a process's first tune also pays one-off imports, ~2 min here). Per run: wall time of
+``tune()``, the time during which at least one board was measuring (from the runner's log
+``<db>/logs/boards.jsonl``), and the rest (task extraction, search, building). Writes JSON
+with per-config medians and the ratios first config / each other.
 
 Every config's servers run with the same number of threads (``--server-threads``,
 default: the cores divided by the largest config), so all boards are alike and only their
 number changes. Loopback servers share this machine's cores with the builder: on a 2-core
 host the builds, not the boards, set the pace.
 
-    python scripts/bench_fleet.py --configs 1 2 --rounds 2 -o docs/results/bench_fleet.json
+    python scripts/bench_fleet.py --configs 1 2 --rounds 2 --repeat 50 -o out/bench_fleet.json
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -73,6 +76,16 @@ def run_once(servers: int, builders: int | None, trials: int, repeat: int, tmp: 
             "attempts": len(rows), "load_1min": os.getloadavg()[0]}
 
 
+def run_in_process(servers: int, args, tmp: str) -> dict:
+    """:func:`run_once` in a fresh Python process (its JSON is the last stdout line)."""
+    argv = [sys.executable, __file__, "--one", str(servers), "--tmp", tmp,
+            "--trials", str(args.trials), "--repeat", str(args.repeat)]
+    if args.builders:
+        argv += ["--builders", str(args.builders)]
+    out = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def _cpu() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -96,7 +109,13 @@ def main() -> None:
     ap.add_argument("--server-threads", type=int,
                     help="TVM threads per server (default: cores // largest config)")
     ap.add_argument("-o", "--output", default="out/bench_fleet.json")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a single run (child)
+    ap.add_argument("--tmp", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.one:
+        res = run_once(args.one, args.builders, args.trials, args.repeat, Path(args.tmp))
+        print(json.dumps(res))
+        return
     os.environ.setdefault("TVMQ_DEVICE_STATE", str(Path(tempfile.mkdtemp()) / "state.json"))
     threads = args.server_threads or max(1, (os.cpu_count() or 1) // max(args.configs))
     os.environ["TVM_NUM_THREADS"] = str(threads)  # what the servers inherit (a lone one too)
@@ -105,7 +124,7 @@ def main() -> None:
         for r in range(args.rounds):
             order = args.configs if r % 2 == 0 else args.configs[::-1]
             for n in order:
-                res = run_once(n, args.builders, args.trials, args.repeat, Path(tmp))
+                res = run_in_process(n, args, tmp)
                 runs[n].append(res)
                 print(f"round {r}: {n} board(s): {json.dumps(res)}", flush=True)
     med = {n: {k: statistics.median(x[k] for x in rs) for k in ("wall_s", "measuring_s",
