@@ -289,9 +289,10 @@ class _Mutator(relax.PyExprMutator):
         else:
             xp = x
         wp_arg, wp_t, wp_const = self._weight_args(B.pack_weight(w, st.ob, st.ib), bits, table)
+        attrs = B.weight_attrs(w)
 
         def compute(xp_t, corr_t):
-            acc = B.conv2d_blocked(xp_t, wp_t, strides, dil, out_shape[2:4])
+            acc = B.conv2d_blocked(xp_t, wp_t, strides, dil, out_shape[2:4], attrs=attrs)
             if blocked:
                 return B.unpack_blocked(acc, w.shape[0], corr_t)
             return B.unpack_nchw(acc, out_shape[1], corr_t)
@@ -336,7 +337,8 @@ class _Mutator(relax.PyExprMutator):
         corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype), out_axis=1)
         return self._kernel(
             xp, wp_arg, wp_const, corr_np,
-            lambda xp_t, corr_t: B.unpack_rows(B.dense_blocked(xp_t, wp_t), w.shape[1], corr_t),
+            lambda xp_t, corr_t: B.unpack_rows(B.dense_blocked(xp_t, wp_t, attrs=B.weight_attrs(w)),
+                                               w.shape[1], corr_t),
             "tvmq_dense", struct_shape(call))
 
 

@@ -66,7 +66,19 @@ def pack_activation(x: te.Tensor, ib: int, padding, act_dtype: str, pad_value: i
     return te.compute(i64((n, ceil_div(c, ib), h + pt + pb, w + pl + pr, ib)), f, name=name)
 
 
-def conv2d_blocked(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, acc="int32"):
+#: annotation of a conv/dense kernel block whose int8 weights reach -128: the schedule then
+#: uses the strategy's ``intrin_full`` (:meth:`tvmq.schedules.strategy.Strategy.kernel_intrin`)
+WEIGHT_MIN_ATTR = "tvmq.weight_reaches_min"
+
+
+def weight_attrs(w) -> dict | None:
+    """Block annotations of a kernel over int8 weights ``w`` (numpy, any layout)."""
+    return {WEIGHT_MIN_ATTR: 1} if np.asarray(w).dtype == np.int8 and (
+        np.asarray(w) == -128).any() else None
+
+
+def conv2d_blocked(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, acc="int32",
+                   attrs: dict | None = None):
     """``[N, OB, OH, OW, ob]`` accumulators of a blocked conv (block ``BLOCK_CONV``).
 
     ``xp`` is ``[N, C/xb, Hp, Wp, xb]`` with ``xb`` the intrinsic depth ``ib`` (packed from
@@ -95,7 +107,7 @@ def conv2d_blocked(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, acc=
         lambda b, o, y, x_, oi: te.sum(
             xp[b, cb, y * sh + kh * dh, x_ * sw + kw * dw, cs * ib + ci].astype(acc)
             * wp[o, cb * (xb // ib) + cs, kh, kw, oi, ci].astype(acc), axis=[*axes, ci]),
-        name=BLOCK_CONV)
+        name=BLOCK_CONV, attrs=attrs)
 
 
 def decode_subbyte_weight(wq: te.Tensor, bits: int, ob: int):
@@ -155,7 +167,7 @@ def unpack_nchw(acc: te.Tensor, channels: int, corr: te.Tensor | None):
     return te.compute(i64((n, channels, oh, ow)), f, name=BLOCK_UNPACK)
 
 
-def dense_blocked(xp: te.Tensor, wp: te.Tensor, acc="int32"):
+def dense_blocked(xp: te.Tensor, wp: te.Tensor, acc="int32", attrs: dict | None = None):
     """``[M, NB, ob]`` accumulators of ``x[M, Kp] @ W`` with ``wp = [NB, Kp/ib, ob, ib]``."""
     m = int(xp.shape[0])
     nb_n, kb_n, ob, ib = (int(d) for d in wp.shape)
@@ -165,7 +177,7 @@ def dense_blocked(xp: te.Tensor, wp: te.Tensor, acc="int32"):
         i64((m, nb_n, ob)),
         lambda i, j, jj: te.sum(xp[i, kb * ib + ki].astype(acc) * wp[j, kb, jj, ki].astype(acc),
                                 axis=[kb, ki]),
-        name=BLOCK_DENSE)
+        name=BLOCK_DENSE, attrs=attrs)
 
 
 def pack_rows(x: te.Tensor, ib: int, act_dtype: str):

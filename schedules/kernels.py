@@ -44,7 +44,7 @@ def conv_func(x_shape, w: np.ndarray, in_dtype: str, st: Strategy, strides=(1, 1
     else:
         xp = B.pack_activation(x, st.ib, padding, st.act_dtype)
     hw = _out_hw(x_shape[2], x_shape[3], w.shape[2:], strides, padding, dilation)
-    acc = B.conv2d_blocked(xp, wp, strides, dilation, hw)
+    acc = B.conv2d_blocked(xp, wp, strides, dilation, hw, attrs=B.weight_attrs(w))
     out = (B.unpack_blocked(acc, w.shape[0], corr) if blocked
            else B.unpack_nchw(acc, w.shape[0], corr))
     args = [x, wp_arg] + ([corr] if corr is not None else []) + [out]
@@ -86,10 +86,16 @@ def dense_func(m: int, w_kn: np.ndarray, in_dtype: str, st: Strategy, bits: int 
     wp_np, wp_arg, wp = B.weight_operand(B.pack_dense_weight(w_kn, st.ob, st.ib), st.ob, bits)
     corr_np = B.shift_correction(w_kn, B.shift_for(in_dtype, st.act_dtype), out_axis=1)
     corr = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
-    acc = B.dense_blocked(B.pack_rows(x, st.ib, st.act_dtype), wp)
+    acc = B.dense_blocked(B.pack_rows(x, st.ib, st.act_dtype), wp,
+                          attrs=B.weight_attrs(w_kn))
     out = B.unpack_rows(acc, n, corr)
     args = [x, wp_arg] + ([corr] if corr is not None else []) + [out]
     return te.create_prim_func(args), wp_np, corr_np
+
+
+def kernel_block(sch, name: str):
+    """The ``tir.SBlock`` named ``name`` under the root block of ``sch``."""
+    return sch.get(sch.get_sblock(name))
 
 
 def schedule(func, st: Strategy):
@@ -97,9 +103,9 @@ def schedule(func, st: Strategy):
     sch = s_tir().Schedule(func)
     names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
     if B.BLOCK_CONV in names:
-        st.schedule_conv(sch, st.intrin)
+        st.schedule_conv(sch, st.kernel_intrin(kernel_block(sch, B.BLOCK_CONV)))
     elif B.BLOCK_DENSE in names:
-        st.schedule_dense(sch, st.intrin)
+        st.schedule_dense(sch, st.kernel_intrin(kernel_block(sch, B.BLOCK_DENSE)))
     elif B.BLOCK_DWCONV in names:
         st.schedule_depthwise(sch)
     return sch.mod["main"]

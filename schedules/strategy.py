@@ -34,6 +34,11 @@ class Strategy:
     dw_intrin : str or None
         Per-lane 4-tap dot-product intrinsic for blocked depthwise convs
         (:func:`tvmq.schedules.blocked.depthwise_nchwc_dot`); None: per-tap multiply-adds.
+    intrin_full : str or None
+        Intrinsic exact for every int8 weight, for kernels whose weights reach -128
+        (blocks annotated :data:`tvmq.schedules.blocked.WEIGHT_MIN_ATTR`); None: ``intrin``
+        is exact for all of them. Set when ``intrin`` sums two products in int16 (exact for
+        weights in [-127, 127], which symmetric quantization guarantees).
     """
 
     name: str
@@ -46,6 +51,16 @@ class Strategy:
     schedule_depthwise: Callable
     dw_pixels: int = 4
     dw_intrin: str | None = None
+    intrin_full: str | None = None
+
+    def kernel_intrin(self, block) -> str:
+        """The intrinsic for kernel ``block`` (a ``tir.SBlock``): :attr:`intrin_full` when its
+        weights reach -128 and the fast intrinsic is not exact for them, else :attr:`intrin`."""
+        from tvmq.schedules.blocked import WEIGHT_MIN_ATTR
+
+        if self.intrin_full is not None and WEIGHT_MIN_ATTR in (block.annotations or {}):
+            return self.intrin_full
+        return self.intrin
 
 
 def _x86(intrin: str, name: str, dw_intrin: str | None = None) -> Strategy:
@@ -55,11 +70,11 @@ def _x86(intrin: str, name: str, dw_intrin: str | None = None) -> Strategy:
                     k.schedule_depthwise, dw_intrin=dw_intrin)
 
 
-def _arm(intrin: str, name: str) -> Strategy:
+def _arm(intrin: str, name: str, intrin_full: str | None = None) -> Strategy:
     from tvmq.schedules.arm import conv2d_int8 as k
 
     return Strategy(name, 4, 4, "int8", intrin, k.schedule_conv, k.schedule_dense,
-                    k.schedule_depthwise, dw_pixels=4)
+                    k.schedule_depthwise, dw_pixels=4, intrin_full=intrin_full)
 
 
 def strategy_for(target) -> Strategy | None:
@@ -73,7 +88,18 @@ def strategy_for(target) -> Strategy | None:
 
         if target_has_features(target, "dotprod"):
             return _arm(ai.SDOT_4x4, "arm-sdot")
-        return _arm(ai.NEON_4x4, "arm-neon")
+        return _arm(ai.NEON_4x4, "arm-neon", ai.NEON_4x4_FULL)
+    if mtriple.startswith(("arm", "thumb")):
+        if not target_has_features(target, "neon"):
+            return None
+        from tvmq.schedules.armv7 import conv2d_int8 as k7
+        from tvmq.schedules.armv7 import intrin as a7
+
+        # aarch64's blocked layouts; depthwise vectors of 2 pixels (8 lanes): 4 spilled
+        # 16 q registers in strided kernels (llvm-mca, Cortex-A72)
+        return Strategy("armv7-neon", 4, 4, "int8", a7.NEON_4x4, k7.schedule_conv,
+                        k7.schedule_dense, k7.schedule_depthwise, dw_pixels=k7.DW_PIXELS,
+                        intrin_full=a7.NEON_4x4_FULL)
     if mtriple and not mtriple.startswith("x86_64"):
         return None
     from tvmq.schedules.x86 import intrin as xi

@@ -29,12 +29,14 @@ SAMPLE_TILES = True
 def builder_initializer() -> None:
     """Register tvmq's tensor intrinsics (run in each MetaSchedule builder process)."""
     import tvmq.schedules.arm.intrin  # noqa: F401
+    import tvmq.schedules.armv7.intrin  # noqa: F401
     import tvmq.schedules.x86.intrin  # noqa: F401
 
 
 def _kernel_space_fn(st, fs=None):
     from tvmq.schedules import blocked as B
     from tvmq.schedules import tiling
+    from tvmq.schedules.kernels import kernel_block
     from tvmq.schedules.schedule_float_kernels import schedule_sch as schedule_float
 
     def fn(sch):
@@ -43,9 +45,10 @@ def _kernel_space_fn(st, fs=None):
             pass  # a float kernel: its register tile sampled
         elif B.BLOCK_CONV in names:
             # the arch module's parameters, with the register tile sampled
-            st.schedule_conv(sch, st.intrin, sample=SAMPLE_TILES)
+            st.schedule_conv(sch, st.kernel_intrin(kernel_block(sch, B.BLOCK_CONV)),
+                             sample=SAMPLE_TILES)
         elif B.BLOCK_DENSE in names:
-            st.schedule_dense(sch, st.intrin)
+            st.schedule_dense(sch, st.kernel_intrin(kernel_block(sch, B.BLOCK_DENSE)))
         elif B.BLOCK_DWCONV in names:
             # the 4-tap kernel: pixels a tile and where its pad runs sampled
             st.schedule_depthwise(sch, sample=SAMPLE_TILES)

@@ -42,6 +42,23 @@ def test_planar_kernels_cross_compile(rng, tmp_path):
             assert (tmp_path / f"{name}.so").stat().st_size > 0
 
 
+@pytest.mark.parametrize("wmin", [-127, -128])
+def test_neon_kernel_picks_full_range_intrinsic_only_for_weights_reaching_min(rng, wmin):
+    """A53/A72: symmetric weights get smull + smlal2 + sadalp (two products summed in int16,
+    no per-call horizontal adds); a kernel whose weights reach -128 the exact full-range
+    form (two smull, saddlp, addp)."""
+    target = get_board("rasp4b").tvm_target()
+    w = _symmetric(_rand(rng, (16, 16, 3, 3), "int8"))
+    w.flat[5] = wmin
+    lib, _, _ = kernels.build_conv_kernel((1, 16, 8, 8), w, "int8", target, padding=(1,) * 4)
+    asm = lib.mod.inspect_source("asm")
+    ops = {line.split()[0] for line in asm.splitlines() if line.startswith("\t")}
+    if wmin == -127:
+        assert {"smull", "smlal2", "sadalp"} <= ops and "addp" not in ops
+    else:
+        assert {"smull", "saddlp", "addp"} <= ops and "smlal2" not in ops
+
+
 @pytest.mark.parametrize("board,intrin,instr", [("rpi5", "tvmq_arm_sdot_4x4", "sdot"),
                                                 ("a55", "tvmq_arm_sdot_4x4", "sdot"),
                                                 ("rasp3b", "tvmq_arm_neon_4x4", "smull"),
@@ -57,9 +74,34 @@ def test_board_picks_intrinsic_and_asm_has_it(rng, board, intrin, instr):
         assert "sdot" not in asm  # A53/A72 have no dot product instructions
 
 
+def _symmetric(w):
+    """``w`` with -128 moved to -127: symmetric int8 weights (the fast NEON intrinsic)."""
+    return np.maximum(w, -127).astype(np.int8)
+
+
 def _cases(rng):
     """(name, board, builder args, reference) of a small exactness sweep."""
     out = []
+    for board in ("rasp3b",):  # the fast A53/A72 intrinsic: weights in [-127, 127] ...
+        for wmin in (-127, -128):  # ... and the full-range one on kernels reaching -128
+            x = _rand(rng, (2, 13, 9, 9), "uint8")
+            w = _rand(rng, (20, 13, 3, 3), "int8")
+            w = _symmetric(w) if wmin == -127 else w
+            w.flat[0] = wmin
+            out.append((f"{board}_conv_w{-wmin}", board,
+                        ("conv", x, w, dict(strides=(2, 2), padding=(1,) * 4)),
+                        qref.conv2d_int(x, w, strides=(2, 2), padding=(1,) * 4)))
+            # the activations' extremes against the weights' (the int16 pair sums' bound)
+            x = np.full((1, 8, 4, 4), -128, np.int8)
+            w = np.full((8, 8, 1, 1), 127, np.int8)
+            w[::2] = wmin
+            out.append((f"{board}_conv_extreme_w{-wmin}", board, ("conv", x, w, {}),
+                        qref.conv2d_int(x, w)))
+            x, w = _rand(rng, (3, 29), "int8"), _rand(rng, (29, 10), "int8")
+            w = _symmetric(w) if wmin == -127 else w
+            w.flat[0] = wmin
+            out.append((f"{board}_dense_w{-wmin}", board, ("dense", x, w, {}),
+                        x.astype(np.int64) @ w.astype(np.int64)))
     for board in ("rpi5", "rasp3b"):
         x, w = _rand(rng, (2, 13, 9, 9), "uint8"), _rand(rng, (20, 13, 3, 3), "int8")
         out.append((f"{board}_conv", board, ("conv", x, w, dict(strides=(2, 2), padding=(1,) * 4)),
