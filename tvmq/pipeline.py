@@ -15,6 +15,7 @@ Phases (each a list of passes, a function of the board and the options):
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -106,6 +107,20 @@ def quantize_passes(board: Board, opts: PipelineOptions) -> list:
             P.PackSubByteWeights()]
 
 
+def _warn_without_strategy(board: Board) -> None:
+    """Warn (once per board and target) when tvmq has no integer kernels for ``board``."""
+    from tvmq.schedules import strategy_for
+
+    target = board.tvm_target()
+    if strategy_for(target) is not None:
+        return
+    attrs = target.attrs
+    what = " ".join(str(attrs[k]) for k in ("mtriple", "mcpu") if attrs.get(k)) or str(target)
+    warnings.warn(f"board {board.name!r} ({what}) has no tvmq integer-kernel strategy: its "
+                  "int8 conv/dense layers fall back to generic scalar TIR (no SIMD dot "
+                  "products, several times slower)", stacklevel=2)
+
+
 def legalize_passes(board: Board, opts: PipelineOptions) -> list:
     # With integer lowering, constants were folded at the end of the quantize phase (a fold
     # here would leave the encoded weights alone: FoldConstant never evaluates their decode).
@@ -115,6 +130,8 @@ def legalize_passes(board: Board, opts: PipelineOptions) -> list:
     # tvmq.schedules: integer conv/matmul -> the board's blocked kernels (weights packed now)
     from tvmq import schedules
 
+    if opts.integer:
+        _warn_without_strategy(board)
     prelude = schedules.legalize_prelude(board.tvm_target(),
                                          subbyte_in_kernel=opts.keep_subbyte_packed,
                                          # match_onnxruntime's float32 emulation has bool
