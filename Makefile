@@ -43,7 +43,9 @@ $(STAMP): pyproject.toml setup.py | $(BIN)/python
 	$(MAKE) --no-print-directory cross-compilers
 	touch $(STAMP)
 
-# Debian's cross compilers link artifacts for the ARM boards (rasp4b, rasp4b-armv7, ...).
+# Debian's cross compilers link artifacts for the ARM boards (rasp4b, rasp4b-armv7, ...);
+# qemu-user-static runs the armv7 kernels of tests/schedules/test_armv7_kernels.py (optional:
+# they skip without it).
 cross-compilers:
 	@if command -v aarch64-linux-gnu-gcc >/dev/null && command -v arm-linux-gnueabihf-gcc >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -52,6 +54,9 @@ cross-compilers:
 		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf >/dev/null; } \
 		|| { echo "error: could not install the cross compilers (fix: sudo apt-get install gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf)"; exit 2; }; \
 	else echo "error: cross compilers missing (fix: sudo apt-get install gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf)"; exit 2; fi
+	@command -v qemu-arm-static >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user-static >/dev/null; } \
+		|| echo "note: qemu-arm-static missing, the armv7 kernel tests will skip (fix: sudo apt-get install qemu-user-static)"
 
 clean:
 	rm -rf out .pytest_cache
