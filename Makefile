@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # board and runs the `board` tests; it skips them with the reason when it cannot build one.
 BOARD ?= 1
 
-.PHONY: demo test test-all test-slow install cross-compilers board clean
+.PHONY: demo test test-all test-slow install cross-compilers llvm-mca board clean
 
 demo: install
 	$(BIN)/tvmq demo
@@ -41,6 +41,7 @@ $(STAMP): pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade "pip==24.2"
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	$(MAKE) --no-print-directory cross-compilers
+	$(MAKE) --no-print-directory llvm-mca
 	touch $(STAMP)
 
 # Debian's cross compilers link artifacts for the ARM boards (rasp4b, rasp4b-armv7, ...);
@@ -57,6 +58,16 @@ cross-compilers:
 	@command -v qemu-arm-static >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user-static >/dev/null; } \
 		|| echo "note: qemu-arm-static missing, the armv7 kernel tests will skip (fix: sudo apt-get install qemu-user-static)"
+
+# llvm-mca (Debian llvm-14: /usr/bin/llvm-mca-14) prices the ARM kernels' loops: tvmq.roofline.
+llvm-mca:
+	@if command -v llvm-mca >/dev/null || command -v llvm-mca-14 >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing llvm-mca (Debian llvm-14)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q llvm-14 >/dev/null \
+		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q llvm-14 >/dev/null; } \
+		|| { echo "error: could not install llvm-14 (fix: sudo apt-get install llvm-14)"; exit 2; }; \
+	else echo "error: llvm-mca missing (fix: sudo apt-get install llvm-14)"; exit 2; fi
 
 clean:
 	rm -rf out .pytest_cache
