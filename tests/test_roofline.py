@@ -171,7 +171,9 @@ def test_analyze_asm_estimate_and_coverage():
     assert res.covered_macs_fraction == 0.5
     assert res.estimate_ms == pytest.approx(k.cycles / 1.8e6)
     assert res.estimate_ms_all_cores == pytest.approx(res.estimate_ms / 4)
-    assert res.to_json()["summary"]["hottest_loop"]["layers"] == ["conv"]
+    data = res.to_json()
+    assert data["summary"]["hottest_loop"]["layers"] == ["conv"]
+    assert roofline.Roofline.from_json(data).to_json() == data
 
 
 # ---- a small int8 conv compiled for the boards ------------------------------------------

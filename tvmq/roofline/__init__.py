@@ -129,21 +129,39 @@ class Roofline:
 
     @property
     def hottest_loop(self) -> dict[str, Any] | None:
-        """The loop body (layers running the same instructions grouped) with the most
-        estimated cycles: its MACs/cycle, fraction of peak, layers and share of cycles."""
-        groups: dict[tuple, list[KernelRoofline]] = collections.defaultdict(list)
-        for k in self.covered:  # the same loop in other fused functions: same mix and cycles
-            mix = tuple(k.loop["mac_instructions"].items())
-            groups[(mix, k.loop["total"], round(k.cycles_per_iter, 1))].append(k)
-        if not groups:
+        """The loop the model spends the most estimated cycles in.
+
+        Layers whose hot loops have the same MAC instructions (e.g. 144 ``sdot``) run the
+        same loop, give or take register allocation; the family with the most cycles wins,
+        and its variant (same instruction count and cycles) with the most cycles stands for
+        it: its loop, MACs/cycle and fraction of peak, with the family's layers, MACs/cycle
+        (Σ MACs / Σ cycles) and share of the model's cycles.
+        """
+        families: dict[tuple, list[KernelRoofline]] = collections.defaultdict(list)
+        for k in self.covered:
+            families[tuple(k.loop["mac_instructions"].items())].append(k)
+        if not families:
             return None
-        rows = max(groups.values(), key=lambda g: sum(k.cycles for k in g))
-        first = rows[0]
-        return {"loop": first.loop, "function": first.spec.function,
-                "layers": [k.spec.name for k in rows], "macs_per_iter": first.macs_per_iter,
-                "cycles_per_iter": first.cycles_per_iter,
-                "macs_per_cycle": first.macs_per_cycle, "peak_fraction": first.peak_fraction,
-                "cycles_share": sum(k.cycles for k in rows) / self.cycles}
+        family = max(families.values(), key=_cycles)
+        variants: dict[tuple, list[KernelRoofline]] = collections.defaultdict(list)
+        for k in family:
+            variants[(k.loop["total"], round(k.cycles_per_iter, 1))].append(k)
+        top = max(variants.values(), key=_cycles)[0]
+        return {"loop": top.loop, "function": top.spec.function,
+                "macs_per_iter": top.macs_per_iter, "cycles_per_iter": top.cycles_per_iter,
+                "macs_per_cycle": top.macs_per_cycle, "peak_fraction": top.peak_fraction,
+                "layers": [k.spec.name for k in family],
+                "family_macs_per_cycle": sum(k.spec.macs for k in family) / _cycles(family),
+                "cycles_share": _cycles(family) / self.cycles}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Roofline:
+        """Rebuild from :meth:`to_json` (its summary is recomputed from the kernels)."""
+        kernels = [KernelRoofline(**{**k, "spec": KernelSpec(**k["spec"])})
+                   for k in data["kernels"]]
+        fields = {f.name for f in dataclasses.fields(cls)} - {"kernels", "total_macs"}
+        return cls(**{f: data[f] for f in fields}, kernels=kernels,
+                   total_macs=data["summary"]["total_macs"])
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict: the board's assumptions, every kernel and the model summary."""
@@ -162,6 +180,10 @@ class Roofline:
             },
             "kernels": [dataclasses.asdict(k) for k in self.kernels],
         }
+
+
+def _cycles(rows: list[KernelRoofline]) -> float:
+    return sum(k.cycles for k in rows)
 
 
 def _price(spec: KernelSpec, loop: Loop | None, mca: dict | None, peak: int) -> KernelRoofline:
