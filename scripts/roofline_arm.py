@@ -127,6 +127,10 @@ def _f(x, fmt="{:.1f}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
+def _ms(x) -> str:
+    return "-" if x is None else f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
 SUMMARY_HEAD = ("| model | build | board | hottest loop | MACs/cycle | % peak (peak) | "
                 "MAC-wtd MACs/cycle | est. ms 1 core | est. ms all cores | MACs covered | "
                 "x86 host ms |")
@@ -136,14 +140,14 @@ def _summary_cells(row: dict) -> list[str]:
     s, hot = row["summary"], row["summary"]["hottest_loop"] or {}
     return [_mix(hot.get("loop")), _f(hot.get("macs_per_cycle")),
             f"{_f(hot.get('peak_fraction'), '{:.0%}')} ({row['peak_macs_per_cycle']})",
-            _f(s["mac_weighted_macs_per_cycle"]), _f(s["estimate_ms_1core"], "{:.3g}"),
-            _f(s["estimate_ms_all_cores"], "{:.3g}"), _f(s["covered_macs_fraction"], "{:.0%}")]
+            _f(s["mac_weighted_macs_per_cycle"]), _ms(s["estimate_ms_1core"]),
+            _ms(s["estimate_ms_all_cores"]), _f(s["covered_macs_fraction"], "{:.0%}")]
 
 
 def summary_table(results: list[dict]) -> str:
     lines = [SUMMARY_HEAD, "|---" * 11 + "|"]
     for res in results:
-        host = _f(res["host"].get("median_ms"), "{:.3g}")
+        host = _ms(res["host"].get("median_ms"))
         for row in res["boards"]:
             cells = ([f"error: {row['error'][:80]}"] + [""] * 6 if "error" in row
                      else _summary_cells(row))
@@ -176,7 +180,12 @@ def main(argv=None) -> None:
     ap.add_argument("--no-host", action="store_true", help="skip the x86 host measurement")
     ap.add_argument("--summary-only", action="store_true")
     ap.add_argument("-o", "--out", default=None, help="JSON path (default: none)")
+    ap.add_argument("--from-json", default=None, metavar="PATH",
+                    help="print the tables of an earlier run (summaries recomputed from its "
+                         "kernel rows; with -o, write it back so): no compiling")
     args = ap.parse_args(argv)
+    if args.from_json:
+        return _reprint(args)
     roofline.find_llvm_mca()  # fail early, with the install hint
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,13 +202,26 @@ def main(argv=None) -> None:
            "schedules_path": str(Path(importlib.import_module("tvmq.schedules").__file__)
                                  .parent.resolve()),
            "host": host_info(), "assumptions": _assumptions(), "results": results}
+    _write_and_print(doc, args)
+
+
+def _reprint(args) -> None:
+    doc = json.loads(Path(args.from_json).read_text())
+    for res in doc["results"]:
+        res["boards"] = [row if "error" in row else
+                         {**row, **roofline.Roofline.from_json(row).to_json()}
+                         for row in res["boards"]]
+    _write_and_print(doc, args)
+
+
+def _write_and_print(doc: dict, args) -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(doc, indent=1, default=_json_default))
+        Path(args.out).write_text(json.dumps(doc, separators=(",", ":"), default=_json_default))
         print(f"wrote {args.out}")
-    print(summary_table(results))
+    print(summary_table(doc["results"]))
     if not args.summary_only:
-        for res in results:
+        for res in doc["results"]:
             for row in res["boards"]:
                 if "error" not in row:
                     print("\n" + kernel_table(res, row))
