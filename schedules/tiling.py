@@ -119,16 +119,18 @@ def _const_extent(sch, loop) -> int:
 
 
 def _tile_factor(sch, extent: int, cap: int, fixed: int | None, sample: bool,
-                 default: int | None = None):
+                 default: int | None = None, multiple: int = 1):
     """A split factor: ``fixed``; else ``default`` (or the largest divisor of ``extent``
     up to ``cap``); or, for MetaSchedule, a divisor sampled with half the probability on
-    that default, so the search starts around the default tile."""
+    that default, so the search starts around the default tile. ``multiple``: sampled
+    factors are multiples of it (a tensor intrinsic over that many pixels)."""
     if fixed:
         return fixed
     best = default or divisor_at_most(extent, cap)
     if not sample:
         return best
-    cands = [d for d in range(1, min(extent, max(cap, best)) + 1) if extent % d == 0]
+    cands = [d for d in range(1, min(extent, max(cap, best)) + 1)
+             if extent % d == 0 and d % multiple == 0]
     probs = [0.5 if d == best else 0.5 / max(1, len(cands) - 1) for d in cands]
     if len(cands) == 1:
         return cands[0]
@@ -143,7 +145,7 @@ MIN_ACC = 12
 
 def register_tile(n_x: int, n_o: int, max_acc: int, max_ow: int, min_ob: int = 1,
                   block_bytes: int = 0, max_ob: int = 8,
-                  wide_rows: bool = False) -> tuple[int, int]:
+                  wide_rows: bool = False, ow_multiple: int = 1) -> tuple[int, int]:
     """``(ow, ob)``: output pixels x channel blocks of one register tile.
 
     ``block_bytes``: weight bytes of one output-channel block (``C * KH * KW * ob_lanes``).
@@ -156,10 +158,11 @@ def register_tile(n_x: int, n_o: int, max_acc: int, max_ow: int, min_ob: int = 1
     :mod:`tvmq.schedules.x86.conv2d_int8`).
     ``wide_rows``: the epilogue writes NCHW, one row segment per channel, so the widest
     ``ow`` comes first (ResNet-18's stem: 0.52 ms with 16x1, 0.61 ms with 4x4).
+    ``ow_multiple``: ``ow`` a multiple of it (``n_x`` must be one).
     """
     fit = max(1, W_TILE_BYTES // block_bytes) if block_bytes else max_ob
     obs = [d for d in range(1, min(n_o, max_ob) + 1) if n_o % d == 0]
-    ows = [d for d in range(1, min(n_x, max_ow) + 1) if n_x % d == 0]
+    ows = [d for d in range(1, min(n_x, max_ow) + 1) if n_x % d == 0 and d % ow_multiple == 0]
     cands = [(ow, ob) for ow in ows for ob in obs if ow * ob <= max_acc]
     cands = [c for c in cands if c[1] >= min(min_ob, obs[-1])] or cands
     fitting = [c for c in cands if c[1] <= max(fit, min_ob)] or cands
@@ -172,26 +175,56 @@ def register_tile(n_x: int, n_o: int, max_acc: int, max_ow: int, min_ob: int = 1
     return best
 
 
+def _unit_w_stride(block) -> bool:
+    """Whether the conv ``block`` reads its input's W axis at ``x + kw * dw`` (unit stride:
+    neighbouring output pixels read neighbouring, contiguous ``ib``-channel groups)."""
+    from tvmq._tvm import tvm
+
+    x = block.iter_vars[3].var
+    for r in block.reads:
+        if len(r.source.shape) == 5:  # the blocked input [N, C/xb, Hp, Wp, xb]
+            coef = tvm.sym.detect_linear_equation(r.region[3].min, [x])
+            return len(coef) == 2 and isinstance(coef[0], tvm.tirx.IntImm) \
+                and int(coef[0]) == 1 and int(r.region[3].extent) == 1
+    return False
+
+
+def _pixel_group(sch, conv, n_x: int, group_intrins: dict | None, ow_tile) -> int:
+    """Pixels ``G`` of the largest intrinsic in ``group_intrins`` (``{G: name}``) usable for
+    this conv (unit W stride, ``G`` divides the row, and ``ow_tile`` when fixed); 1: none."""
+    if not group_intrins or not _unit_w_stride(sch.get(conv)):
+        return 1
+    for g in sorted(group_intrins, reverse=True):
+        if n_x % g == 0 and (not ow_tile or ow_tile % g == 0):
+            return g
+    return 1
+
+
 def schedule_conv(sch, intrin: str, ob_tile: int | None = None, ow_tile: int | None = None,
                   max_acc: int = MAX_ACC_REGS, max_ow: int = 16, min_ob: int = 1,
-                  sample: bool = False):
+                  sample: bool = False, group_intrins: dict | None = None):
     """Tensorize ``BLOCK_CONV`` with ``intrin`` and fuse the epilogue per tile.
 
     ``sample=True`` draws the register tile with ``sample_categorical`` (a MetaSchedule
     design space around this default; see :func:`tvmq.schedules.tune_space`).
+    ``group_intrins``: ``{G: intrinsic}`` over ``G`` output pixels at once (one load of
+    their contiguous inputs; e.g. ``sdot`` by element on Arm), used for unit-stride convs
+    with the tile's pixels a multiple of ``G`` (the largest such ``G``).
     """
     conv = sch.get_sblock(BLOCK_CONV)
     _schedule_packs(sch)
     outs = inline_epilogue(sch, (BLOCK_CONV,))
     b, o, y, x, oi, *red_loops, ci = sch.get_loops(conv)  # red: cb[, kh, kw][, cs]
     n_o, n_x = _const_extent(sch, o), _const_extent(sch, x)
+    group = _pixel_group(sch, conv, n_x, group_intrins, ow_tile)
     block_bytes = _const_extent(sch, oi) * _const_extent(sch, ci)
     for lp in red_loops:
         block_bytes *= _const_extent(sch, lp)
     nchw_out = any(len(sch.get(out).writes[0].source.shape) == 4 for out in outs)
-    best_ow, best_ob = register_tile(n_x, n_o, max_acc, max_ow, min_ob, block_bytes,
-                                     wide_rows=nchw_out)
-    ow_tile = _tile_factor(sch, n_x, max_ow, ow_tile, sample, best_ow)
+    best_ow, best_ob = register_tile(n_x, n_o, max_acc, max(max_ow, group), min_ob,
+                                     block_bytes, wide_rows=nchw_out, ow_multiple=group)
+    ow_tile = _tile_factor(sch, n_x, max(max_ow, group), ow_tile, sample, best_ow,
+                           multiple=group)
     ob_tile = _tile_factor(sch, n_o, max(best_ob, 4), ob_tile, sample, best_ob)
     o_o, o_i = sch.split(o, [None, ob_tile])
     x_o, x_i = sch.split(x, [None, ow_tile])
@@ -218,7 +251,11 @@ def schedule_conv(sch, intrin: str, ob_tile: int | None = None, ow_tile: int | N
         _finish_epilogue(sch, BLOCK_CONV, outs, x_o, channel_inner=EPILOGUE_CHANNEL_INNER)
     init = sch.decompose_reduction(conv, red_loops[0])
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(oi, intrin)
+    if group > 1:
+        x_i, x_g = sch.split(x_i, [None, group])
+        sch.tensorize(x_g, group_intrins[group])
+    else:
+        sch.tensorize(oi, intrin)
     sch.unroll(x_i)
     sch.unroll(o_i)
     return sch

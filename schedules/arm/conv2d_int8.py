@@ -6,9 +6,12 @@ one activation broadcast feeding 4 dot products) by up to 6 output pixels: 24 ac
 from __future__ import annotations
 
 from tvmq.schedules import tiling
+from tvmq.schedules.arm.intrin import SDOT_2x4x4, SDOT_4x4, SDOT_4x4x4
 
 
 def schedule_conv(sch, intrin: str, **kw):
+    if intrin == SDOT_4x4:  # unit-stride convs: G pixels' inputs in one load, sdot by element
+        kw = {"group_intrins": {4: SDOT_4x4x4, 2: SDOT_2x4x4}, **kw}
     return tiling.schedule_conv(sch, intrin, **{"max_acc": 24, "max_ow": 6, "min_ob": 4, **kw})
 
 

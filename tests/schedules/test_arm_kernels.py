@@ -59,6 +59,26 @@ def test_neon_kernel_picks_full_range_intrinsic_only_for_weights_reaching_min(rn
         assert {"smull", "saddlp", "addp"} <= ops and "smlal2" not in ops
 
 
+@pytest.mark.parametrize("ow,strides,lanes", [(8, (1, 1), 4), (6, (1, 1), 2), (7, (1, 1), 0),
+                                              (8, (2, 2), 0)])
+def test_sdot_by_element_over_pixel_groups(rng, ow, strides, lanes):
+    """A55/A76: unit-stride convs whose rows split into groups of 4 (else 2) pixels load the
+    group's inputs once and ``sdot`` by element (``v.4b[3]`` when 4 a group); strided convs
+    and odd rows keep one broadcast load a pixel."""
+    target = get_board("a55").tvm_target()
+    w = _rand(rng, (16, 16, 3, 3), "int8")
+    lib, _, _ = kernels.build_conv_kernel((1, 16, 6, ow * strides[1]), w, "int8", target,
+                                          padding=(1,) * 4, strides=strides, layout="blocked")
+    dots = [ln for ln in lib.mod.inspect_source("asm").splitlines() if "\tsdot\t" in ln]
+    indexed = [ln for ln in dots if ".4b[" in ln]
+    assert dots
+    if lanes:
+        assert len(indexed) == len(dots) and any(f".4b[{lanes - 1}]" in ln for ln in indexed)
+        assert not any(f".4b[{lanes}]" in ln for ln in indexed)
+    else:
+        assert not indexed
+
+
 @pytest.mark.parametrize("board,intrin,instr", [("rpi5", "tvmq_arm_sdot_4x4", "sdot"),
                                                 ("a55", "tvmq_arm_sdot_4x4", "sdot"),
                                                 ("rasp3b", "tvmq_arm_neon_4x4", "smull"),
@@ -102,6 +122,15 @@ def _cases(rng):
             w.flat[0] = wmin
             out.append((f"{board}_dense_w{-wmin}", board, ("dense", x, w, {}),
                         x.astype(np.int64) @ w.astype(np.int64)))
+    # sdot by element over 4 or 2 pixels: unit-stride convs whose rows split in such groups
+    for ow, layout, bits in ((8, "NCHW", 8), (12, "blocked", 8), (6, "blocked", 8),
+                             (8, "blocked", 4), (10, "NCHW", 4)):
+        x = _rand(rng, (1, 8, 5, ow), "uint8" if layout == "NCHW" else "int8")
+        w = _rand(rng, (16, 8, 3, 3), "int4" if bits == 4 else "int8")
+        ref = qref.conv2d_int(x, w, padding=(1,) * 4)
+        out.append((f"rpi5_conv_pixels_{ow}_{layout}_int{bits}", "rpi5",
+                    ("conv", x, w, dict(padding=(1,) * 4, layout=layout, bits=bits)),
+                    _to_blocked(ref) if layout == "blocked" else ref))
     for board in ("rpi5", "rasp3b"):
         x, w = _rand(rng, (2, 13, 9, 9), "uint8"), _rand(rng, (20, 13, 3, 3), "int8")
         out.append((f"{board}_conv", board, ("conv", x, w, dict(strides=(2, 2), padding=(1,) * 4)),
