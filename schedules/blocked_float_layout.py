@@ -156,7 +156,7 @@ def _compose(outer, inner):
         return None
     m_in, m_out = inner.attrs.index_map, outer.attrs.index_map
     composed = m_out.map_indices(m_in.map_indices(list(m_in.initial_indices)))
-    ana = tvm.arith.Analyzer()
+    ana = tvm.sym.Analyzer()
     return m_in.initial_indices, [ana.simplify(e) for e in composed]
 
 

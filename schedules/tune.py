@@ -33,6 +33,15 @@ def builder_initializer() -> None:
     import tvmq.schedules.x86.intrin  # noqa: F401
 
 
+def build_worker_initializer() -> None:
+    """:func:`builder_initializer`, then TVM's own tensor intrinsics, which MetaSchedule's
+    ``default_build`` imports on a worker's first build (~35 s, 100+ s on 2 loaded cores):
+    there the import counts against that build's timeout (two workers importing at once
+    both timed out); an initializer has no timeout."""
+    builder_initializer()
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
 def _kernel_space_fn(st, fs=None):
     from tvmq.schedules import blocked as B
     from tvmq.schedules import tiling

@@ -31,7 +31,7 @@ def test_tuned_conv_is_exact(rng, tmp_path):
     func, wp, _ = kernels.conv_func(x.shape, w, "uint8", st, padding=(1,) * 4)
     db = ms.tune_tir(tvm.IRModule({"main": func}), target, str(tmp_path), max_trials_global=4,
                      num_trials_per_iter=4, space=tune.tune_space(target),
-                     builder=ms.builder.LocalBuilder(initializer=tune.builder_initializer,
+                     builder=ms.builder.LocalBuilder(initializer=tune.build_worker_initializer,
                                                      timeout_sec=120))
     sch = ms.tir_integration.compile_tir(db, tvm.IRModule({"main": func}), target)
     assert sch is not None

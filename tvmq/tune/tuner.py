@@ -191,12 +191,10 @@ def _builder_init() -> None:
 
 
 def _build_worker_init() -> None:
-    """:func:`_builder_init`, then TVM's own tensor intrinsics, which MetaSchedule's
-    ``default_build`` imports on a worker's first build (~35 s, 100+ s on 2 loaded cores):
-    there the import counted against that build's timeout, and two workers importing at
-    once both timed out; an initializer has no timeout."""
-    _builder_init()
-    import tvm.s_tir.tensor_intrin  # noqa: F401
+    """tvmq's and TVM's tensor intrinsics (:func:`tvmq.schedules.tune.build_worker_initializer`)."""
+    from tvmq.schedules.tune import build_worker_initializer
+
+    build_worker_initializer()
 
 
 def _builder(board: Board, workers: int = 1):
