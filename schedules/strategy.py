@@ -70,10 +70,12 @@ def _x86(intrin: str, name: str, dw_intrin: str | None = None) -> Strategy:
                     k.schedule_depthwise, dw_intrin=dw_intrin)
 
 
-def _arm(intrin: str, name: str, intrin_full: str | None = None) -> Strategy:
+def _arm(intrin: str, name: str, intrin_full: str | None = None,
+         in_order: bool = False) -> Strategy:
     from tvmq.schedules.arm import conv2d_int8 as k
 
-    return Strategy(name, 4, 4, "int8", intrin, k.schedule_conv, k.schedule_dense,
+    conv = k.schedule_conv_in_order if in_order else k.schedule_conv
+    return Strategy(name, 4, 4, "int8", intrin, conv, k.schedule_dense,
                     k.schedule_depthwise, dw_pixels=4, intrin_full=intrin_full)
 
 
@@ -88,7 +90,9 @@ def strategy_for(target) -> Strategy | None:
 
         if target_has_features(target, "dotprod"):
             return _arm(ai.SDOT_4x4, "arm-sdot")
-        return _arm(ai.NEON_4x4, "arm-neon", ai.NEON_4x4_FULL)
+        in_order = str(target.attrs.get("mcpu", "")) == "cortex-a53"
+        return _arm(ai.NEON_4x4, "arm-neon-a53" if in_order else "arm-neon", ai.NEON_4x4_FULL,
+                    in_order)
     if mtriple.startswith(("arm", "thumb")):
         if not target_has_features(target, "neon"):
             return None
