@@ -15,5 +15,5 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -E"
 if ! timeout "$BUDGET" $SUDO env PYTHON="$PYTHON" scripts/emulated-board.sh build; then
     skip "build failed or exceeded ${BUDGET}s (see the log above)"
 fi
-$SUDO "$PYTHON" -m pytest tests/device -m board -q -rs -p no:cacheprovider \
+$SUDO "$PYTHON" -m pytest tests/device tests/schedules -m board -q -rs -p no:cacheprovider \
     || { echo "[ci-board] board tests FAILED"; exit 1; }

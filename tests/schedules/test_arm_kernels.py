@@ -222,3 +222,67 @@ def test_kernels_exact_under_qemu(rng):
             assert np.array_equal(got, ref), f"{name}: max |diff| {np.abs(got - ref).max()}"
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _tuned_cases(rng):
+    """(name, board, scheduled module, inputs, reference): schedules drawn from tvmq's tune
+    space (the register tiles MetaSchedule samples) for each Arm kernel family."""
+    from tvmq._tvm import meta_schedule, tvm
+    from tvmq.schedules import tune
+
+    ms = meta_schedule()
+    out = []
+    for board in ("a55", "rasp4b", "rasp3b"):
+        target = get_board(board).tvm_target()
+        st = strategy_for(target)
+        x, w = _rand(rng, (1, 8, 5, 8), "int8"), _symmetric(_rand(rng, (16, 8, 3, 3), "int8"))
+        func, wp, corr = kernels.conv_func(x.shape, w, "int8", st, padding=(1,) * 4,
+                                           layout="blocked")
+        conv = (func, [_to_blocked(x), wp], _to_blocked(qref.conv2d_int(x, w, padding=(1,) * 4)))
+        x, w = _rand(rng, (6, 24), "int8"), _symmetric(_rand(rng, (24, 16), "int8"))
+        func, wp, corr = kernels.dense_func(x.shape[0], w, "int8", st)
+        dense = (func, [x, wp], x.astype(np.int64) @ w.astype(np.int64))
+        for kind, (func, args, ref) in (("conv", conv), ("dense", dense)):
+            seen = set()
+            for seed in range(4):
+                ctx = ms.TuneContext(mod=tvm.IRModule({"main": func}), target=target,
+                                     space_generator=tune.kernel_space(target), rand_state=seed)
+                sch = ctx.generate_design_space()[0]
+                key = tuple(str(d) for d in sch.trace.decisions.values())
+                if key in seen:
+                    continue
+                seen.add(key)
+                out.append((f"tuned_{board}_{kind}_{len(seen)}", board, sch.mod, args, ref))
+            if kind == "conv":
+                assert len(seen) > 1, "the tune space sampled a single register tile"
+    return out
+
+
+@pytest.mark.board
+def test_tune_space_schedules_exact_under_qemu(rng):
+    """Every register tile tvmq's tune space draws for the Arm kernels (sdot over pixel
+    groups, NEON smull/smlal2, the A53's smaller tiles) builds and runs bit-exact on the
+    emulated board (its timings are qemu's: correctness only)."""
+    from tvmq._tvm import tvm
+
+    if not (ROOT / ".tvmq-ready").exists() or os.geteuid() != 0 or shutil.which(CROSS) is None:
+        pytest.skip("emulated aarch64 board not built (scripts/emulated-board.sh build)")
+    work = ROOT / "tmp" / f"tvmq-tuned-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        cases = _tuned_cases(rng)
+        for name, board, mod, args, ref in cases:
+            lib = tvm.compile(mod, target=get_board(board).tvm_target())
+            lib.export_library(str(work / f"{name}.so"), fcompile=cc.cross_compiler(CROSS))
+            np.savez(work / f"{name}.npz", *args, np.zeros(ref.shape, "int32"))
+        (work / "run.py").write_text(_RUNNER)
+        inside = "/" + str(work.relative_to(ROOT))
+        proc = subprocess.run(["chroot", str(ROOT), "/opt/tvm-venv/bin/python",
+                               f"{inside}/run.py", inside, *[c[0] for c in cases]],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        for name, *_, ref in cases:
+            got = np.load(work / f"{name}.out.npy")
+            assert np.array_equal(got, ref), f"{name}: max |diff| {np.abs(got - ref).max()}"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
