@@ -136,10 +136,16 @@ SUMMARY_HEAD = ("| model | build | board | hottest loop | MACs/cycle | % peak (p
                 "x86 host ms |")
 
 
+OVER_PEAK = ("\\* above the assumed peak: llvm-mca's model of the core issues this loop's "
+             "instructions faster than the peak allows (LLVM 14's Cortex-A55 model: the "
+             "by-element sdot .4s two a cycle, the vector form one); see docs/roofline.md")
+
+
 def _summary_cells(row: dict) -> list[str]:
     s, hot = row["summary"], row["summary"]["hottest_loop"] or {}
+    over = "*" if (hot.get("peak_fraction") or 0) > 1 else ""
     return [_mix(hot.get("loop")), _f(hot.get("macs_per_cycle")),
-            f"{_f(hot.get('peak_fraction'), '{:.0%}')} ({row['peak_macs_per_cycle']})",
+            f"{_f(hot.get('peak_fraction'), '{:.0%}')}{over} ({row['peak_macs_per_cycle']})",
             _f(s["mac_weighted_macs_per_cycle"]), _ms(s["estimate_ms_1core"]),
             _ms(s["estimate_ms_all_cores"]), _f(s["covered_macs_fraction"], "{:.0%}")]
 
@@ -153,6 +159,8 @@ def summary_table(results: list[dict]) -> str:
                      else _summary_cells(row))
             lines.append("| " + " | ".join([res["model"], res["build"], row["board"], *cells,
                                              host]) + " |")
+    if any("%* (" in line for line in lines):
+        lines += ["", OVER_PEAK]
     return "\n".join(lines)
 
 
