@@ -211,11 +211,24 @@ def test_small_conv_roofline(conv_qdq, board, instr, absent):
     assert k.loop is not None, k.why_not
     mix = k.loop["mac_instructions"]
     assert any(m.startswith(instr) for m in mix) and absent not in mix, mix
-    peak = roofline.board_peak(get_board(board))
+    peak = max(roofline.board_peak(get_board(board)), _model_rate(board, mix))
     assert 0 < k.macs_per_cycle <= peak * 1.05, (k.macs_per_cycle, peak)
     assert k.spec.macs == 32 * 16 * 9 * 12 * 12
     assert res.estimate_ms > 0 and res.covered_macs_fraction == 1.0
     assert res.to_json()["summary"]["hottest_loop"]["macs_per_cycle"] == k.macs_per_cycle
+
+
+def _model_rate(board, mix) -> float:
+    """MACs/cycle llvm-mca allows 16 independent copies of the loop's MAC instruction: above
+    the peak for the A55's by-element sdot (docs/roofline.md), the peak otherwise."""
+    form = {"sdot": "sdot\tv{i}.4s, v20.16b, v21.4b[{j}]", "smull": "smull\tv{i}.8h, v20.8b, v21.8b",
+            "smlal2": "smlal2\tv{i}.8h, v20.16b, v21.16b"}
+    rates = [0.0]
+    for mnemonic in set(mix) & set(form):
+        body = [form[mnemonic].format(i=i, j=i % 4) for i in range(16)]
+        cyc = roofline.mca_cycles(body, get_board(board))["cycles_per_iter"]
+        rates.append(16 * roofline.count_macs(body[0], "aarch64") / cyc)
+    return max(rates)
 
 
 # ---- errors ---------------------------------------------------------------------------
