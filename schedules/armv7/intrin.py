@@ -23,25 +23,11 @@ Temporaries are ``name: T.let = expr`` (see :mod:`tvmq.schedules.arm.intrin`).
 from __future__ import annotations
 
 from tvmq._tvm import T, s_tir
+# the same semantics as aarch64's 4x4 intrinsics: one description for both
+from tvmq.schedules.arm.intrin import dot_4x4_s8s8s32_desc
 
 NEON_4x4 = "tvmq_armv7_neon_4x4"
 NEON_4x4_FULL = "tvmq_armv7_neon_4x4_full"
-
-
-@T.prim_func(s_tir=True)
-def dot_4x4_s8s8s32_desc(
-    A: T.Buffer((4,), "int8", offset_factor=1),
-    B: T.Buffer((4, 4), "int8", offset_factor=1),
-    C: T.Buffer((4,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-        T.writes(C[0:4])
-        for i in T.serial(0, 4):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
 
 @T.prim_func(s_tir=True)

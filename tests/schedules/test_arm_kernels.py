@@ -1,14 +1,13 @@
 """aarch64 int8 kernels: sdot / NEON smull tensorization, cross-compiled; exact under qemu."""
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests._qemu_board import CROSS, board_workdir, run_on_board
 from tests.conftest import to_blocked
 from tvmq import qref
 from tvmq._tvm import cc
@@ -16,8 +15,6 @@ from tvmq.boards import get_board
 from tvmq.schedules import kernels, strategy_for
 
 pytestmark = pytest.mark.build
-ROOT = Path(os.environ.get("TVMQ_BOARD_ROOT", Path.home() / ".cache/tvmq/boards/arm64"))
-CROSS = "aarch64-linux-gnu-gcc"
 
 
 def _rand(rng, shape, dtype):
@@ -190,38 +187,18 @@ def _export(work: Path, name, board, spec, ref):
     np.savez(work / f"{name}.npz", *arrays)
 
 
-_RUNNER = '''
-import sys, numpy as np, tvm
-d = sys.argv[1]
-for name in sys.argv[2:]:
-    data = np.load(f"{d}/{name}.npz")
-    args = [tvm.runtime.tensor(data[f"arr_{i}"]) for i in range(len(data.files))]
-    tvm.runtime.load_module(f"{d}/{name}.so")["main"](*args)
-    np.save(f"{d}/{name}.out.npy", args[-1].numpy())
-'''
 
 
 @pytest.mark.board
 def test_kernels_exact_under_qemu(rng):
-    if not (ROOT / ".tvmq-ready").exists() or os.geteuid() != 0 or shutil.which(CROSS) is None:
-        pytest.skip("emulated aarch64 board not built (scripts/emulated-board.sh build)")
-    work = ROOT / "tmp" / f"tvmq-kernels-{os.getpid()}"
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with board_workdir("tvmq-kernels") as work:
         cases = _cases(rng)
         for case in cases:
             _export(work, *case)
-        (work / "run.py").write_text(_RUNNER)
-        inside = "/" + str(work.relative_to(ROOT))
-        proc = subprocess.run(["chroot", str(ROOT), "/opt/tvm-venv/bin/python",
-                               f"{inside}/run.py", inside, *[c[0] for c in cases]],
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_on_board(work, [c[0] for c in cases])
         for name, _, _, ref in cases:
             got = np.load(work / f"{name}.out.npy")
             assert np.array_equal(got, ref), f"{name}: max |diff| {np.abs(got - ref).max()}"
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _tuned_cases(rng):
@@ -265,24 +242,13 @@ def test_tune_space_schedules_exact_under_qemu(rng):
     emulated board (its timings are qemu's: correctness only)."""
     from tvmq._tvm import tvm
 
-    if not (ROOT / ".tvmq-ready").exists() or os.geteuid() != 0 or shutil.which(CROSS) is None:
-        pytest.skip("emulated aarch64 board not built (scripts/emulated-board.sh build)")
-    work = ROOT / "tmp" / f"tvmq-tuned-{os.getpid()}"
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with board_workdir("tvmq-tuned") as work:
         cases = _tuned_cases(rng)
         for name, board, mod, args, ref in cases:
             lib = tvm.compile(mod, target=get_board(board).tvm_target())
             lib.export_library(str(work / f"{name}.so"), fcompile=cc.cross_compiler(CROSS))
             np.savez(work / f"{name}.npz", *args, np.zeros(ref.shape, "int32"))
-        (work / "run.py").write_text(_RUNNER)
-        inside = "/" + str(work.relative_to(ROOT))
-        proc = subprocess.run(["chroot", str(ROOT), "/opt/tvm-venv/bin/python",
-                               f"{inside}/run.py", inside, *[c[0] for c in cases]],
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_on_board(work, [c[0] for c in cases])
         for name, *_, ref in cases:
             got = np.load(work / f"{name}.out.npy")
             assert np.array_equal(got, ref), f"{name}: max |diff| {np.abs(got - ref).max()}"
-    finally:
-        shutil.rmtree(work, ignore_errors=True)

@@ -12,15 +12,14 @@ asserted without flakiness.)
 """
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests._qemu_board import CROSS, board_workdir, run_on_board
 from tests.conftest import assert_well_formed, run_target, to_blocked
 from tvmq import schedules as S
 from tvmq._tvm import cc, relax, tensor, tvm
@@ -327,8 +326,6 @@ def test_weights_computed_at_run_time(rng):
 
 
 # ---- aarch64 ------------------------------------------------------------------------------
-CROSS = "aarch64-linux-gnu-gcc"
-ROOT = Path(os.environ.get("TVMQ_BOARD_ROOT", Path.home() / ".cache/tvmq/boards/arm64"))
 
 
 def _arm_cases(rng):
@@ -375,35 +372,15 @@ def test_aarch64_kernels_build_with_fmla(rng, tmp_path):
     assert all((tmp_path / f"{c[0]}.so").stat().st_size > 0 for c in cases)
 
 
-_RUNNER = '''
-import sys, numpy as np, tvm
-d = sys.argv[1]
-for name in sys.argv[2:]:
-    data = np.load(f"{d}/{name}.npz")
-    args = [tvm.runtime.tensor(data[f"arr_{i}"]) for i in range(len(data.files))]
-    tvm.runtime.load_module(f"{d}/{name}.so")["main"](*args)
-    np.save(f"{d}/{name}.out.npy", args[-1].numpy())
-'''
 
 
 @pytest.mark.board
 def test_aarch64_kernels_under_qemu(rng):
-    if not (ROOT / ".tvmq-ready").exists() or os.geteuid() != 0 or shutil.which(CROSS) is None:
-        pytest.skip("emulated aarch64 board not built (scripts/emulated-board.sh build)")
-    work = ROOT / "tmp" / f"tvmq-fkernels-{os.getpid()}"
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with board_workdir("tvmq-fkernels") as work:
         cases = _export_arm(work, rng)
-        (work / "run.py").write_text(_RUNNER)
-        inside = "/" + str(work.relative_to(ROOT))
-        proc = subprocess.run(["chroot", str(ROOT), "/opt/tvm-venv/bin/python",
-                               f"{inside}/run.py", inside, *[c[0] for c in cases]],
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_on_board(work, [c[0] for c in cases])
         for name, _, _, (ref, mag, k) in cases:
             _check(np.load(work / f"{name}.out.npy"), ref, mag, k, name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 # ---- tuning -------------------------------------------------------------------------------
