@@ -252,3 +252,37 @@ def test_tune_space_schedules_exact_under_qemu(rng):
         for name, *_, ref in cases:
             got = np.load(work / f"{name}.out.npy")
             assert np.array_equal(got, ref), f"{name}: max |diff| {np.abs(got - ref).max()}"
+
+
+@pytest.mark.parametrize("wmin", [-127, -128])
+def test_model_conv_reaching_min_weight_compiles_to_full_range_form(tmp_path, wmin):
+    """Inside a compiled model (FuseTIR keeps the kernel block's annotation): a QDQ conv
+    whose int8 weights reach -128 runs the full-range A72 form, others the fast one."""
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    import tvmq
+
+    w = _symmetric(np.random.default_rng(0).integers(-128, 128, (16, 16, 3, 3)).astype(np.int8))
+    w.flat[3] = wmin
+    consts = {"w_q": w, "ws": np.float32(0.02), "wz": np.int8(0), "xs": np.float32(0.05),
+              "xz": np.int8(0), "ys": np.float32(0.1), "yz": np.int8(0)}
+    nodes = [h.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             h.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             h.make_node("DequantizeLinear", ["w_q", "ws", "wz"], ["wd"]),
+             h.make_node("Conv", ["xd", "wd"], ["c"], pads=[1, 1, 1, 1]),
+             h.make_node("QuantizeLinear", ["c", "ys", "yz"], ["yq"]),
+             h.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"])]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", TP.FLOAT, [1, 16, 8, 8])],
+                         [h.make_tensor_value_info("y", TP.FLOAT, [1, 16, 8, 8])],
+                         [nh.from_array(np.asarray(v), k) for k, v in consts.items()])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    art = tvmq.compile(str(tmp_path / "m.onnx"), board="rasp4b")
+    asm = art.executable.mod.imports[0].inspect_source("asm")
+    ops = {line.split()[0] for line in asm.splitlines() if line.startswith("\t")}
+    assert ("smlal2" in ops) == (wmin == -127)
+    assert ("addp" in ops) == (wmin == -128)
