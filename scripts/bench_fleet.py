@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import torch
 
 import tvmq
 from tvmq import device
+from tvmq.boards import host_cpu_name
 from tvmq.device import fleet, processes
 
 
@@ -86,16 +86,6 @@ def run_in_process(servers: int, args, tmp: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", nargs="+", type=int, default=[1, 2],
@@ -131,7 +121,7 @@ def main() -> None:
                                                                  "rest_s")}
            for n, rs in runs.items()}
     ref = args.configs[0]
-    out = {"cpu": _cpu(), "cores": os.cpu_count(), "trials": args.trials,
+    out = {"cpu": host_cpu_name(), "cores": os.cpu_count(), "trials": args.trials,
            "repeat": args.repeat, "builders": args.builders or os.cpu_count(),
            "server_threads": threads,
            "median": med, "runs": runs,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 import warnings
@@ -29,20 +28,11 @@ import numpy as np
 from _peers import time_peers
 
 import tvmq
+from tvmq.boards import host_cpu_name
 from tvmq.onnx_tools import export_float
 
 #: first conv and classifier of the zoo models (kept float by ``--mixed``)
 FLOAT_ENDS = {"resnet18": ("conv1", "fc"), "mobilenet_v2": ("features.0.0", "classifier")}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_isa() -> list[str]:
@@ -135,7 +125,7 @@ def main(argv=None) -> None:
                    for m in args.models]
         mixed = [bench_mixed(m, Path(tmp), args.rounds) for m in args.models
                  if args.mixed and m in FLOAT_ENDS]
-    report = {"cpu": cpu_name(), "isa": cpu_isa(), "cores": os.cpu_count(), "threads": 2,
+    report = {"cpu": host_cpu_name(), "isa": cpu_isa(), "cores": os.cpu_count(), "threads": 2,
               "batch": 1,
               "loadavg_before": [round(v, 2) for v in load0],
               "loadavg_after": [round(v, 2) for v in os.getloadavg()],

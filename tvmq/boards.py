@@ -75,6 +75,17 @@ def _host_cpu_flags() -> set[str]:
     return set()
 
 
+def host_cpu_name() -> str:
+    """This machine's CPU model (``/proc/cpuinfo``'s model name), for benchmark reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _host_board() -> Board:
     from tvm.target import codegen
 
