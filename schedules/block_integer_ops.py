@@ -288,8 +288,9 @@ class _Mutator(relax.PyExprMutator):
             xp, pack = x, lambda x_t: B.pad_blocked(x_t, pads, st.act_dtype, self.pad_value)
         else:
             xp = x
-        wp_arg, wp_t, wp_const = self._weight_args(B.pack_weight(w, st.ob, st.ib), bits, table)
-        attrs = B.weight_attrs(w)
+        wp_np = B.pack_weight(w, st.ob, st.ib)
+        wp_arg, wp_t, wp_const = self._weight_args(wp_np, bits, table)
+        attrs = B.weight_attrs(wp_np, pairs=st.intrin_pairs is not None)
 
         def compute(xp_t, corr_t):
             acc = B.conv2d_blocked(xp_t, wp_t, strides, dil, out_shape[2:4], attrs=attrs)
@@ -332,12 +333,13 @@ class _Mutator(relax.PyExprMutator):
             return None
         st, in_dtype = self.st, struct_dtype(x)
         xp = self._emit_pack(B.pack_rows, x, st.ib, st.act_dtype, name="tvmq_pack_rows")
-        wp_arg, wp_t, wp_const = self._weight_args(B.pack_dense_weight(w, st.ob, st.ib), bits,
-                                                   table)
+        wp_np = B.pack_dense_weight(w, st.ob, st.ib)
+        wp_arg, wp_t, wp_const = self._weight_args(wp_np, bits, table)
         corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype), out_axis=1)
+        attrs = B.weight_attrs(wp_np, pairs=st.intrin_pairs is not None)
         return self._kernel(
             xp, wp_arg, wp_const, corr_np,
-            lambda xp_t, corr_t: B.unpack_rows(B.dense_blocked(xp_t, wp_t, attrs=B.weight_attrs(w)),
+            lambda xp_t, corr_t: B.unpack_rows(B.dense_blocked(xp_t, wp_t, attrs=attrs),
                                                w.shape[1], corr_t),
             "tvmq_dense", struct_shape(call))
 

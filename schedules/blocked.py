@@ -69,12 +69,46 @@ def pack_activation(x: te.Tensor, ib: int, padding, act_dtype: str, pad_value: i
 #: annotation of a conv/dense kernel block whose int8 weights reach -128: the schedule then
 #: uses the strategy's ``intrin_full`` (:meth:`tvmq.schedules.strategy.Strategy.kernel_intrin`)
 WEIGHT_MIN_ATTR = "tvmq.weight_reaches_min"
+#: annotation of a conv/dense kernel block whose weight pairs fit an int16 sum with any u8
+#: activations (:func:`pairs_fit_int16`): the schedule may use the strategy's
+#: ``intrin_pairs`` (x86 ``vpmaddubsw``, which saturates pair sums at int16)
+WEIGHT_PAIRS_ATTR = "tvmq.weight_pairs_fit_int16"
+INT16_MAX = 32767
 
 
-def weight_attrs(w) -> dict | None:
-    """Block annotations of a kernel over int8 weights ``w`` (numpy, any layout)."""
-    return {WEIGHT_MIN_ATTR: 1} if np.asarray(w).dtype == np.int8 and (
-        np.asarray(w) == -128).any() else None
+def pair_sum_max(wp: np.ndarray) -> int:
+    """Largest ``|w0 * a0 + w1 * a1| / a_max`` of packed weights ``wp`` (``[..., ib]``, the
+    reduction block last, ``ib`` even) over unsigned activations ``0 <= a <= a_max``: the
+    larger same-sign sum of magnitudes of a pair of neighbouring reduction elements
+    ``(2j, 2j+1)``, which ``vpmaddubsw`` adds in int16."""
+    w = np.asarray(wp, np.int32)
+    if w.size == 0 or w.shape[-1] % 2:
+        return 0 if w.size == 0 else 1 << 16
+    pos, neg = np.maximum(w, 0), np.maximum(-w, 0)
+    return int(max((pos[..., 0::2] + pos[..., 1::2]).max(),
+                   (neg[..., 0::2] + neg[..., 1::2]).max()))
+
+
+def pairs_fit_int16(wp: np.ndarray, act_max: int = 255) -> bool:
+    """Whether every pair sum of ``wp`` (see :func:`pair_sum_max`) with activations in
+    ``[0, act_max]`` fits int16 without saturating: true for weights in [-64, 64] (7-bit
+    weights, ``reduce_range``; ``2 * 255 * 64 = 32640``), for any int8 weights when
+    ``act_max <= 127``, and for many layers in between."""
+    return act_max * pair_sum_max(wp) <= INT16_MAX
+
+
+def weight_attrs(wp, pairs: bool = False) -> dict | None:
+    """Block annotations of a kernel over int8 weights ``wp`` (numpy, packed: the reduction
+    block last). ``pairs``: also mark weights whose pairs fit int16
+    (:data:`WEIGHT_PAIRS_ATTR`; only for strategies that use it, so that other targets'
+    kernels, and the tuning records keyed by them, stay as they were)."""
+    wp = np.asarray(wp)
+    attrs = {}
+    if wp.dtype == np.int8 and (wp == -128).any():
+        attrs[WEIGHT_MIN_ATTR] = 1
+    if pairs and pairs_fit_int16(wp):
+        attrs[WEIGHT_PAIRS_ATTR] = 1
+    return attrs or None
 
 
 def conv2d_blocked(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, acc="int32",

@@ -36,7 +36,8 @@ def conv_func(x_shape, w: np.ndarray, in_dtype: str, st: Strategy, strides=(1, 1
     blocked = layout != "NCHW"
     x = te.placeholder(B.i64(_blocked_shape(x_shape, st.ob) if blocked else x_shape),
                        in_dtype, "x")
-    wp_np, wp_arg, wp = B.weight_operand(B.pack_weight(w, st.ob, st.ib), st.ob, bits)
+    packed = B.pack_weight(w, st.ob, st.ib)
+    wp_np, wp_arg, wp = B.weight_operand(packed, st.ob, bits)
     corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype))
     corr = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
     if blocked:
@@ -44,7 +45,8 @@ def conv_func(x_shape, w: np.ndarray, in_dtype: str, st: Strategy, strides=(1, 1
     else:
         xp = B.pack_activation(x, st.ib, padding, st.act_dtype)
     hw = _out_hw(x_shape[2], x_shape[3], w.shape[2:], strides, padding, dilation)
-    acc = B.conv2d_blocked(xp, wp, strides, dilation, hw, attrs=B.weight_attrs(w))
+    acc = B.conv2d_blocked(xp, wp, strides, dilation, hw,
+                           attrs=B.weight_attrs(packed, st.intrin_pairs is not None))
     out = (B.unpack_blocked(acc, w.shape[0], corr) if blocked
            else B.unpack_nchw(acc, w.shape[0], corr))
     args = [x, wp_arg] + ([corr] if corr is not None else []) + [out]
@@ -83,11 +85,12 @@ def dense_func(m: int, w_kn: np.ndarray, in_dtype: str, st: Strategy, bits: int 
     """(PrimFunc, packed weight, correction or None) of ``x[m, K] @ w_kn`` in int32."""
     k, n = w_kn.shape
     x = te.placeholder(B.i64((m, k)), in_dtype, "x")
-    wp_np, wp_arg, wp = B.weight_operand(B.pack_dense_weight(w_kn, st.ob, st.ib), st.ob, bits)
+    packed = B.pack_dense_weight(w_kn, st.ob, st.ib)
+    wp_np, wp_arg, wp = B.weight_operand(packed, st.ob, bits)
     corr_np = B.shift_correction(w_kn, B.shift_for(in_dtype, st.act_dtype), out_axis=1)
     corr = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
     acc = B.dense_blocked(B.pack_rows(x, st.ib, st.act_dtype), wp,
-                          attrs=B.weight_attrs(w_kn))
+                          attrs=B.weight_attrs(packed, st.intrin_pairs is not None))
     out = B.unpack_rows(acc, n, corr)
     args = [x, wp_arg] + ([corr] if corr is not None else []) + [out]
     return te.create_prim_func(args), wp_np, corr_np

@@ -39,6 +39,10 @@ class Strategy:
         (blocks annotated :data:`tvmq.schedules.blocked.WEIGHT_MIN_ATTR`); None: ``intrin``
         is exact for all of them. Set when ``intrin`` sums two products in int16 (exact for
         weights in [-127, 127], which symmetric quantization guarantees).
+    intrin_pairs : str or None
+        Faster intrinsic exact only for kernels whose weight pairs fit an int16 sum with any
+        u8 activation (blocks annotated :data:`tvmq.schedules.blocked.WEIGHT_PAIRS_ATTR`:
+        e.g. 7-bit weights); None: no such intrinsic.
     """
 
     name: str
@@ -52,22 +56,28 @@ class Strategy:
     dw_pixels: int = 4
     dw_intrin: str | None = None
     intrin_full: str | None = None
+    intrin_pairs: str | None = None
 
     def kernel_intrin(self, block) -> str:
-        """The intrinsic for kernel ``block`` (a ``tir.SBlock``): :attr:`intrin_full` when its
-        weights reach -128 and the fast intrinsic is not exact for them, else :attr:`intrin`."""
-        from tvmq.schedules.blocked import WEIGHT_MIN_ATTR
+        """The intrinsic for kernel ``block`` (a ``tir.SBlock``): :attr:`intrin_pairs` when its
+        weights allow it, :attr:`intrin_full` when they reach -128 and the fast intrinsic is
+        not exact for them, else :attr:`intrin`."""
+        from tvmq.schedules.blocked import WEIGHT_MIN_ATTR, WEIGHT_PAIRS_ATTR
 
-        if self.intrin_full is not None and WEIGHT_MIN_ATTR in (block.annotations or {}):
+        ann = block.annotations or {}
+        if self.intrin_pairs is not None and WEIGHT_PAIRS_ATTR in ann:
+            return self.intrin_pairs
+        if self.intrin_full is not None and WEIGHT_MIN_ATTR in ann:
             return self.intrin_full
         return self.intrin
 
 
-def _x86(intrin: str, name: str, dw_intrin: str | None = None) -> Strategy:
+def _x86(intrin: str, name: str, dw_intrin: str | None = None,
+         intrin_pairs: str | None = None) -> Strategy:
     from tvmq.schedules.x86 import conv2d_int8 as k
 
     return Strategy(name, 16, 4, "uint8", intrin, k.schedule_conv, k.schedule_dense,
-                    k.schedule_depthwise, dw_intrin=dw_intrin)
+                    k.schedule_depthwise, dw_intrin=dw_intrin, intrin_pairs=intrin_pairs)
 
 
 def _arm(intrin: str, name: str, intrin_full: str | None = None,
@@ -111,8 +121,11 @@ def strategy_for(target) -> Strategy | None:
     intrin = xi.select_intrin(target)
     if intrin is None:
         return None
-    return _x86(intrin, "x86-vnni" if intrin == xi.VNNI_16x4 else "x86-avx2",
-                xi.select_dw_intrin(target))
+    if intrin == xi.VNNI_16x4:
+        return _x86(intrin, "x86-vnni", xi.select_dw_intrin(target))
+    # AVX2: vpmaddwd (exact for every int8 weight) and, for layers whose weight pairs fit
+    # int16 (7-bit weights: reduce_range), vpmaddubsw
+    return _x86(intrin, "x86-avx2", xi.select_dw_intrin(target), xi.AVX2_PAIRS_16x4)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """x86 integer kernels: AVX-512 VNNI / AVX2 16x4 intrinsics and their default schedules."""
 from tvmq.schedules.kernels import build_conv_kernel, build_dense_kernel, build_depthwise_kernel
-from tvmq.schedules.x86.intrin import AVX2_16x4, VNNI_16x4, select_intrin
+from tvmq.schedules.x86.intrin import AVX2_16x4, AVX2_PAIRS_16x4, VNNI_16x4, select_intrin
 
 
 def tune_space(target):
@@ -9,5 +9,5 @@ def tune_space(target):
 
     return _ts(target)
 
-__all__ = ["VNNI_16x4", "AVX2_16x4", "select_intrin", "build_conv_kernel", "build_dense_kernel",
+__all__ = ["VNNI_16x4", "AVX2_16x4", "AVX2_PAIRS_16x4", "select_intrin", "build_conv_kernel", "build_dense_kernel",
            "build_depthwise_kernel", "tune_space"]

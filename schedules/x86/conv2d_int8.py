@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from tvmq.schedules import tiling
-from tvmq.schedules.x86.intrin import AVX2_16x4, DW_VNNI_16x4, VNNI_16x4
+from tvmq.schedules.x86.intrin import AVX2_16x4, AVX2_PAIRS_16x4, DW_VNNI_16x4, VNNI_16x4
 
 #: most 16-lane int32 accumulators of one register tile, per intrinsic. AVX-512: one zmm
 #: each (of 32); at most 14: with 16-24 (4x6, 8x2, 16x1 tiles) LLVM spills around the
@@ -11,8 +11,8 @@ from tvmq.schedules.x86.intrin import AVX2_16x4, DW_VNNI_16x4, VNNI_16x4
 #: AVX2: two ymm each (of 16), so 14 spill some, yet reloading a tile's weights for fewer
 #: pixels costs more: measured (Zen 2, 2 cores, paired end to end) 14 against 6:
 #: MobileNetV2 1.197x, ResNet-18 1.231x; against 20 / 24: 1.033x / 1.011x.
-CONV_MAX_ACC = {VNNI_16x4: 14, AVX2_16x4: 14}
-DENSE_MAX_ACC = {VNNI_16x4: 24, AVX2_16x4: 24}
+CONV_MAX_ACC = {VNNI_16x4: 14, AVX2_16x4: 4, AVX2_PAIRS_16x4: 7}
+DENSE_MAX_ACC = {VNNI_16x4: 24, AVX2_16x4: 24, AVX2_PAIRS_16x4: 7}
 
 
 def schedule_conv(sch, intrin: str, **kw):

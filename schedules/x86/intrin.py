@@ -26,6 +26,7 @@ from tvmq._tvm import T, s_tir, target_has_features
 
 VNNI_16x4 = "tvmq_x86_vnni_16x4"
 AVX2_16x4 = "tvmq_x86_avx2_16x4"
+AVX2_PAIRS_16x4 = "tvmq_x86_avx2_pairs_16x4"
 DW_VNNI_16x4 = "tvmq_x86_dw_vnni_16x4"
 LANES, DEPTH = 16, 4
 #: byte j of the transposed operand: tap ``j % 4`` of channel ``j // 4``
@@ -69,9 +70,40 @@ def dot_16x4_u8s8s32_vnni(
         )
 
 
-def _pairs(c0: int, k0: int) -> list[int]:
-    """Byte indices of ``B[c, k0:k0+2]`` for channels ``c0..c0+7`` in a ``[16][4]`` block."""
-    return [4 * c + k0 + j for c in range(c0, c0 + 8) for j in range(2)]
+_Z = 0x80  # vpshufb: a mask byte with the top bit set writes 0
+
+
+def _bytes32(lane: list[int]):
+    """A 32-byte vector constant, ``lane`` (16 bytes) in both 128-bit lanes."""
+    q = [int.from_bytes(bytes(b & 0xFF for b in lane[i:i + 8]), "little", signed=True)
+         for i in (0, 8)]
+    return T.reinterpret(T.Shuffle([T.broadcast(T.int64(q[0]), 2), T.broadcast(T.int64(q[1]), 2)],
+                                   [0, 2, 0, 2]), dtype="int8x32")
+
+
+#: vpshufb masks. Activations (the 4 u8 in every dword) -> the int16 pair (a0, a1) or
+#: (a2, a3) in every dword (zero-extended). Weights (a 128-bit lane: 4 channels x 4 taps)
+#: -> dword c = channel c's taps (k0, k0+1), each in the *high* byte of an int16 (an
+#: arithmetic shift right by 8 sign-extends them).
+_ACT = {k0: [k0, _Z, k0 + 1, _Z] * 4 for k0 in (0, 2)}
+_WGT = {k0: [b for c in range(4) for b in (_Z, 4 * c + k0, _Z, 4 * c + k0 + 1)]
+        for k0 in (0, 2)}
+
+
+def _pshufb(x, lane: list[int]):
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pshuf.b"), x,
+                                   _bytes32(lane), dtype="int8x32")
+
+
+def _pmaddwd(a, b):
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a,
+                                   b, dtype="int32x8")
+
+
+def _w16(b, k0: int):
+    """int16 weights of taps ``(k0, k0+1)``, dword c = channel c (``b``: 8 channels x 4)."""
+    return T.shift_right(T.reinterpret(_pshufb(b, _WGT[k0]), dtype="int16x16"),
+                         T.broadcast(T.int16(8), 16))
 
 
 @T.prim_func(s_tir=True)
@@ -83,26 +115,46 @@ def dot_16x4_u8s8s32_avx2(
     with T.sblock("root"):
         T.reads(C[0:16], A[0:4], B[0:16, 0:4])
         T.writes(C[0:16])
-        a_i32: T.let = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        a16: T.let = T.Cast("int16x16", T.reinterpret(T.broadcast(a_i32, 4), dtype="uint8x16"))
-        a01: T.let = T.Shuffle([a16], [0, 1] * 8)  # (a0, a1) in every int32 lane
-        a23: T.let = T.Shuffle([a16], [2, 3] * 8)
-        b: T.let = B.vload([0, 0], "int8x64")
-        # weights regrouped so that vpmaddwd's lane i is output channel i (depth pairs
-        # (0,1) and (2,3) in separate vectors): depends on B only, so a register tile's
-        # pixels share it, and no per-call shuffle of the products is left
-        w01_lo: T.let = T.Cast("int16x16", T.Shuffle([b], _pairs(0, 0)))
-        w23_lo: T.let = T.Cast("int16x16", T.Shuffle([b], _pairs(0, 2)))
-        w01_hi: T.let = T.Cast("int16x16", T.Shuffle([b], _pairs(8, 0)))
-        w23_hi: T.let = T.Cast("int16x16", T.Shuffle([b], _pairs(8, 2)))
-        lo: T.let = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a01, w01_lo, dtype="int32x8"
-        ) + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a23, w23_lo, dtype="int32x8")
-        hi: T.let = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a01, w01_hi, dtype="int32x8"
-        ) + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a23, w23_hi, dtype="int32x8")
+        # the 4 activation bytes in every dword (one broadcast load), zero-extended to the
+        # int16 pairs by one in-lane vpshufb each (vpmovzxbw crosses lanes: on Zen 3 it
+        # takes one pipe 3 cycles, and was the hot loop's bottleneck)
+        a4: T.let = T.reinterpret(T.broadcast(
+            T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="int8x32")
+        a01: T.let = T.reinterpret(_pshufb(a4, _ACT[0]), dtype="int16x16")
+        a23: T.let = T.reinterpret(_pshufb(a4, _ACT[2]), dtype="int16x16")
+        # weights of channels 0-7 and 8-15 as int16 pairs, lane i of vpmaddwd = output
+        # channel i, so the products add straight into the accumulators; they depend on B
+        # only, so a register tile's pixels share them
+        b_lo: T.let = B.vload([0, 0], "int8x32")
+        b_hi: T.let = B.vload([8, 0], "int8x32")
+        lo: T.let = _pmaddwd(a01, _w16(b_lo, 0)) + _pmaddwd(a23, _w16(b_lo, 2))
+        hi: T.let = _pmaddwd(a01, _w16(b_hi, 0)) + _pmaddwd(a23, _w16(b_hi, 2))
+        C[T.ramp(T.int32(0), 1, 16)] = C.vload([0], dtype="int32x16") + T.Shuffle(
+            [lo, hi], list(range(16)))
+
+
+def _pmaddubsw(a, b):
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a,
+                                   b, dtype="int16x16")
+
+
+@T.prim_func(s_tir=True)
+def dot_16x4_u8s8s32_avx2_pairs(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        # vpmaddubsw: int16 lane 2c = a0 w[c,0] + a1 w[c,1], lane 2c+1 = a2 w[c,2] + a3 w[c,3]
+        # (saturating: exact only for weights whose pairs fit, see the module docstring);
+        # vpmaddwd by ones adds the two into int32 lane c
+        a4: T.let = T.reinterpret(T.broadcast(
+            T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="int8x32")
+        ones: T.let = T.broadcast(T.int16(1), 16)
+        lo: T.let = _pmaddwd(_pmaddubsw(a4, B.vload([0, 0], "int8x32")), ones)
+        hi: T.let = _pmaddwd(_pmaddubsw(a4, B.vload([8, 0], "int8x32")), ones)
         C[T.ramp(T.int32(0), 1, 16)] = C.vload([0], dtype="int32x16") + T.Shuffle(
             [lo, hi], list(range(16)))
 
@@ -147,6 +199,8 @@ def _register() -> None:
     TensorIntrin = s_tir().TensorIntrin
     for name, desc, impl in ((VNNI_16x4, dot_16x4_u8s8s32_desc, dot_16x4_u8s8s32_vnni),
                              (AVX2_16x4, dot_16x4_u8s8s32_desc, dot_16x4_u8s8s32_avx2),
+                             (AVX2_PAIRS_16x4, dot_16x4_u8s8s32_desc,
+                              dot_16x4_u8s8s32_avx2_pairs),
                              (DW_VNNI_16x4, dw_16x4_u8s8s32_desc, dw_16x4_u8s8s32_vnni)):
         try:
             TensorIntrin.get(name, allow_missing=False)

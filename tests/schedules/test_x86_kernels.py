@@ -153,6 +153,90 @@ def test_conv_int4_avx2_exact(rng):
     _check_conv(rng, HASWELL, 1, 7, 9, 9, 18, 3, 1, 1, "int8", bits=4)
 
 
+def test_pair_sum_max_takes_same_sign_pairs():
+    """``vpmaddubsw`` adds neighbouring products (2j, 2j+1) in int16: with u8 activations the
+    extreme sum of a pair is 255 x the larger same-sign sum of magnitudes."""
+    wp = np.zeros((1, 1, 1, 1, 16, 4), np.int8)
+    assert blocked.pair_sum_max(wp) == 0
+    wp[0, 0, 0, 0, 3] = [64, 64, -64, -64]          # 255 * 128 = 32640 fits
+    assert blocked.pair_sum_max(wp) == 128 and blocked.pairs_fit_int16(wp)
+    wp[0, 0, 0, 0, 5] = [127, -128, 0, 0]           # opposite signs: 255 * 128 at most
+    assert blocked.pairs_fit_int16(wp)
+    wp[0, 0, 0, 0, 7] = [0, 0, -65, -64]            # 255 * 129 = 32895 saturates
+    assert blocked.pair_sum_max(wp) == 129 and not blocked.pairs_fit_int16(wp)
+    assert blocked.pairs_fit_int16(wp, act_max=127)  # any int8 pair with 7-bit activations
+    assert blocked.pair_sum_max(np.full((2, 4), -128, np.int8)) == 256
+    assert not blocked.pairs_fit_int16(np.full((2, 4), -128, np.int8), act_max=128)
+    # only the strategies that use the annotation get it (others' kernels stay as they were)
+    assert blocked.weight_attrs(np.ones((1, 4), np.int8)) is None
+    assert blocked.weight_attrs(np.ones((1, 4), np.int8), pairs=True) == {
+        blocked.WEIGHT_PAIRS_ATTR: 1}
+
+
+def _pairs_extreme_weights(rng, o, c, k):
+    """7-bit weights with every pair at the int16 limit's edge: neighbouring input channels
+    (the pairs ``vpmaddubsw`` adds) both +64 or both -64 in some places, random elsewhere."""
+    w = rng.integers(-64, 65, (o, c, k, k)).astype(np.int8)
+    w[0::3, 0::4] = 64
+    w[0::3, 1::4] = 64
+    w[1::3, 2::4] = -64
+    w[1::3, 3::4] = -64
+    return w
+
+
+@needs_avx2
+@pytest.mark.parametrize("n,c,h,o,k,stride,pad,in_dtype", [
+    (1, 16, 9, 32, 3, 1, 1, "uint8"),
+    (1, 7, 11, 18, 3, 2, 1, "int8"),       # partial blocks, stride 2
+    (2, 13, 8, 33, 1, 1, 0, "uint8"),      # 1x1, batch 2
+])
+def test_conv_avx2_pairs_exact_at_int16_edge(rng, n, c, h, o, k, stride, pad, in_dtype):
+    """7-bit weights run ``vpmaddubsw``; with activations at 255 (uint8) or 127 (int8 +128)
+    and same-sign pairs of 64, a pair sums to exactly 255 * 128 = 32640: still no
+    saturation, the result equals tvmq.qref's bit for bit."""
+    wt = _pairs_extreme_weights(rng, o, c, k)
+    x = _rand(rng, (n, c, h, h), in_dtype)
+    x[..., ::2, :] = np.iinfo(in_dtype).max  # half the rows at the top of the range
+    pads = (pad,) * 4
+    lib, wp, corr = kernels.build_conv_kernel(x.shape, wt, in_dtype, tvm.target.Target(HASWELL),
+                                              strides=(stride, stride), padding=pads)
+    ref = qref.conv2d_int(x, wt, strides=(stride, stride), padding=pads)
+    got = _run(lib, x, wp, corr, out_shape=ref.shape)
+    assert np.array_equal(got, ref), f"max |diff| {np.abs(got - ref).max()}"
+    asm = lib.mod.inspect_source("asm")
+    assert "vpmaddubsw" in asm
+
+
+@needs_avx2
+def test_conv_avx2_full_range_weights_keep_vpmaddwd(rng):
+    """Weights whose pairs can saturate int16 (here 127 next to 127, and -128 next to -128)
+    take the exact ``vpmaddwd`` kernel; ``vpmaddubsw`` would clip those sums at 32767."""
+    wt = _rand(rng, (16, 8, 3, 3), "int8")
+    wt[0, 0:2] = 127
+    wt[1, 2:4] = -128
+    x = np.full((1, 8, 6, 6), 255, np.uint8)
+    lib, wp, corr = kernels.build_conv_kernel(x.shape, wt, "uint8", tvm.target.Target(HASWELL),
+                                              padding=(1, 1, 1, 1))
+    ref = qref.conv2d_int(x, wt, padding=(1, 1, 1, 1))
+    assert np.array_equal(_run(lib, x, wp, corr, out_shape=ref.shape), ref)
+    asm = lib.mod.inspect_source("asm")
+    assert "vpmaddwd" in asm and "vpmaddubsw" not in asm
+
+
+@needs_avx2
+@pytest.mark.parametrize("m,k,n,lo,hi", [(1, 64, 16, -64, 64), (7, 37, 40, -64, 64),
+                                         (5, 100, 33, -128, 127)])
+def test_dense_avx2_exact(rng, m, k, n, lo, hi):
+    x = np.full((m, k), 255, np.uint8)
+    x[1::2] = rng.integers(0, 256, x[1::2].shape)
+    wt = rng.integers(lo, hi + 1, (k, n)).astype(np.int8)
+    wt[0:2, 0] = hi
+    lib, wp, corr = kernels.build_dense_kernel(m, wt, "uint8", tvm.target.Target(HASWELL))
+    got = _run(lib, x, wp, corr, out_shape=(m, n))
+    assert np.array_equal(got, x.astype(np.int64) @ wt.astype(np.int64))
+    assert ("vpmaddubsw" in lib.mod.inspect_source("asm")) == (hi <= 64)
+
+
 @needs_vnni
 @pytest.mark.parametrize("bits,m,k,n", [(4, 1, 64, 16), (4, 7, 37, 40), (2, 3, 100, 33)])
 def test_dense_subbyte_exact(rng, bits, m, k, n):
@@ -176,7 +260,7 @@ def _narrow(rng, shape, bits):
     (3, "block", 64, 14, 64, 3),   # each place the decode can be hoisted to (see above)
     (6, "row", 8, 20, 16, 3),
     (5, "tile", 16, 6, 16, 1),
-    (7, "tile", 13, 9, 33, 3),     # partial channel blocks
+    (7, "tile", 13, 7, 33, 3),     # partial channel blocks
 ])
 def test_conv_planar_weights_decoded_in_kernel_exact(rng, monkeypatch, bits, level, c, h, o,
                                                      k):
