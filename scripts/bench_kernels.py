@@ -8,7 +8,7 @@ alternating, and medians are reported with GMAC/s and the fraction of the measur
 (``scripts/bench_peak.py``). tvmq's output is compared with onnxruntime's.
 
 Usage: python scripts/bench_kernels.py [--net resnet18|mobilenetv2|all] [--rounds 9]
-                                       [--json out.json] [--threads 2]
+                                       [--json out.json] [--threads 2] [--weight-bits 7|8]
 """
 from __future__ import annotations
 
@@ -46,13 +46,14 @@ MOBILENETV2 = [
 ]
 
 
-def qdq_conv_model(c, o, h, k, s, groups, seed=0):
-    """A QDQ ONNX conv: u8 in, s8 per-channel weights, int32 bias, ReLU, u8 out."""
+def qdq_conv_model(c, o, h, k, s, groups, seed=0, weight_max=127):
+    """A QDQ ONNX conv: u8 in, s8 per-channel weights in ``[-weight_max, weight_max]``
+    (64: onnxruntime's ``reduce_range``), int32 bias, ReLU, u8 out."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    w = rng.integers(-127, 128, (o, c // groups, k, k)).astype(np.int8)
+    w = rng.integers(-weight_max, weight_max + 1, (o, c // groups, k, k)).astype(np.int8)
     sw = (rng.random(o) * 0.01 + 0.002).astype(np.float32)
     sx, sy = np.float32(0.02), np.float32(0.08)
     inits = {"w_q": w, "w_s": sw, "w_z": np.zeros(o, np.int8), "x_s": np.array(sx),
@@ -106,13 +107,13 @@ def _timed(fn, inner: int) -> float:
     return (time.perf_counter() - t0) / inner
 
 
-def bench_conv(spec, threads: int, rounds: int, tmp: Path) -> dict:
+def bench_conv(spec, threads: int, rounds: int, tmp: Path, weight_max: int = 127) -> dict:
     import onnx
     import onnxruntime as ort
     import torch
 
     name, c, o, h, k, s, g = spec
-    model, w = qdq_conv_model(c, o, h, k, s, g)
+    model, w = qdq_conv_model(c, o, h, k, s, g, weight_max=weight_max)
     path = tmp / f"{name}.onnx"
     onnx.save(model, path)
     x = np.random.default_rng(1).integers(0, 256, (1, c, h, h)).astype(np.uint8)
@@ -155,6 +156,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", help="comma-separated conv names")
     ap.add_argument("--json", help="write the results there")
+    ap.add_argument("--weight-bits", type=int, default=8, choices=[7, 8],
+                    help="7: weights in [-64, 64] (onnxruntime's reduce_range; tvmq's "
+                         "vpmaddubsw kernels on AVX2)")
     args = ap.parse_args(argv)
     import torch
 
@@ -169,7 +173,8 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in specs:
-            row = bench_conv(spec, args.threads, args.rounds, Path(tmp))
+            row = bench_conv(spec, args.threads, args.rounds, Path(tmp),
+                             weight_max=64 if args.weight_bits == 7 else 127)
             row["fraction_of_peak"] = row["gmacs"]["tvmq"] / peak
             rows.append(row)
             print(f"{row['name']:>14}: tvmq {row['ms']['tvmq']:.3f} ms "
@@ -178,7 +183,8 @@ def main(argv=None) -> int:
                   f" | tvmq/ort {row['tvmq_vs_ort']:.2f} | diff<= {row['max_abs_diff_vs_ort']}",
                   flush=True)
     tot = {n: sum(r["ms"][n] for r in rows) for n in rows[0]["ms"]} if rows else {}
-    res = {"peak_gmacs": peak, "threads": args.threads, "convs": rows, "sum_ms": tot}
+    res = {"peak_gmacs": peak, "threads": args.threads, "weight_bits": args.weight_bits,
+           "convs": rows, "sum_ms": tot}
     print(json.dumps({"peak_gmacs": peak, "sum_ms": tot}, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))

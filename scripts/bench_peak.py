@@ -1,7 +1,7 @@
 """int8 dot-product peak of this machine, as tvmq's own tensorized kernels reach it.
 
 Compute-bound kernels (operands in L1/L2, little output) built with tvmq's default x86
-schedule (``vpdpbusd``, or the AVX2 fallback) run many times; the best GMAC/s is the ceiling
+schedule for this host's CPU (``vpdpbusd``, or the AVX2 kernels) run many times; the best GMAC/s is the ceiling
 ``scripts/bench_kernels.py`` reports kernels against. Shapes: a 3x3 conv 64->64 at 28x28
 (29 M MACs, 37 KB of weights) and a dense 96x1024 @ 1024x128.
 
@@ -41,15 +41,24 @@ def _dense(target, repeat):
 
 
 def measure(threads: int, repeat: int = 9) -> dict:
-    """Best GMAC/s over the peak kernels on ``threads`` cores."""
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "num-cores": threads})
+    """Best GMAC/s over the peak kernels on ``threads`` cores (this host's CPU target: the
+    VNNI kernels where it has AVX-512 VNNI, the AVX2 ones elsewhere)."""
+    from tvmq.boards import get_board, host_cpu_name
+    from tvmq.schedules.strategy import strategy_for
+
+    host = dict(get_board("host").target)
+    target = tvm.target.Target({**host, "num-cores": threads})
     res = {}
     for name, fn in (("conv3x3_64_28", _conv), ("dense_96x1024x128", _dense)):
         lib, macs, sec = fn(target, repeat)
+        asm = lib.mod.inspect_source("asm")
         res[name] = {"seconds": sec, "gmacs": macs / sec / 1e9,
-                     "vpdpbusd_in_asm": lib.mod.inspect_source("asm").count("vpdpbusd")}
+                     "dot_instructions_in_asm": {i: asm.count(i) for i in (
+                         "vpdpbusd", "vpmaddubsw", "vpmaddwd")}}
     best = max(r["gmacs"] for r in res.values())
-    return {"threads": threads, "gmacs": best, "gmacs_per_core": best / threads, "kernels": res}
+    return {"threads": threads, "cpu": host_cpu_name(), "mcpu": host.get("mcpu"),
+            "strategy": strategy_for(target).name, "gmacs": best,
+            "gmacs_per_core": best / threads, "kernels": res}
 
 
 def main(argv=None) -> int:

@@ -69,5 +69,9 @@ def test_presets():
     assert type(get_preset("w4a4")) is LSQConfig
     assert type(get_preset("w3a3_lsqplus")) is LSQPlusConfig
     assert get_preset("w4a8").weight.bits == 4 and get_preset("w4a8").activation.bits == 8
+    # reduce_range-style: 7-bit weights in every layer (first and last not raised to 8)
+    for name in ("w7a8", "w7a8_lsqplus"):
+        assert get_preset(name).weight.bits == 7 and get_preset(name).first_last_bits is None
+    assert get_preset("w8a8").first_last_bits == 8
     with pytest.raises(ConfigError, match="use one of"):
         get_preset("w5a5")

@@ -412,3 +412,60 @@ def test_depthwise_exact(rng, c, h, k, stride, pad, in_dtype):
                                             (3, 224, 64, 7, 2)])
 def test_resnet_convs_exact(rng, c, h, o, k, stride):
     _check_conv(rng, ZNVER4, 1, c, h, h, o, k, stride, k // 2, "uint8")
+
+
+@needs_avx2
+def test_model_7bit_layers_run_vpmaddubsw_same_outputs_as_vpmaddwd(tmp_path, monkeypatch):
+    """Inside a compiled model (AVX2 target): the layer with 7-bit weights runs
+    ``vpmaddubsw``, the 8-bit one ``vpmaddwd``, and the outputs equal those of the build with
+    ``vpmaddwd`` everywhere, bit for bit, on inputs that drive the activations to 255."""
+    import dataclasses
+
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    import tvmq
+    from tvmq.boards import get_board
+
+    rng = np.random.default_rng(0)
+    w7 = rng.integers(-64, 65, (16, 8, 3, 3)).astype(np.int8)
+    w7[:, 0:2] = 64  # same-sign pairs at the edge: 255 * 128 = 32640
+    w8 = rng.integers(-127, 128, (16, 16, 3, 3)).astype(np.int8)
+    consts = {"w7": w7, "w8": w8, "ws": np.float32(0.01), "wz": np.int8(0),
+              "xs": np.float32(0.02), "xz": np.uint8(0), "ys": np.float32(0.05),
+              "yz": np.uint8(0)}
+    nodes = [h.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             h.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             h.make_node("DequantizeLinear", ["w7", "ws", "wz"], ["w7d"]),
+             h.make_node("Conv", ["xd", "w7d"], ["c1"], pads=[1, 1, 1, 1]),
+             h.make_node("Relu", ["c1"], ["r1"]),
+             h.make_node("QuantizeLinear", ["r1", "ys", "yz"], ["r1q"]),
+             h.make_node("DequantizeLinear", ["r1q", "ys", "yz"], ["r1d"]),
+             h.make_node("DequantizeLinear", ["w8", "ws", "wz"], ["w8d"]),
+             h.make_node("Conv", ["r1d", "w8d"], ["c2"], pads=[1, 1, 1, 1]),
+             h.make_node("QuantizeLinear", ["c2", "ys", "yz"], ["yq"]),
+             h.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"])]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", TP.FLOAT, [1, 8, 10, 10])],
+                         [h.make_tensor_value_info("y", TP.FLOAT, [1, 16, 10, 10])],
+                         [nh.from_array(np.asarray(v), k) for k, v in consts.items()])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    host = get_board("host")
+    board = dataclasses.replace(host, target={**dict(host.target), "mcpu": "haswell"})
+    x = rng.uniform(0, 6, (1, 8, 10, 10)).astype(np.float32)
+    x[..., ::2, :] = 100.0  # quantizes to 255
+
+    def build():
+        art = tvmq.compile(str(tmp_path / "m.onnx"), board=board)
+        asm = art.executable.mod.imports[0].inspect_source("asm")
+        return art.run([x])[0], asm.count("vpmaddubsw"), asm.count("vpmaddwd")
+
+    fast, ubs, wd = build()
+    assert ubs and wd  # the 7-bit layer on vpmaddubsw, the 8-bit one on vpmaddwd
+    monkeypatch.setattr(blocked, "pairs_fit_int16", lambda wp, act_max=255: False)
+    exact, ubs_off, _ = build()
+    assert ubs_off == 0
+    np.testing.assert_array_equal(fast, exact)
