@@ -10,11 +10,17 @@ instructions multiply u8 by s8, so callers shift signed activations by +128 and 
 * ``tvmq_x86_dw_vnni_16x4`` (depthwise): ``C[i] += sum_k u8(A[k, i]) * s8(B[i, k])``, a
   per-lane 4-tap dot product; ``A`` is 4 pixels x 16 channels as stored (64 contiguous
   bytes), transposed into lanes by one ``vpermb`` (AVX-512 VBMI), then one ``vpdpbusd``.
-* ``tvmq_x86_avx2_16x4``: AVX2 fallback, zero/sign-extends to int16 and uses ``vpmaddwd``
-  (4 per call), each on the activation pair ``(a0, a1)`` or ``(a2, a3)`` broadcast and
+* ``tvmq_x86_avx2_16x4``: AVX2, exact for every int8 weight: ``vpmaddwd`` (4 per call) on
+  int16 pairs, each on the activation pair ``(a0, a1)`` or ``(a2, a3)`` in every dword and
   eight channels' weights for that pair, so lane ``i`` is channel ``i`` and the sums add
-  straight into the accumulators. ``vpmaddubsw`` would be one instruction shorter but
-  saturates pairs at ``2 * 255 * 128 > 32767``, so it is not exact; this one is.
+  straight into the accumulators. Both operands are widened by in-lane ``vpshufb`` (and
+  ``vpsraw`` for the weights' sign), not ``vpmovzxbw``/``vpmovsxbw``, which cross lanes.
+* ``tvmq_x86_avx2_pairs_16x4``: AVX2, ``vpmaddubsw`` (u8 x s8, two products summed in
+  int16, *saturating*) then ``vpmaddwd`` by ones: half the multiplies of the exact kernel,
+  exact only when no pair sum leaves int16. Used for kernels whose weights guarantee that
+  with any u8 activation (:func:`tvmq.schedules.blocked.pairs_fit_int16`: 7-bit weights,
+  int4, opposite-sign pairs), chosen per kernel by
+  :meth:`tvmq.schedules.strategy.Strategy.kernel_intrin`.
 
 Temporaries in the implementations are ``name: T.let = expr``: TVM 0.27 parses a plain
 ``name = expr`` as a one-element local buffer, which inside a parallel loop costs a
@@ -100,6 +106,12 @@ def _pmaddwd(a, b):
                                    b, dtype="int32x8")
 
 
+def _act4(A):
+    """The 4 activation bytes of ``A`` in every dword of a 32-byte vector (one broadcast load)."""
+    return T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8),
+                         dtype="int8x32")
+
+
 def _w16(b, k0: int):
     """int16 weights of taps ``(k0, k0+1)``, dword c = channel c (``b``: 8 channels x 4)."""
     return T.shift_right(T.reinterpret(_pshufb(b, _WGT[k0]), dtype="int16x16"),
@@ -115,11 +127,10 @@ def dot_16x4_u8s8s32_avx2(
     with T.sblock("root"):
         T.reads(C[0:16], A[0:4], B[0:16, 0:4])
         T.writes(C[0:16])
-        # the 4 activation bytes in every dword (one broadcast load), zero-extended to the
-        # int16 pairs by one in-lane vpshufb each (vpmovzxbw crosses lanes: on Zen 3 it
-        # takes one pipe 3 cycles, and was the hot loop's bottleneck)
-        a4: T.let = T.reinterpret(T.broadcast(
-            T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="int8x32")
+        # the 4 activation bytes in every dword, zero-extended to the int16 pairs by one
+        # in-lane vpshufb each (vpmovzxbw crosses lanes: on Zen 3 it takes one pipe 3
+        # cycles, and was the hot loop's bottleneck)
+        a4: T.let = _act4(A)
         a01: T.let = T.reinterpret(_pshufb(a4, _ACT[0]), dtype="int16x16")
         a23: T.let = T.reinterpret(_pshufb(a4, _ACT[2]), dtype="int16x16")
         # weights of channels 0-7 and 8-15 as int16 pairs, lane i of vpmaddwd = output
@@ -150,8 +161,7 @@ def dot_16x4_u8s8s32_avx2_pairs(
         # vpmaddubsw: int16 lane 2c = a0 w[c,0] + a1 w[c,1], lane 2c+1 = a2 w[c,2] + a3 w[c,3]
         # (saturating: exact only for weights whose pairs fit, see the module docstring);
         # vpmaddwd by ones adds the two into int32 lane c
-        a4: T.let = T.reinterpret(T.broadcast(
-            T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="int8x32")
+        a4: T.let = _act4(A)
         ones: T.let = T.broadcast(T.int16(1), 16)
         lo: T.let = _pmaddwd(_pmaddubsw(a4, B.vload([0, 0], "int8x32")), ones)
         hi: T.let = _pmaddwd(_pmaddubsw(a4, B.vload([8, 0], "int8x32")), ones)
