@@ -11,11 +11,12 @@ Batch 1, 2 threads, peers timed alternately, each in its own worker process
 (``scripts/_peers.py``: rounds of 5 calls after a 250 ms pause and a warm call; in one
 process, a runtime's leftover state slowed the next one by up to 3x); medians (ms).
 ``int8_rr``: onnxruntime's ``quantize_static(reduce_range=True)`` (7-bit weights), compiled by
-tvmq (``tvmq_int8_rr``) and run by onnxruntime (``ort_int8_rr``): on x86 without VNNI both
-then multiply with ``vpmaddubsw``, exact for such weights. Also reports artifact sizes of the fp32, int8 and int4-weight tvmq builds (the int4 build
-re-quantizes the int8 QDQ model's conv/dense weights to 4 bits, per output channel):
-``int4`` keeps them packed 2 per byte and decodes them inside the kernels (default),
-``int4_decoded`` stores them as int8 (``PipelineOptions(keep_subbyte_packed=False)``).
+tvmq (``tvmq_int8_rr``) and run by onnxruntime (``ort_int8_rr``): on x86 without VNNI both then
+multiply with ``vpmaddubsw``, exact for such weights. Also reports artifact sizes of the fp32,
+int8 and int4-weight tvmq builds (the int4 build re-quantizes the int8 QDQ model's conv/dense
+weights to 4 bits, per output channel): ``int4`` keeps them packed 2 per byte and decodes them
+inside the kernels (default), ``int4_decoded`` stores them as int8
+(``PipelineOptions(keep_subbyte_packed=False)``).
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """int8 dot-product peak of this machine, as tvmq's own tensorized kernels reach it.
 
-Compute-bound kernels (operands in L1/L2, little output) built with tvmq's default x86
-schedule for this host's CPU (``vpdpbusd``, or the AVX2 kernels) run many times; the best GMAC/s is the ceiling
-``scripts/bench_kernels.py`` reports kernels against. Shapes: a 3x3 conv 64->64 at 28x28
-(29 M MACs, 37 KB of weights) and a dense 96x1024 @ 1024x128.
+Compute-bound kernels (operands in L1/L2, little output) built with tvmq's default x86 schedule
+for this host's CPU (``vpdpbusd``, or the AVX2 kernels) run many times; the best GMAC/s is the
+ceiling ``scripts/bench_kernels.py`` reports kernels against. Shapes: a 3x3 conv 64->64 at
+28x28 (29 M MACs, 37 KB of weights) and a dense 96x1024 @ 1024x128.
 
 Usage: python scripts/bench_peak.py [--threads 2] [--json out.json]
 """

@@ -9,5 +9,5 @@ def tune_space(target):
 
     return _ts(target)
 
-__all__ = ["VNNI_16x4", "AVX2_16x4", "AVX2_PAIRS_16x4", "select_intrin", "build_conv_kernel", "build_dense_kernel",
-           "build_depthwise_kernel", "tune_space"]
+__all__ = ["VNNI_16x4", "AVX2_16x4", "AVX2_PAIRS_16x4", "select_intrin", "build_conv_kernel",
+           "build_dense_kernel", "build_depthwise_kernel", "tune_space"]

@@ -14,8 +14,8 @@ from tvmq.schedules.arm.intrin import NEON_4x4, NEON_4x4_FULL, SDOT_4x4
 from tvmq.schedules.x86.intrin import AVX2_16x4, AVX2_PAIRS_16x4, DW_VNNI_16x4, VNNI_16x4
 
 
-@pytest.mark.parametrize("name", [VNNI_16x4, AVX2_16x4, AVX2_PAIRS_16x4, DW_VNNI_16x4, SDOT_4x4, NEON_4x4,
-                                  NEON_4x4_FULL])
+@pytest.mark.parametrize("name", [VNNI_16x4, AVX2_16x4, AVX2_PAIRS_16x4, DW_VNNI_16x4, SDOT_4x4,
+                                  NEON_4x4, NEON_4x4_FULL])
 def test_intrinsic_impl_allocates_nothing(name):
     impl = s_tir().TensorIntrin.get(name).impl.script()
     assert "alloc" not in impl, impl
