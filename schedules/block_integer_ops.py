@@ -175,11 +175,15 @@ class _Mutator(relax.PyExprMutator):
 
     # -- whole-network blocked layout -------------------------------------------------------
     def _conv_blocked(self, call):
-        """A conv ``ConvertLayout`` put in ``NCHW{ob}c``: blocked kernels in and out, or
-        (anything they do not cover: float, odd shapes) the NCHW path between transforms."""
+        """An integer conv ``ConvertLayout`` put in ``NCHW{ob}c``: blocked kernels in and out,
+        or (anything they do not cover: odd shapes) the NCHW path between transforms."""
         a = call.attrs
         x, w_expr = call.args
         in_dtype = struct_dtype(x)
+        if in_dtype not in _INT_ACT:
+            # a float conv in the float layout (same block as ours on AVX-512):
+            # BlockFloatOps' kernels take it; NCHW around it would undo that layout
+            return None
         w, bits, table = self._weight(w_expr)
         ok = (str(a.out_dtype) == "int32" and str(a.kernel_layout) == "OIHW"
               and str(a.out_layout) == str(a.data_layout) and in_dtype in _INT_ACT
@@ -290,7 +294,7 @@ class _Mutator(relax.PyExprMutator):
             xp = x
         wp_np = B.pack_weight(w, st.ob, st.ib)
         wp_arg, wp_t, wp_const = self._weight_args(wp_np, bits, table)
-        attrs = B.weight_attrs(wp_np, pairs=st.intrin_pairs is not None)
+        attrs = st.weight_attrs(wp_np)
 
         def compute(xp_t, corr_t):
             acc = B.conv2d_blocked(xp_t, wp_t, strides, dil, out_shape[2:4], attrs=attrs)
@@ -336,7 +340,7 @@ class _Mutator(relax.PyExprMutator):
         wp_np = B.pack_dense_weight(w, st.ob, st.ib)
         wp_arg, wp_t, wp_const = self._weight_args(wp_np, bits, table)
         corr_np = B.shift_correction(w, B.shift_for(in_dtype, st.act_dtype), out_axis=1)
-        attrs = B.weight_attrs(wp_np, pairs=st.intrin_pairs is not None)
+        attrs = st.weight_attrs(wp_np)
         return self._kernel(
             xp, wp_arg, wp_const, corr_np,
             lambda xp_t, corr_t: B.unpack_rows(B.dense_blocked(xp_t, wp_t, attrs=attrs),

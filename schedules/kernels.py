@@ -46,7 +46,7 @@ def conv_func(x_shape, w: np.ndarray, in_dtype: str, st: Strategy, strides=(1, 1
         xp = B.pack_activation(x, st.ib, padding, st.act_dtype)
     hw = _out_hw(x_shape[2], x_shape[3], w.shape[2:], strides, padding, dilation)
     acc = B.conv2d_blocked(xp, wp, strides, dilation, hw,
-                           attrs=B.weight_attrs(packed, st.intrin_pairs is not None))
+                           attrs=st.weight_attrs(packed))
     out = (B.unpack_blocked(acc, w.shape[0], corr) if blocked
            else B.unpack_nchw(acc, w.shape[0], corr))
     args = [x, wp_arg] + ([corr] if corr is not None else []) + [out]
@@ -90,7 +90,7 @@ def dense_func(m: int, w_kn: np.ndarray, in_dtype: str, st: Strategy, bits: int 
     corr_np = B.shift_correction(w_kn, B.shift_for(in_dtype, st.act_dtype), out_axis=1)
     corr = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
     acc = B.dense_blocked(B.pack_rows(x, st.ib, st.act_dtype), wp,
-                          attrs=B.weight_attrs(packed, st.intrin_pairs is not None))
+                          attrs=st.weight_attrs(packed))
     out = B.unpack_rows(acc, n, corr)
     args = [x, wp_arg] + ([corr] if corr is not None else []) + [out]
     return te.create_prim_func(args), wp_np, corr_np

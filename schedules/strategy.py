@@ -71,6 +71,14 @@ class Strategy:
             return self.intrin_full
         return self.intrin
 
+    def weight_attrs(self, wp) -> dict | None:
+        """Annotations for a kernel block over packed int8 weights ``wp`` that
+        :meth:`kernel_intrin` reads: the pair mark only where this strategy has
+        :attr:`intrin_pairs` (other targets' kernels, and their tuning records, unchanged)."""
+        from tvmq.schedules.blocked import weight_attrs
+
+        return weight_attrs(wp, pairs=self.intrin_pairs is not None)
+
 
 def _x86(intrin: str, name: str, dw_intrin: str | None = None,
          intrin_pairs: str | None = None) -> Strategy:

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from tests._qemu_board import CROSS, board_workdir, run_on_board
-from tests.conftest import assert_well_formed, run_target, to_blocked
+from tests.conftest import ZNVER4, assert_well_formed, run_target, to_blocked
 from tvmq import schedules as S
 from tvmq._tvm import cc, relax, tensor, tvm
 from tvmq.boards import get_board
@@ -236,12 +236,13 @@ def test_model_matches_torch_and_old_path(net_builds):
     assert np.abs(new - old).max() <= 1e-4 * scale
 
 
-def _legalized(mod_or_net, x, flag: bool):
+def _legalized(mod_or_net, x, flag: bool, target: dict | None = None):
     import tvmq
     from tvmq.frontend import import_model
     from tvmq.pipeline import run_phases
 
-    board = tvmq.Board("float-test", dict(run_target()), None, "float-test", 2, "x86_64")
+    board = tvmq.Board("float-test", dict(target or run_target()), None, "float-test", 2,
+                       "x86_64")
     mod = import_model(mod_or_net, x, None).bind_params()
     return run_phases(mod, board, tvmq.PipelineOptions(float_kernels=flag), until="legalize")
 
@@ -255,19 +256,30 @@ def _callees(mod) -> list[str]:
     return out
 
 
-def test_layout_flows_between_float_layers():
+# legalize only (nothing runs): both x86 float widths on any host. On AVX-512 the float
+# block (16) is the integer kernels' channel block too, so BlockIntegerOps sees the float
+# convs in its own layout first and must leave them alone (it once sent each through NCHW
+# between two transforms: ResNet-18 fp32 on Zen 4 26.8 -> 17.9 ms when fixed).
+X86_FLOAT_TARGETS = {"avx2": {"kind": "llvm", "mcpu": "znver3", "num-cores": 2},
+                     "avx512": dict(ZNVER4)}
+
+
+@pytest.mark.parametrize("isa", sorted(X86_FLOAT_TARGETS))
+def test_layout_flows_between_float_layers(isa):
     """Every conv and the dense run tvmq's kernels; the blocked layout flows from the stem
     to the global pool: one transform (to NCHW before the flatten), plus the 24-channel
     conv's own pack/unpack (24 is not a multiple of the AVX-512 block)."""
+    target = X86_FLOAT_TARGETS[isa]
+    block = float_strategy_for(tvm.target.Target(target)).block
     net, x = _net_and_input()
-    mod = _legalized(net, x, True)
+    mod = _legalized(net, x, True, target)
     assert_well_formed(mod)
     callees = _callees(mod)
     kernels = [c for c in callees if "tvmq_fkernel" in c]
     assert len(kernels) == 6, callees  # stem, c1, c2, dw, pw, fc
     transforms = [c for c in callees if "layout_transform" in c]
-    assert len(transforms) <= (3 if 24 % FS.block else 1), callees
-    old = _callees(_legalized(net, x, False))
+    assert len(transforms) <= (3 if 24 % block else 1), callees
+    old = _callees(_legalized(net, x, False, target))
     assert not any("tvmq_fkernel" in c for c in old)
 
 
