@@ -22,7 +22,6 @@ import copy
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from tvmq.train import accuracy, predict, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _peers import time_peers  # noqa: E402
+from tvmq.boards import get_board, host_cpu_name  # noqa: E402
 
 DGMS = ("dgms_k16", "dgms_k8", "dgms_k4", "dgms_k16_a8", "dgms_k8_a8", "dgms_k4_a8")
 LSQ = {"lsq_w4a8": 4, "lsq_w3a8": 3, "lsq_w2a8": 2}
@@ -142,11 +142,13 @@ def latency_rows(workdir: Path, rounds: int, names) -> list[dict]:
                                               "dgms_k16_a8": "dgms_k16_a8",
                                               "dgms_k16": "dgms_k16"})
         x = np.random.default_rng(0).standard_normal(models.input_shape(name)).astype(np.float32)
-        peers = {t: ("tvmq", str(arts[t])) for t in ("fp32", "int4", "dgms_k16_a8", "dgms_k16")}
+        peers = {t: ("tvmq", str(arts[t]))
+                 for t in ("fp32", "int8", "int4", "dgms_k16_a8", "dgms_k16")}
         peers["onnxruntime_int8"] = ("ort", str(arts["int8.onnx"]))
-        ms = time_peers(peers, x, rounds)
-        med = {k: round(statistics.median(v), 3) for k, v in ms.items()}
-        row = {"part": "latency", "model": name, "median_ms": med,
+        med = time_peers(peers, x, rounds)  # medians, ms
+        row = {"part": "latency", "model": name, "cpu": host_cpu_name(),
+               "mcpu": get_board("host").target.get("mcpu"), "median_ms": med,
+               "k16a8_over_int8": round(med["dgms_k16_a8"] / med["int8"], 3),
                "k16a8_over_int4": round(med["dgms_k16_a8"] / med["int4"], 3),
                "k16a8_over_ort_int8": round(med["dgms_k16_a8"] / med["onnxruntime_int8"], 3),
                "k16_weight_only_over_fp32": round(med["dgms_k16"] / med["fp32"], 3)}
