@@ -9,7 +9,10 @@ byte planes (:mod:`tvmq.schedules.blocked_planar`), 8 as int8. The decode block
 (``BLOCK_DECODE_W``, placed by :func:`tvmq.schedules.tiling.schedule_decode` like any
 sub-byte decode: once per output-channel block group, a row, or a register tile) extracts
 the field and reads ``table[field + K/2]``, so the dense int8 weights never exist whole and
-the artifact holds ``bits`` bits a weight plus ``K`` bytes.
+the artifact holds ``bits`` bits a weight plus ``K`` bytes. Fields are read
+unsigned (``((byte >> s) + K/2) & (K - 1)``, the same index): no sign extension, and an
+index provably in ``[0, K)``, which :mod:`tvmq.schedules.lookup` turns into one byte
+shuffle (``vpshufb`` / ``tbl``) for a whole vector of weights.
 """
 from __future__ import annotations
 
@@ -53,33 +56,39 @@ def codebook_operand(wp_np: np.ndarray, table: np.ndarray, bits: int, ob: int):
     if sb == 8:
         stored = np.ascontiguousarray(signed)
         wq = te.placeholder(B.i64(stored.shape), "int8", "w_index8")
-        field = lambda outer, oi, ci: wq[(*outer, oi, ci)]  # noqa: E731
+
+        def index(outer, oi, ci):
+            return wq[(*outer, oi, ci)].astype("int32") + off
         attrs = {}
     elif 8 % sb == 0:
         stored = B.pack_subbyte_blocked(signed, sb)
         wq = te.placeholder(B.i64(stored.shape), "int8", f"w_index{sb}")
         g = int(stored.shape[-2])
 
-        def field(outer, oi, ci):
-            byte = wq[(*outer, tir.floormod(oi, g), ci)]
-            left = tir.const(8 - sb, "int64") - tir.const(sb, "int64") * tir.floordiv(oi, g)
-            return tir.shift_right(tir.shift_left(byte, left.astype("int8")),
-                                   tir.const(8 - sb, "int8"))
+        def index(outer, oi, ci):
+            # the stored field is (i - K/2) mod K = i ^ K/2: read it unsigned (a logical
+            # shift, no sign extension) and add K/2 back; the mask keeps the index provably
+            # in [0, K), so tvmq.schedules.lookup makes the lookup one byte shuffle
+            byte = wq[(*outer, tir.floormod(oi, g), ci)].astype("uint8")
+            shift = (tir.const(sb, "int64") * tir.floordiv(oi, g)).astype("uint8")
+            return tir.bitwise_and(tir.shift_right(byte, shift) + tir.const(off, "uint8"),
+                                   tir.const(k - 1, "uint8"))
         attrs = {}
     else:
         stored = P.pack_planar_blocked(signed, sb)
         wq = te.placeholder(B.i64(stored.shape), "int8", f"w_index{sb}")
         g = int(stored.shape[-1])
 
-        def field(outer, oi, ci):
-            return P.planar_field(wq, sb, ib, g, outer, oi, ci)
+        def index(outer, oi, ci):  # unsigned, as the packed fields above
+            u = P.planar_bits(wq, sb, ib, g, outer, oi, ci)
+            return tir.bitwise_and(u + tir.const(off, "uint16"), tir.const(k - 1, "uint16"))
         attrs = {P.LAYOUT_KEY: P.LAYOUT}
 
     *lead, _, _ = (int(d) for d in wp_np.shape)
 
     def f(*i):
         *outer, oi, ci = i
-        return t[(field(outer, oi, ci).astype("int32") + off).astype("int64")]
+        return t[index(outer, oi, ci).astype("int64")]
 
     dec = te.compute(B.i64((*lead, ob, ib)), f, name=B.BLOCK_DECODE_W, attrs=attrs)
     return [stored, tab], [wq, t], dec

@@ -66,6 +66,14 @@ def decode_planar_weight(wq: te.Tensor, bits: int, ob: int, ib: int, name: str) 
 def planar_field(wq: te.Tensor, bits: int, ib: int, g: int, outer, oi, ci):
     """The sign-extended ``int8`` value ``(oi, ci)`` of block ``outer`` (see
     :func:`decode_planar_weight`)."""
+    u = planar_bits(wq, bits, ib, g, outer, oi, ci).astype("int16")
+    sign = tir.const(1 << (bits - 1), "int16")
+    return ((u ^ sign) - sign).astype("int8")
+
+
+def planar_bits(wq: te.Tensor, bits: int, ib: int, g: int, outer, oi, ci):
+    """The ``bits`` stored bits of value ``(oi, ci)`` of block ``outer``, unsigned
+    (``uint16`` in ``[0, 2**bits)``)."""
     i64 = lambda v: tir.IntImm("int64", v)  # noqa: E731
     p = oi * i64(ib) + ci
     bit = i64(bits) * tir.floordiv(p, i64(g))
@@ -73,7 +81,5 @@ def planar_field(wq: te.Tensor, bits: int, ib: int, g: int, outer, oi, ci):
     lo = wq[(*outer, k, j)].astype("uint8").astype("uint16")
     hi = wq[(*outer, tir.min(k + i64(1), i64(bits - 1)), j)].astype("uint8")
     word = lo | (hi.astype("uint16") << tir.const(8, "uint16"))
-    u = ((word >> tir.floormod(bit, i64(8)).astype("uint16"))
-         & tir.const((1 << bits) - 1, "uint16")).astype("int16")
-    sign = tir.const(1 << (bits - 1), "int16")
-    return ((u ^ sign) - sign).astype("int8")
+    return ((word >> tir.floormod(bit, i64(8)).astype("uint16"))
+            & tir.const((1 << bits) - 1, "uint16"))

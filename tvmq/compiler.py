@@ -82,9 +82,12 @@ def _build(mod: tvm.IRModule, board: Board, opts: PipelineOptions, dump_dir=None
                     (Path(dump_dir) / f"{i:02d}-{name}.py").write_text(m.script(show_meta=False))
         return m
 
+    from tvmq.schedules.lookup import register_pipeline
+
     target = board.tvm_target()
     with target:
-        return tvm.compile(mod, target, relax_pipeline=_backend)
+        return tvm.compile(mod, target, relax_pipeline=_backend,
+                           tir_pipeline=register_pipeline())
 
 
 def _meta(imported: ImportedModel, board: Board, layers, param_bytes: int,

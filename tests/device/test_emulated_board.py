@@ -6,6 +6,9 @@ the board cannot be started here.
 """
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 import torch
@@ -93,6 +96,11 @@ def test_codebook_artifact_bit_exact_on_emulated_board(arm_board, tmp_path, boar
     except TvmqError as err:
         pytest.skip(f"no aarch64 artifact: {err}")
     assert tvmq.load(arm).meta["layers"][0]["codebook"]["k"] == 16
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump:  # the table looked up in registers (tvmq.schedules.lookup), not a gather
+        asm = subprocess.run([objdump, "-d", str(arm / "lib.so")], capture_output=True,
+                             text=True, check=True).stdout
+        assert "\ttbl\t" in asm, "no tbl in the aarch64 codebook kernel"
     x = np.random.default_rng(3).normal(0, 2, shape).astype(np.float32)
     with device.connect(arm_board, timeout=120) as board:
         res = board.bench(arm, inputs=x, reference=host, number=1, repeat=1)

@@ -1,0 +1,168 @@
+"""Small-table byte lookups in registers: ``vpshufb`` (x86) / ``tbl`` (aarch64), not a gather.
+
+A codebook-encoded weight (:mod:`tvmq.schedules.blocked_codebook`) is decoded in the kernels
+as ``table[field + K/2]``, vectorized over a row of weight bytes. LLVM lowers a vector load
+at data-dependent indices as one scalar load and one insert per lane (a 32-lane decode of
+4-bit indices: 32 loads + 32 inserts), which made the DGMS K=16 ResNet-18 1.4x slower than
+its int4 build (Zen 4). A byte table of at most 16 entries fits one 128-bit register, and one
+byte shuffle looks up 16, 32 or 64 indices at once:
+
+* x86: ``pshufb`` (SSSE3, 16 lanes), ``vpshufb`` ymm (AVX2, 32), zmm (AVX-512BW, 64): lane
+  ``i`` gets byte ``idx[i] & 15`` of its own 128-bit lane of the table operand (so the table
+  is repeated in every 128-bit lane), or 0 when bit 7 of ``idx[i]`` is set;
+* aarch64: ``tbl`` with one table register (8 or 16 lanes): byte ``idx[i]`` of the table, 0
+  when ``idx[i] >= 16``.
+
+:func:`LowerByteLookups` rewrites, after TVM's TIR lowering (vectorized, flattened), every
+``int8``/``uint8`` vector load whose index is not a ramp, whose buffer is a 1-D array, and
+whose index is *proved* by TVM's integer bound analysis to lie in ``[0, n)`` with
+``n <= 16`` (the codebook decode: ``sext(field) + K/2``; no other kernel load has such an
+index): the table operand is a vector load of the ``n`` entries the gather could read
+(never past them), repeated to the instruction's width; the index is truncated to bytes
+(exact: it is in ``[0, 15]``). Lane counts that are a multiple of an instruction's width are
+done in chunks, fewer lanes than the narrowest one in one padded shuffle; anything else is
+left as it was. The rewrite is exact by construction (the
+tests compare the codebook kernels bit for bit against the dense-int8 build); it is part of
+tvmq's TIR pipeline (``tir_pipeline="tvmq"``, registered here, used by
+:func:`tvmq.compile`).
+"""
+from __future__ import annotations
+
+from tvmq._tvm import TensorLoad, target_has_features, tir, tvm
+
+PIPELINE = "tvmq"
+#: entries of the largest table one byte shuffle holds (one 128-bit register)
+MAX_ENTRIES = 16
+
+
+def native_lookups(target) -> dict[int, str]:
+    """``{lanes: llvm intrinsic}`` of the byte shuffles ``target`` has (empty: none)."""
+    mtriple = str(target.attrs.get("mtriple", ""))
+    if str(target.kind.name) != "llvm":
+        return {}
+    if mtriple.startswith("aarch64"):
+        return {16: "llvm.aarch64.neon.tbl1.v16i8", 8: "llvm.aarch64.neon.tbl1.v8i8"}
+    if mtriple and not mtriple.startswith("x86_64"):
+        return {}
+    out = {}
+    if target_has_features(target, "avx512bw"):
+        out[64] = "llvm.x86.avx512.pshuf.b.512"
+    if target_has_features(target, "avx2"):
+        out[32] = "llvm.x86.avx2.pshuf.b"
+    if target_has_features(target, "ssse3"):
+        out[16] = "llvm.x86.ssse3.pshuf.b.128"
+    return out
+
+
+def _lanes(ty) -> int:
+    """Lanes of a load's type (``PrimType`` in TVM 0.27: ``ty.dtype.lanes``)."""
+    dtype = getattr(ty, "dtype", ty)
+    return int(getattr(dtype, "lanes", 1))
+
+
+def _shuffle(vectors, indices):
+    return tir.Shuffle(list(vectors), [tir.IntImm("int32", int(i)) for i in indices])
+
+
+def _table(buf, dtype: str, n: int, lanes: int):
+    """The ``n`` table entries as a ``lanes``-wide vector: entry ``i % 16`` in lane ``i``
+    (lanes past ``n`` in each group of 16 read entry 0: never selected)."""
+    if n == 1:
+        return tir.Broadcast(tir.BufferLoad(buf, [tir.IntImm("int32", 0)]), lanes)
+    vec = buf.vload([0], f"{dtype}x{n}")
+    copies = -(-lanes // n)  # a shuffle has at most as many lanes as its inputs together
+    return _shuffle([vec] * copies, [i % 16 if i % 16 < n else 0 for i in range(lanes)])
+
+
+def _rewrite(load, natives: dict[int, str], analyzer):
+    buf = load.source
+    dtype = str(buf.dtype)
+    lanes = _lanes(load.ty)
+    if lanes < 2 or dtype not in ("int8", "uint8") or len(load.indices) != 1 \
+            or len(buf.shape) != 1 or not isinstance(buf.shape[0], tir.IntImm):
+        return None
+    idx = load.indices[0]
+    if isinstance(idx, (tir.Ramp, tir.Broadcast)):
+        return None
+    bound = analyzer.const_int_bound(idx)
+    n = int(bound.max_value) + 1
+    if bound.min_value < 0 or n > min(MAX_ENTRIES, int(buf.shape[0])):
+        return None
+    width = next((w for w in sorted(natives, reverse=True) if lanes % w == 0), None)
+    narrow = width is None and lanes < min(natives)
+    if narrow:  # e.g. 8 lanes on x86: one 16-lane shuffle, half of it used
+        width = min(natives)
+    elif width is None:
+        return None
+    idx8 = tir.Cast(f"{dtype}x{lanes}", idx)
+    tbl = natives[width]
+    arm = "aarch64" in tbl
+    table = _table(buf, dtype, n, 16 if arm else width)
+    if narrow:
+        wide = _shuffle([idx8] * -(-width // lanes), [i if i < lanes else 0 for i in range(width)])
+        out = tir.call_llvm_pure_intrin(f"{dtype}x{width}", tbl, table, wide)
+        return _shuffle([out], range(lanes))
+    chunks = []
+    for c in range(lanes // width):
+        part = idx8 if width == lanes else _shuffle([idx8], range(c * width, (c + 1) * width))
+        chunks.append(tir.call_llvm_pure_intrin(f"{dtype}x{width}", tbl, table, part))
+    return chunks[0] if len(chunks) == 1 else _shuffle(chunks, range(lanes))
+
+
+def lower_byte_lookups(func, target):
+    """``func`` (a lowered, vectorized ``PrimFunc``) with its small-table byte gathers as
+    byte shuffles of ``target``, and how many it rewrote."""
+    import tvm_ffi
+
+    natives = native_lookups(target)
+    if not natives:
+        return func, 0
+    analyzer = tvm.sym.Analyzer()
+    count = [0]
+
+    def visit(load):
+        new = _rewrite(load, natives, analyzer)
+        if new is None:
+            return load
+        count[0] += 1
+        return new
+
+    body = tvm_ffi.structural_map(func.body, [(TensorLoad, visit)])
+    return (func if count[0] == 0 else func.with_body(body)), count[0]
+
+
+def LowerByteLookups() -> tvm.transform.Pass:  # noqa: N802 - TVM pass naming
+    """Module pass: :func:`lower_byte_lookups` on every PrimFunc (its ``target`` attribute,
+    else the current target)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="tvmq.LowerByteLookups")
+    def _pass(mod, _ctx):
+        current = tvm.target.Target.current(allow_none=True)
+        for gv, func in list(mod.functions.items()):
+            if not isinstance(func, tir.PrimFunc):
+                continue
+            target = (func.attrs or {}).get("target", None) or current
+            if target is None:
+                continue
+            new, count = lower_byte_lookups(func, target)
+            if count:
+                mod[gv] = new
+        return mod
+
+    return _pass
+
+
+def _pipeline():
+    from tvm.tirx import compilation_pipeline as cp
+
+    main, host, device = cp.get_tir_pipeline("default")
+    return tvm.transform.Sequential([main, LowerByteLookups()], name="tvmq.tir"), host, device
+
+
+def register_pipeline() -> str:
+    """Register (once) and return the name of tvmq's TIR pipeline: TVM's default, then
+    :func:`LowerByteLookups`."""
+    from tvm.tirx import compilation_pipeline as cp
+
+    cp.register_tir_pipeline(PIPELINE, _pipeline)
+    return PIPELINE
