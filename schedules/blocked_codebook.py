@@ -5,7 +5,8 @@ A codebook-encoded weight (:mod:`tvmq.ir.codecs` ``codebook``: ``K = 2**bits`` i
 ``[..., ob, ib]`` plus the ``K``-entry table. The indices are stored like sub-byte weights
 (as signed fields ``i - K/2`` of ``sb = max(2, bits)`` bits): 2 and 4 bits
 ``8 // sb`` a byte (:func:`~tvmq.schedules.blocked.pack_subbyte_blocked`), 3, 5, 6 and 7 in
-byte planes (:mod:`tvmq.schedules.blocked_planar`), 8 as int8. The decode block
+byte planes (:mod:`tvmq.schedules.blocked_planar`). 8-bit indices (K > 128) are no smaller
+than the int8 weights they select: those layers store the weights. The decode block
 (``BLOCK_DECODE_W``, placed by :func:`tvmq.schedules.tiling.schedule_decode` like any
 sub-byte decode: once per output-channel block group, a row, or a register tile) extracts
 the field and reads ``table[field + K/2]``, so the dense int8 weights never exist whole and
@@ -41,11 +42,16 @@ def indices_of(values: np.ndarray, table: np.ndarray) -> np.ndarray | None:
 def codebook_operand(wp_np: np.ndarray, table: np.ndarray, bits: int, ob: int):
     """``(stored arrays, placeholders, int8 tensor the kernel reads)`` of blocked codebook
     weights ``wp_np`` (``[..., ob, ib]`` int8 values, all in ``table``), or None when a value
-    (e.g. the zero padding of partial blocks) is not in the table."""
+    (e.g. the zero padding of partial blocks) is not in the table or the indices take 8 bits
+    (then the caller stores the int8 weights)."""
+    sb = storage_bits(bits)
+    if sb == 8:
+        # an 8-bit index into an int8 table is as large as the weight it selects: the
+        # kernel stores that weight (no per-call lookup; 256 table bytes fewer)
+        return None
     idx = indices_of(wp_np, table)
     if idx is None:
         return None
-    sb = storage_bits(bits)
     k = 1 << sb
     tab = np.zeros(k, np.int8)
     tab[:len(table)] = table
@@ -53,14 +59,7 @@ def codebook_operand(wp_np: np.ndarray, table: np.ndarray, bits: int, ob: int):
     signed = (idx - off).astype(np.int8)
     ib = int(wp_np.shape[-1])
     t = te.placeholder([tir.IntImm("int64", k)], "int8", "codebook")
-    if sb == 8:
-        stored = np.ascontiguousarray(signed)
-        wq = te.placeholder(B.i64(stored.shape), "int8", "w_index8")
-
-        def index(outer, oi, ci):
-            return wq[(*outer, oi, ci)].astype("int32") + off
-        attrs = {}
-    elif 8 % sb == 0:
+    if 8 % sb == 0:
         stored = B.pack_subbyte_blocked(signed, sb)
         wq = te.placeholder(B.i64(stored.shape), "int8", f"w_index{sb}")
         g = int(stored.shape[-2])

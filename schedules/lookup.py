@@ -1,57 +1,88 @@
-"""Small-table byte lookups in registers: ``vpshufb`` (x86) / ``tbl`` (aarch64), not a gather.
+"""Small-table byte lookups in registers: ``vpshufb`` / ``vpermb`` (x86), ``tbl`` (aarch64).
 
 A codebook-encoded weight (:mod:`tvmq.schedules.blocked_codebook`) is decoded in the kernels
-as ``table[field + K/2]``, vectorized over a row of weight bytes. LLVM lowers a vector load
-at data-dependent indices as one scalar load and one insert per lane (a 32-lane decode of
+as ``table[index]``, vectorized over a row of weight bytes. LLVM lowers a vector load at
+data-dependent indices as one scalar load and one insert per lane (a 32-lane decode of
 4-bit indices: 32 loads + 32 inserts), which made the DGMS K=16 ResNet-18 1.4x slower than
-its int4 build (Zen 4). A byte table of at most 16 entries fits one 128-bit register, and one
-byte shuffle looks up 16, 32 or 64 indices at once:
+its int4 build (Zen 4). A table of up to 16 bytes fits one 128-bit register, of up to 64
+one zmm register, and one byte shuffle looks up a whole vector of indices:
 
 * x86: ``pshufb`` (SSSE3, 16 lanes), ``vpshufb`` ymm (AVX2, 32), zmm (AVX-512BW, 64): lane
   ``i`` gets byte ``idx[i] & 15`` of its own 128-bit lane of the table operand (so the table
-  is repeated in every 128-bit lane), or 0 when bit 7 of ``idx[i]`` is set;
+  is repeated in every 128-bit lane), or 0 when bit 7 of ``idx[i]`` is set; ``vpermb``
+  (AVX-512 VBMI, 16/32/64 lanes): byte ``idx[i] & (lanes - 1)`` of a whole-register table,
+  for tables of 17..64 entries;
 * aarch64: ``tbl`` with one table register (8 or 16 lanes): byte ``idx[i]`` of the table, 0
   when ``idx[i] >= 16``.
 
 :func:`LowerByteLookups` rewrites, after TVM's TIR lowering (vectorized, flattened), every
 ``int8``/``uint8`` vector load whose index is not a ramp, whose buffer is a 1-D array, and
-whose index is *proved* by TVM's integer bound analysis to lie in ``[0, n)`` with
-``n <= 16`` (the codebook decode: ``sext(field) + K/2``; no other kernel load has such an
-index): the table operand is a vector load of the ``n`` entries the gather could read
-(never past them), repeated to the instruction's width; the index is truncated to bytes
-(exact: it is in ``[0, 15]``). Lane counts that are a multiple of an instruction's width are
-done in chunks, fewer lanes than the narrowest one in one padded shuffle; anything else is
-left as it was. The rewrite is exact by construction (the
-tests compare the codebook kernels bit for bit against the dense-int8 build); it is part of
-tvmq's TIR pipeline (``tir_pipeline="tvmq"``, registered here, used by
-:func:`tvmq.compile`).
+whose index is *proved* by TVM's integer bound analysis to lie in ``[0, n)``, ``n`` no more
+than the buffer's length and the instruction's table (the codebook decode:
+``((bits >> s) + K/2) & (K - 1)``): the table operand is a vector load of the ``n`` entries
+the gather could read (never past them), placed as the instruction reads it; the index is
+truncated to bytes (exact: it is below 64). Lane counts that are a multiple of an
+instruction's width are done in chunks, fewer lanes than the narrowest one in one padded
+shuffle; anything else (tables over 64 entries, armv7) is left as it was. The rewrite is
+exact by construction (the tests compare the codebook kernels bit for bit against the
+dense-int8 build); it is part of tvmq's TIR pipeline (``tir_pipeline="tvmq"``, registered
+here, used by :func:`tvmq.compile`).
 """
 from __future__ import annotations
+
+import dataclasses
 
 from tvmq._tvm import TensorLoad, target_has_features, tir, tvm
 
 PIPELINE = "tvmq"
-#: entries of the largest table one byte shuffle holds (one 128-bit register)
-MAX_ENTRIES = 16
 
 
-def native_lookups(target) -> dict[int, str]:
-    """``{lanes: llvm intrinsic}`` of the byte shuffles ``target`` has (empty: none)."""
+@dataclasses.dataclass(frozen=True)
+class ByteShuffle:
+    """One table-lookup instruction: ``lanes`` indices into a table of up to ``entries``
+    bytes. ``table_lanes``: width of its table operand; ``per_lane``: the table is indexed
+    within each 16-byte lane (``pshufb``), so it is repeated in every one."""
+
+    intrinsic: str
+    lanes: int
+    entries: int
+    table_lanes: int
+    per_lane: bool = False
+
+
+def native_lookups(target) -> list[ByteShuffle]:
+    """The byte shuffles ``target`` has that look up a table (empty: none)."""
     mtriple = str(target.attrs.get("mtriple", ""))
     if str(target.kind.name) != "llvm":
-        return {}
+        return []
     if mtriple.startswith("aarch64"):
-        return {16: "llvm.aarch64.neon.tbl1.v16i8", 8: "llvm.aarch64.neon.tbl1.v8i8"}
+        return [ByteShuffle("llvm.aarch64.neon.tbl1.v16i8", 16, 16, 16),
+                ByteShuffle("llvm.aarch64.neon.tbl1.v8i8", 8, 16, 16)]
     if mtriple and not mtriple.startswith("x86_64"):
-        return {}
-    out = {}
+        return []
+    out = []
     if target_has_features(target, "avx512bw"):
-        out[64] = "llvm.x86.avx512.pshuf.b.512"
+        out.append(ByteShuffle("llvm.x86.avx512.pshuf.b.512", 64, 16, 64, True))
     if target_has_features(target, "avx2"):
-        out[32] = "llvm.x86.avx2.pshuf.b"
+        out.append(ByteShuffle("llvm.x86.avx2.pshuf.b", 32, 16, 32, True))
     if target_has_features(target, "ssse3"):
-        out[16] = "llvm.x86.ssse3.pshuf.b.128"
+        out.append(ByteShuffle("llvm.x86.ssse3.pshuf.b.128", 16, 16, 16, True))
+    if target_has_features(target, "avx512vbmi", "avx512vl"):
+        # vpermb: byte idx & (lanes - 1) of a whole-register table (up to 64 entries)
+        out += [ByteShuffle(f"llvm.x86.avx512.permvar.qi.{w * 8}", w, w, w) for w in (64, 32, 16)]
     return out
+
+
+def _choose(natives: list[ByteShuffle], n: int, lanes: int) -> ByteShuffle | None:
+    """The instruction for ``lanes`` lookups into ``n`` entries: the widest that divides
+    ``lanes`` (done in chunks), else the narrowest if ``lanes`` is below it (padded);
+    ``pshufb``/``tbl`` before ``vpermb`` (listed first)."""
+    fits = [op for op in natives if op.entries >= n]
+    whole = [op for op in fits if lanes % op.lanes == 0]
+    if whole:
+        return max(whole, key=lambda op: op.lanes)  # stable: the first of the widest
+    narrow = [op for op in fits if op.lanes > lanes]
+    return min(narrow, key=lambda op: op.lanes) if narrow else None
 
 
 def _lanes(ty) -> int:
@@ -64,17 +95,20 @@ def _shuffle(vectors, indices):
     return tir.Shuffle(list(vectors), [tir.IntImm("int32", int(i)) for i in indices])
 
 
-def _table(buf, dtype: str, n: int, lanes: int):
-    """The ``n`` table entries as a ``lanes``-wide vector: entry ``i % 16`` in lane ``i``
-    (lanes past ``n`` in each group of 16 read entry 0: never selected)."""
+def _table(buf, dtype: str, n: int, op: ByteShuffle):
+    """The ``n`` table entries as ``op``'s table operand: entry ``i`` in lane ``i`` (of
+    every 16-byte lane when ``op.per_lane``); lanes past ``n`` read entry 0, never
+    selected."""
+    width = op.table_lanes
     if n == 1:
-        return tir.Broadcast(tir.BufferLoad(buf, [tir.IntImm("int32", 0)]), lanes)
+        return tir.Broadcast(tir.BufferLoad(buf, [tir.IntImm("int32", 0)]), width)
     vec = buf.vload([0], f"{dtype}x{n}")
-    copies = -(-lanes // n)  # a shuffle has at most as many lanes as its inputs together
-    return _shuffle([vec] * copies, [i % 16 if i % 16 < n else 0 for i in range(lanes)])
+    copies = -(-width // n)  # a shuffle has at most as many lanes as its inputs together
+    pos = [i % 16 if op.per_lane else i for i in range(width)]
+    return _shuffle([vec] * copies, [p if p < n else 0 for p in pos])
 
 
-def _rewrite(load, natives: dict[int, str], analyzer):
+def _rewrite(load, natives: list[ByteShuffle], analyzer):
     buf = load.source
     dtype = str(buf.dtype)
     lanes = _lanes(load.ty)
@@ -86,26 +120,22 @@ def _rewrite(load, natives: dict[int, str], analyzer):
         return None
     bound = analyzer.const_int_bound(idx)
     n = int(bound.max_value) + 1
-    if bound.min_value < 0 or n > min(MAX_ENTRIES, int(buf.shape[0])):
+    if bound.min_value < 0 or n > int(buf.shape[0]):
         return None
-    width = next((w for w in sorted(natives, reverse=True) if lanes % w == 0), None)
-    narrow = width is None and lanes < min(natives)
-    if narrow:  # e.g. 8 lanes on x86: one 16-lane shuffle, half of it used
-        width = min(natives)
-    elif width is None:
+    op = _choose(natives, n, lanes)
+    if op is None:
         return None
+    width = op.lanes
     idx8 = tir.Cast(f"{dtype}x{lanes}", idx)
-    tbl = natives[width]
-    arm = "aarch64" in tbl
-    table = _table(buf, dtype, n, 16 if arm else width)
-    if narrow:
+    table = _table(buf, dtype, n, op)
+    if lanes < width:  # e.g. 8 lanes on x86: one 16-lane shuffle, half of it used
         wide = _shuffle([idx8] * -(-width // lanes), [i if i < lanes else 0 for i in range(width)])
-        out = tir.call_llvm_pure_intrin(f"{dtype}x{width}", tbl, table, wide)
+        out = tir.call_llvm_pure_intrin(f"{dtype}x{width}", op.intrinsic, table, wide)
         return _shuffle([out], range(lanes))
     chunks = []
     for c in range(lanes // width):
         part = idx8 if width == lanes else _shuffle([idx8], range(c * width, (c + 1) * width))
-        chunks.append(tir.call_llvm_pure_intrin(f"{dtype}x{width}", tbl, table, part))
+        chunks.append(tir.call_llvm_pure_intrin(f"{dtype}x{width}", op.intrinsic, table, part))
     return chunks[0] if len(chunks) == 1 else _shuffle(chunks, range(lanes))
 
 

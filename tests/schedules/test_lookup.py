@@ -17,19 +17,16 @@ pytestmark = pytest.mark.build
 X86 = {"run": run_target(), "avx2": {"kind": "llvm", "mcpu": "haswell", "num-cores": 2}}
 
 
-def _lookup_func(n: int, lanes: int, size: int = 256, shift: int = 4):
-    """``out[i] = table[field(w[i]) + n // 2]``: ``field`` the signed 4-bit field of a byte
-    (``(w << shift) >> 4``, in [-8, 7]) clipped to ``n`` entries, as the codebook decode
-    reads it; vectorized ``lanes`` wide."""
+def _lookup_func(n: int, lanes: int, size: int = 256):
+    """``out[i] = table[field(w[i]) + n // 2]``: ``field`` the low ``log2(n)`` bits of a
+    byte, sign-extended (``(w << (8 - bits)) >> (8 - bits)``, in ``[-n/2, n/2)``), as a
+    signed codebook field; vectorized ``lanes`` wide."""
     w = te.placeholder((size,), "int8", "w")
     t = te.placeholder((n,), "int8", "codebook")
-    half = n // 2
+    half, bits = n // 2, n.bit_length() - 1
 
     def f(i):
-        field = (w[i] << shift) >> 4
-        if n < 16:  # a narrower field: the low log2(n) bits, sign-extended
-            bits = n.bit_length() - 1
-            field = (w[i] << (8 - bits)) >> (8 - bits)
+        field = (w[i] << (8 - bits)) >> (8 - bits)
         return t[(field.astype("int32") + half).astype("int64")]
 
     out = te.compute((size,), f, name="out")
@@ -56,11 +53,14 @@ def _build(mod, target):
 
 @pytest.mark.parametrize("isa", sorted(X86))
 @pytest.mark.parametrize("n,lanes", [(16, 32), (16, 64), (16, 16), (4, 32), (2, 16), (16, 128),
-                                     (8, 8), (16, 8)])
-def test_x86_lookup_is_exact_and_uses_pshufb(isa, n, lanes, rng):
+                                     (8, 8), (16, 8), (32, 32), (64, 64), (64, 16)])
+def test_x86_lookup_is_exact_and_uses_a_byte_shuffle(isa, n, lanes, rng):
     target = tvm.target.Target(X86[isa])
     if lanes == 64 and "avx512bw" not in HOST_FLAGS and isa == "run":
         pytest.skip("no AVX-512BW here")
+    vbmi = bool(L._choose(L.native_lookups(target), 64, 64))
+    if n > 16 and not vbmi:
+        pytest.skip("tables over 16 entries need vpermb (AVX-512 VBMI)")
     mod = _lookup_func(n, lanes)
     lib = _build(mod, target)
     w = rng.integers(-128, 128, 256).astype(np.int8)  # every bit pattern of the field
@@ -69,7 +69,8 @@ def test_x86_lookup_is_exact_and_uses_pshufb(isa, n, lanes, rng):
     lib(tensor(w), tensor(table), out)
     np.testing.assert_array_equal(out.numpy(), _reference(w, table))
     asm = lib.mod.inspect_source("asm")
-    assert "pshufb" in asm and "pinsrb" not in asm, "the gather should be a byte shuffle"
+    shuffle = "pshufb" if n <= 16 else "vpermb"
+    assert shuffle in asm and "pinsrb" not in asm, f"the gather should be {shuffle}"
 
 
 def test_unbounded_index_is_left_alone(rng):
@@ -100,9 +101,18 @@ def test_aarch64_lookup_uses_tbl(lanes):
     assert "tbl\t" in asm or "tbl " in asm, "no tbl in the aarch64 lookup"
 
 
-def test_native_widths_follow_the_target():
-    assert L.native_lookups(tvm.target.Target(X86["avx2"])) == {
-        32: "llvm.x86.avx2.pshuf.b", 16: "llvm.x86.ssse3.pshuf.b.128"}
-    assert 64 in L.native_lookups(tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
-    assert set(L.native_lookups(get_board("rasp4b").tvm_target())) == {8, 16}
-    assert L.native_lookups(get_board("rasp4b-armv7").tvm_target()) == {}
+def test_instructions_follow_the_target():
+    def ops(target):
+        return [(op.intrinsic.split(".", 2)[-1], op.lanes, op.entries)
+                for op in L.native_lookups(tvm.target.Target(target))]
+
+    assert ops(X86["avx2"]) == [("avx2.pshuf.b", 32, 16), ("ssse3.pshuf.b.128", 16, 16)]
+    zen4 = L.native_lookups(tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
+    # 16 entries: vpshufb (listed first) even where vpermb of the same width exists
+    assert "pshuf" in L._choose(zen4, 16, 32).intrinsic
+    assert L._choose(zen4, 32, 32).intrinsic.endswith("permvar.qi.256")
+    assert L._choose(zen4, 64, 32).lanes == 64  # only a zmm holds 64 entries: padded
+    assert L._choose(zen4, 65, 64) is None  # over 64 entries: a gather
+    assert L._choose(zen4, 16, 48).lanes == 16  # chunks of the widest width dividing 48
+    assert {op.lanes for op in L.native_lookups(get_board("rasp4b").tvm_target())} == {8, 16}
+    assert L.native_lookups(get_board("rasp4b-armv7").tvm_target()) == []
