@@ -76,7 +76,9 @@ def accuracy_rows(name: str, args, workdir: Path) -> list[dict]:
         q = copy.deepcopy(fp32)
         cfg = config(method)
         lr = args.lr_lsq if method in LSQ else args.lr_dgms
-        tq.quantize_(q, tq.QATConfig(cfg, freeze_bn_after=args.qat_epochs // 2 or None))
+        freeze = ((args.qat_epochs // 2 or None) if args.freeze_bn_after is None
+                  else (None if args.freeze_bn_after < 0 else args.freeze_bn_after))
+        tq.quantize_(q, tq.QATConfig(cfg, freeze_bn_after=freeze))
         tq.fit(q, train_set, epochs=args.qat_epochs, lr=lr, seed=args.seed, progress=False)
         tq.quantize_(q, tq.QATConfig(cfg, step="convert"))
         path = tq.export(q, torch.from_numpy(test_set.x[:1]), workdir / f"{name}_{method}.onnx")
@@ -165,6 +167,9 @@ def main(argv=None) -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--methods", nargs="+", default=[*DGMS, *LSQ])
     ap.add_argument("--qat-epochs", type=int, default=10)
+    ap.add_argument("--freeze-bn-after", type=int, default=None,
+                    help="QAT epoch after which BN statistics freeze (default: half the epochs; "
+                         "-1: never; 2-bit ResNet-20 collapses when they freeze)")
     ap.add_argument("--lr-dgms", type=float, default=3e-4,
                     help="DGMS QAT learning rate (the reference trains at 2e-5 on CIFAR-10)")
     ap.add_argument("--lr-lsq", type=float, default=5e-3)
