@@ -139,12 +139,13 @@ def _rewrite(load, natives: list[ByteShuffle], analyzer):
     return chunks[0] if len(chunks) == 1 else _shuffle(chunks, range(lanes))
 
 
-def lower_byte_lookups(func, target):
+def lower_byte_lookups(func, target, natives: list[ByteShuffle] | None = None):
     """``func`` (a lowered, vectorized ``PrimFunc``) with its small-table byte gathers as
-    byte shuffles of ``target``, and how many it rewrote."""
+    byte shuffles of ``target`` (``natives``: its :func:`native_lookups`, if known), and how
+    many it rewrote."""
     import tvm_ffi
 
-    natives = native_lookups(target)
+    natives = native_lookups(target) if natives is None else natives
     if not natives:
         return func, 0
     analyzer = tvm.sym.Analyzer()
@@ -168,13 +169,17 @@ def LowerByteLookups() -> tvm.transform.Pass:  # noqa: N802 - TVM pass naming
     @tvm.transform.module_pass(opt_level=0, name="tvmq.LowerByteLookups")
     def _pass(mod, _ctx):
         current = tvm.target.Target.current(allow_none=True)
+        natives = {}  # per target: asking LLVM for its features takes ~0.5 ms
         for gv, func in list(mod.functions.items()):
             if not isinstance(func, tir.PrimFunc):
                 continue
             target = (func.attrs or {}).get("target", None) or current
             if target is None:
                 continue
-            new, count = lower_byte_lookups(func, target)
+            key = str(target)
+            if key not in natives:
+                natives[key] = native_lookups(target)
+            new, count = lower_byte_lookups(func, target, natives[key])
             if count:
                 mod[gv] = new
         return mod

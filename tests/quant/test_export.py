@@ -97,9 +97,9 @@ def _check_match(model, x, path):
 
 def _has_sub_byte_tensors(path) -> bool:
     """Whether the exported graph holds a 4-bit initializer or a Clip narrowing a code."""
-    model = onnx.load(str(path))
+    model, inits = _inits(path)
     narrow = {TensorProto.INT4, TensorProto.UINT4}
-    return any(t.data_type in narrow for t in model.graph.initializer) \
+    return any(t.data_type in narrow for t in inits.values()) \
         or any(n.op_type == "Clip" for n in model.graph.node)
 
 
