@@ -167,9 +167,10 @@ def main(argv=None) -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--methods", nargs="+", default=[*DGMS, *LSQ])
     ap.add_argument("--qat-epochs", type=int, default=10)
-    ap.add_argument("--freeze-bn-after", type=int, default=None,
-                    help="QAT epoch after which BN statistics freeze (default: half the epochs; "
-                         "-1: never; 2-bit ResNet-20 collapses when they freeze)")
+    ap.add_argument("--freeze-bn-after", type=int, default=-1,
+                    help="QAT epoch after which BN statistics freeze (default -1: never; "
+                         "LSQ W2A8 ResNet-20 collapses when they freeze at half the epochs; "
+                         "N >= 0: after N epochs)")
     ap.add_argument("--lr-dgms", type=float, default=3e-4,
                     help="DGMS QAT learning rate (the reference trains at 2e-5 on CIFAR-10)")
     ap.add_argument("--lr-lsq", type=float, default=5e-3)

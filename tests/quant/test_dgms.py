@@ -76,10 +76,16 @@ def test_prepare_fit_convert_export_int8_table(trained, digits, tmp_path):
     for layer in [m for m in model.modules() if isinstance(getattr(m, "weight_quant", None),
                                                            GMMQuantizer)]:
         d = layer.weight_quant.describe(layer.weight)
-        np.testing.assert_array_equal(
-            layer.weight_quant(layer.weight).detach().numpy(),
-            d.table[d.indices].astype(np.float32) * np.float32(d.scale))  # snapped exactly
+        np.testing.assert_array_equal(layer.weight_quant(layer.weight).detach().numpy(),
+                                      d.weight())
+        np.testing.assert_array_equal(  # centers snapped exactly to the int8 grid
+            d.centers[d.indices], d.table[d.indices].astype(np.float32) * np.float32(d.scale))
         assert d.indices.dtype == np.uint8 and d.table[0] == 0
+        # digits_cnn's convs have BN: one table per layer, BN's factor per output channel
+        has_bn = isinstance(layer, torch.nn.Conv2d)
+        assert (d.channel_scale is not None) == has_bn
+        if has_bn:
+            assert d.channel_scale.shape == (layer.out_channels,)
     got = predict(model, test_set.x)
     assert accuracy(got, test_set.y) >= accuracy(ref, test_set.y) - 5
     path = export(model, torch.from_numpy(test_set.x[:1]), tmp_path / "q.onnx")
@@ -89,6 +95,9 @@ def test_prepare_fit_convert_export_int8_table(trained, digits, tmp_path):
     inits = {t.name: t for t in m.graph.initializer}
     gathers = [n for n in m.graph.node if n.op_type == "Gather"]
     assert all(inits[g.input[0]].data_type == onnx.TensorProto.INT8 for g in gathers)
+    dqs = {n.input[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    scales = [onnx.numpy_helper.to_array(inits[dqs[g.output[0]].input[1]]) for g in gathers]
+    assert [s.shape for s in scales] == [(16,), (32,), (32,), ()]  # per channel after BN
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     out = ort.InferenceSession(str(path), so).run(None, {"input": test_set.x})[0]

@@ -77,12 +77,15 @@ def layer_table(imported, lowered, legalized=None) -> list[dict[str, Any]]:
 
 def codebook_info(mod, weight, bound) -> dict[str, Any] | None:
     """``{"k", "index_bits", "table", "table_dtype"}`` when the weight is a codebook lookup
-    (:class:`tvmq.passes.LowerCodebookWeights`; through a ``permute_dims``), else None."""
+    (:class:`tvmq.passes.LowerCodebookWeights`; through a ``permute_dims`` and a per-channel
+    ``multiply``, a BatchNorm factor on a float codebook), else None."""
     from tvmq.ir import find_encoded
 
-    expr = bound.get(weight, weight) if hasattr(bound, "get") else weight
-    if getattr(getattr(expr, "op", None), "name", "") == "relax.permute_dims":
-        weight = expr.args[0]
+    for _ in range(2):
+        expr = bound.get(weight, weight) if hasattr(bound, "get") else weight
+        if getattr(getattr(expr, "op", None), "name", "") in ("relax.permute_dims",
+                                                               "relax.multiply"):
+            weight = expr.args[0]
     enc = find_encoded(mod, weight, bound.get)
     if enc is None or not enc.codec.name.startswith("codebook"):
         return None

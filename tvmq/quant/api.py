@@ -169,7 +169,7 @@ def prepare(model: nn.Module, base: MethodConfig, overrides: dict, fold_bn: bool
         if name in pairs:
             new = QuantConvBn2d(layer, model.get_submodule(pairs[name]), wq, aq)
             _set_module(model, pairs[name], nn.Identity())
-            weight = new.folded()[0]
+            weight = new.quantizer_input()
         else:
             new = (QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear).from_float(layer, wq, aq)
             weight = new.weight

@@ -20,9 +20,14 @@ What the graph holds
   ``Gather(table, Cast(indices, to=INT64), axis=0)`` (ONNX ``Gather`` takes int32/int64
   indices; the stored ones stay uint8). Float table: the Gather is the weight. Integer
   activations: ``DequantizeLinear(Gather(int8 table, ...), scale)`` with one scale per layer.
+  A conv followed by BatchNorm keeps one table and gets BN's factor per output channel
+  (DGMS quantizes the conv's own weight): a per-channel ``DequantizeLinear`` scale
+  (``axis=0``, the layer's step times the factor), or ``Mul(Gather(...), factor[C,1,1,1])``
+  with a float table.
 * Bias: float32, added by ``Conv``/``Gemm`` after dequantization (an integer compiler can
   requantize it to int32 at ``s_x * s_w``; rounding error at most half an accumulator step).
-* BatchNorm: folded into the conv weights before quantization, as in training.
+* BatchNorm: folded into the conv weights before quantization, as in training (after it
+  for ``bn_after_quant`` quantizers, see above).
 """
 from __future__ import annotations
 
@@ -91,19 +96,30 @@ class _CodebookGather(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w, d):
-        return torch.from_numpy(d.centers[d.indices.astype(np.int64)])
+        return torch.from_numpy(d.weight())
 
     @staticmethod
     def symbolic(g, w, d):
-        idx = g.op("Constant", value_t=torch.from_numpy(np.ascontiguousarray(d.indices)))
-        idx = g.op("Cast", idx, to_i=TensorProto.INT64)
+        def const(a):
+            # np.array, not np.ascontiguousarray: that makes a 0-d scale 1-d (per axis)
+            return g.op("Constant", value_t=torch.from_numpy(np.array(a, copy=True)))
+
+        idx = g.op("Cast", const(d.indices), to_i=TensorProto.INT64)
+        cs = d.channel_scale
         if d.table is None:
-            table = g.op("Constant", value_t=torch.from_numpy(d.centers.astype(np.float32)))
-            return g.op("Gather", table, idx, axis_i=0)
-        table = g.op("Constant", value_t=torch.from_numpy(d.table.astype(np.int8)))
-        scale = g.op("Constant", value_t=torch.tensor(d.scale, dtype=torch.float32))
-        zp = g.op("Constant", value_t=torch.tensor(0, dtype=torch.int8))
-        return g.op("DequantizeLinear", g.op("Gather", table, idx, axis_i=0), scale, zp)
+            gathered = g.op("Gather", const(d.centers.astype(np.float32)), idx, axis_i=0)
+            if cs is None:
+                return gathered
+            shape = (-1,) + (1,) * (d.indices.ndim - 1)
+            return g.op("Mul", gathered, const(cs.astype(np.float32).reshape(shape)))
+        gathered = g.op("Gather", const(d.table.astype(np.int8)), idx, axis_i=0)
+        if cs is None:
+            scale, zp, kw = np.float32(d.scale), np.int8(0), {}
+        else:  # the folded BN factor: one DequantizeLinear scale per output channel
+            scale = (np.float32(d.scale) * cs).astype(np.float32)
+            zp, kw = np.zeros(cs.shape, np.int8), {"axis_i": 0}
+        return g.op("DequantizeLinear", gathered, const(np.asarray(scale, np.float32)),
+                    const(np.asarray(zp, np.int8)), **kw)
 
 
 def _act_params(d: UniformActivation) -> dict:

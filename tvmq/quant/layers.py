@@ -4,7 +4,10 @@
 2018, as in ``torch.ao``): the weight quantizer always sees ``w * gamma / sigma_running``, so the
 quantized weights trained are the ones deployed. Until BN is frozen, batch statistics still
 normalize the output during training; once frozen (or in eval), the forward is exactly
-``conv(x, q(w_folded)) + b_folded``, the exported graph.
+``conv(x, q(w_folded)) + b_folded``, the exported graph. A weight quantizer with ``bn_after_quant`` (DGMS: one codebook per layer)
+quantizes the conv's own weight instead and BN scales its output channels:
+``q(w) * gamma / sigma_running``, so the layer's table stays shared and the BN factor becomes a
+per-channel scale of the exported weight.
 """
 from __future__ import annotations
 
@@ -76,30 +79,54 @@ class QuantConvBn2d(nn.Module):
         self.bn_frozen = True
         self.bn.eval()
 
+    def _factor(self) -> torch.Tensor:
+        """``gamma / sqrt(running_var + eps)`` per output channel."""
+        return self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
+
+    def _bn_after_quant(self) -> bool:
+        return bool(getattr(self.weight_quant, "bn_after_quant", False))
+
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """BN folded into the conv with running statistics: ``(w * g / sigma, b')``."""
-        bn, conv = self.bn, self.conv
-        factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bn, conv, factor = self.bn, self.conv, self._factor()
         bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
         w = conv.weight * factor.reshape(-1, 1, 1, 1)
         return w, bn.bias + (bias - bn.running_mean) * factor
 
+    def quantizer_input(self) -> torch.Tensor:
+        """The weight the weight quantizer sees: the folded one, or the conv's own for a
+        quantizer with ``bn_after_quant`` (BN then scales its output channels)."""
+        return self.conv.weight if self._bn_after_quant() else self.folded()[0]
+
+    def quantized(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(quantized BN-folded weight, folded bias)``: ``q(w * f)``, or ``q(w) * f`` for a
+        quantizer with ``bn_after_quant`` (``f = gamma / sigma`` per output channel)."""
+        w, b = self.folded()
+        if self._bn_after_quant():
+            return self.weight_quant(self.conv.weight) * self._factor().reshape(-1, 1, 1, 1), b
+        return _maybe(self.weight_quant, w), b
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _maybe(self.input_quant, x)
-        w, b = self.folded()
-        wq = _maybe(self.weight_quant, w)
+        wq, b = self.quantized()
         if self.bn_frozen or not self.training:
             return self.conv._conv_forward(x, wq, b)
         # Undo the running-stat scaling, then let BN normalize with batch statistics.
-        factor = (self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)).reshape(1, -1, 1, 1)
+        factor = self._factor().reshape(1, -1, 1, 1)
         y = self.conv._conv_forward(x, wq, None) / factor
         if self.conv.bias is not None:
             y = y + self.conv.bias.reshape(1, -1, 1, 1)
         return self.bn(y)
 
     def to_conv(self) -> QuantConv2d:
-        """A :class:`QuantConv2d` holding the folded weights (what export and convert use)."""
+        """A :class:`QuantConv2d` holding the folded weights (what export and convert use).
+
+        With a ``bn_after_quant`` quantizer it holds the conv's own weights and the quantizer
+        the BN factor (:meth:`~tvmq.quant.Quantizer.set_channel_scale`): the same forward."""
         w, b = self.folded()
+        if self._bn_after_quant():
+            self.weight_quant.set_channel_scale(self._factor().detach().clone())
+            w = self.conv.weight
         conv = nn.Conv2d(self.conv.in_channels, self.conv.out_channels, self.conv.kernel_size,
                          self.conv.stride, self.conv.padding, self.conv.dilation,
                          self.conv.groups, True, self.conv.padding_mode)

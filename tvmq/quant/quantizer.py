@@ -86,6 +86,14 @@ class Quantizer(nn.Module):
        registered for its type (:func:`tvmq.quant.register_export`).
     """
 
+    #: ``True`` for a weight quantizer that quantizes a conv's own weight and lets the
+    #: BatchNorm that follows scale each output channel afterwards (:class:`QuantConvBn2d`:
+    #: ``w_hat = q(w) * gamma / sigma``), instead of quantizing the BN-folded weight: a table
+    #: shared by the whole layer (a codebook) then survives BN folding, the factor becoming a
+    #: per-channel scale. Such a quantizer gets that factor at convert
+    #: (:meth:`set_channel_scale`) and describes the scaled weight.
+    bn_after_quant: bool = False
+
     def __init__(self, role: str):
         super().__init__()
         if role not in ("weight", "act"):
@@ -114,6 +122,11 @@ class Quantizer(nn.Module):
         """Stop learning and tracking; afterwards ``forward`` is exactly what export writes."""
         for p in self.parameters():
             p.requires_grad_(False)
+
+    def set_channel_scale(self, scale: torch.Tensor) -> None:
+        """From now on ``forward`` multiplies output channel ``c`` of the quantized weight by
+        ``scale[c]`` (the folded BN factor; only for quantizers with ``bn_after_quant``)."""
+        raise NotImplementedError
 
     def describe(self, tensor: torch.Tensor | None = None):
         """The export description: for a weight quantizer, of ``tensor`` (the float weight)."""

@@ -60,12 +60,24 @@ class CodebookWeight:
     ``indices``: uint8, the weight's shape, each in ``[0, K)``. ``centers``: float32 ``[K]``
     (entry 0 is the pruning component, 0.0). With integer activations, ``table`` (int8
     ``[K]``) and ``scale`` are set and ``centers == table * scale``; else both are None.
+    ``channel_scale``: float32 ``[C_out]`` or None, a factor per output channel (a conv's
+    folded BatchNorm, ``gamma / sigma``): ``w_hat[c] = table[indices[c]] * scale *
+    channel_scale[c]`` (integer; exported as a per-channel ``DequantizeLinear`` scale) or
+    ``centers[indices[c]] * channel_scale[c]`` (float; a ``Mul`` after the ``Gather``).
     """
 
     indices: np.ndarray
     centers: np.ndarray
     table: np.ndarray | None = None
     scale: float | None = None
+    channel_scale: np.ndarray | None = None
+
+    def weight(self) -> np.ndarray:
+        """The float weight it stands for (float32)."""
+        w = self.centers[self.indices.astype(np.int64)]
+        if self.channel_scale is None:
+            return w
+        return w * self.channel_scale.reshape((-1,) + (1,) * (w.ndim - 1))
 
     @property
     def k(self) -> int:
@@ -176,6 +188,9 @@ class GMMQuantizer(Quantizer):
         Snap the centers to an int8 grid (one scale) at :meth:`freeze`.
     """
 
+    # one codebook per layer: BN's per-channel factor is applied after it (see Quantizer)
+    bn_after_quant = True
+
     def __init__(self, k: int, temperature: float, integer_table: bool):
         super().__init__("weight")
         self.k, self.temperature, self.integer_table = k, float(temperature), integer_table
@@ -186,6 +201,7 @@ class GMMQuantizer(Quantizer):
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("frozen", torch.tensor(False))
         self.register_buffer("snap_scale", torch.tensor(0.0))  # 0: centers not snapped
+        self.register_buffer("channel_scale", torch.ones(0))  # empty: no per-channel factor
 
     @property
     def bits(self) -> int:
@@ -259,8 +275,17 @@ class GMMQuantizer(Quantizer):
             g = 1.0 / math.sqrt(max(w.numel(), 1))
             resp = torch.softmax(self._log_resp(w.reshape(-1), g), dim=1)  # r_k(w), sum 1
             soft = torch.softmax(resp / self.temperature, dim=1)
-            return (soft @ self._params(g)[0]).reshape(w.shape)
-        return self.centers()[self.assign(w)]
+            return self._scaled((soft @ self._params(g)[0]).reshape(w.shape))
+        return self._scaled(self.centers()[self.assign(w)])
+
+    def _scaled(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.channel_scale.numel():
+            return w
+        return w * self.channel_scale.reshape((-1,) + (1,) * (w.dim() - 1))
+
+    @torch.no_grad()
+    def set_channel_scale(self, scale: torch.Tensor) -> None:
+        self.channel_scale = scale.detach().reshape(-1).float().clone()
 
     # -- the Quantizer protocol ------------------------------------------------------------
     @torch.no_grad()
@@ -274,12 +299,13 @@ class GMMQuantizer(Quantizer):
     def describe(self, tensor: torch.Tensor | None = None) -> CodebookWeight:
         idx = self.assign(tensor).numpy().astype(np.uint8)
         centers = self.centers().detach().numpy().astype(np.float32)
+        cs = self.channel_scale.numpy().astype(np.float32) if self.channel_scale.numel() else None
         if float(self.snap_scale) > 0:
             s = float(self.snap_scale)
             mu = torch.cat([torch.zeros(1), self.mu.detach()])
             table = torch.clamp(torch.round(mu / s), -127, 127).numpy().astype(np.int8)
-            return CodebookWeight(idx, centers, table, float(np.float32(s)))
-        return CodebookWeight(idx, centers)
+            return CodebookWeight(idx, centers, table, float(np.float32(s)), cs)
+        return CodebookWeight(idx, centers, channel_scale=cs)
 
     def extra_repr(self) -> str:
         return (f"k={self.k} ({self.bits}-bit indices), temperature={self.temperature}, "
