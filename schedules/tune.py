@@ -16,7 +16,8 @@ candidates take minutes to build on a small machine, while a sampled tile builds
 second or two.
 
 Builders must register tvmq's intrinsics in their worker processes: pass
-:func:`builder_initializer` as ``LocalBuilder(initializer=...)``.
+:func:`builder_initializer` as ``LocalBuilder(initializer=...)``, and :func:`build` as
+``f_build`` (tvmq's TIR pipeline).
 """
 from __future__ import annotations
 
@@ -42,9 +43,23 @@ def build_worker_initializer() -> None:
     import tvm.s_tir.tensor_intrin  # noqa: F401
 
 
+def build(mod, target, _params=None):
+    """MetaSchedule's ``default_build`` with tvmq's TIR pipeline (``f_build`` of tvmq's
+    builders): candidates are timed as :func:`tvmq.compile` builds them, with small-table
+    lookups in registers (:mod:`tvmq.schedules.lookup`), not as per-lane gathers. TVM's
+    tensor intrinsics are not imported here (~35 s): :func:`build_worker_initializer` did."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    from tvmq.schedules.lookup import register_pipeline
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target, pipeline=register_pipeline())
+
+
 def _kernel_space_fn(st, fs=None):
     from tvmq.schedules import blocked as B
-    from tvmq.schedules import tiling
+    from tvmq.schedules import lut_gemv, tiling
     from tvmq.schedules.kernels import kernel_block
     from tvmq.schedules.schedule_float_kernels import schedule_sch as schedule_float
 
@@ -61,6 +76,8 @@ def _kernel_space_fn(st, fs=None):
         elif B.BLOCK_DWCONV in names:
             # the 4-tap kernel: pixels a tile and where its pad runs sampled
             st.schedule_depthwise(sch, sample=SAMPLE_TILES)
+        elif lut_gemv.BLOCK_GEMV in names:
+            lut_gemv.schedule(sch)  # fixed: its shape is what the byte shuffles need
         else:
             blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
             if all(int(iv.iter_type) == 0 for b in blocks for iv in b.iter_vars):

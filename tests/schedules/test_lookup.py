@@ -116,3 +116,22 @@ def test_instructions_follow_the_target():
     assert L._choose(zen4, 16, 48).lanes == 16  # chunks of the widest width dividing 48
     assert {op.lanes for op in L.native_lookups(get_board("rasp4b").tvm_target())} == {8, 16}
     assert L.native_lookups(get_board("rasp4b-armv7").tvm_target()) == []
+
+
+def test_tuning_builds_use_the_lookup_pipeline(rng):
+    """MetaSchedule's builder in tvmq (``tune.build``) times candidates as tvmq.compile
+    builds them: the same byte shuffle, not the gather TVM's default pipeline leaves."""
+    from tvmq.schedules import tune
+
+    target = tvm.target.Target(X86["avx2"])
+    mod = _lookup_func(16, 32)
+    lib = tune.build(mod, target)
+    asm = lib.inspect_source("asm")
+    assert "pshufb" in asm and "pinsrb" not in asm
+    plain = tvm.driver.build(mod, target=target).inspect_source("asm")
+    assert "pshufb" not in plain  # the default pipeline gathers (the test can fail)
+    w = rng.integers(-128, 128, 256).astype(np.int8)
+    table = rng.integers(-128, 128, 16).astype(np.int8)
+    out = tensor(np.zeros(256, np.int8))
+    lib(tensor(w), tensor(table), out)
+    np.testing.assert_array_equal(out.numpy(), _reference(w, table))

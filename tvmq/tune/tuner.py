@@ -203,8 +203,11 @@ def _builder(board: Board, workers: int = 1):
     if board.cross_compiler:
         ensure_cross_compiler(board)
         export = functools.partial(_export_cross, compiler=board.cross_compiler)
+    from tvmq.schedules.tune import build
+
     builder = ms.builder.LocalBuilder(max_workers=workers, timeout_sec=BUILDER_TIMEOUT_S,
-                                      f_export=export, initializer=_builder_init)
+                                      f_build=build, f_export=export,
+                                      initializer=_builder_init)
     # the constructor's one-off check pool needs no TVM intrinsics; the build pools do
     builder.initializer = _build_worker_init
     return builder
