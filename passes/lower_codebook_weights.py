@@ -6,7 +6,9 @@ see :mod:`tvmq.onnx_ops`), in the two forms a codebook model is exported in:
 
 * ``conv2d/matmul(x, take(float table, idx))``: weight-only codebook, float activations;
 * ``conv2d/matmul(x, dequantize(take(int8 table, idx), scale))``: integer activations; the
-  integer lowering (:class:`LowerIntegerConv`) keeps the codebook.
+  integer lowering (:class:`LowerIntegerConv`) keeps the codebook. ``scale`` may be per
+  output channel (a conv's folded BatchNorm: one table, a factor per channel); a float
+  table's per-channel factor is a ``multiply`` after the ``take``, left in place.
 
 and replaces the ``take`` by the codebook-encoded weight (:mod:`tvmq.ir.encoded`, codecs
 ``codebook`` for an int8 table and ``codebook_f32`` for a float one): indices packed at

@@ -11,8 +11,8 @@ import torch
 
 import tvmq
 from tvmq.errors import ConfigError
-from tvmq.quant import (PerChannel, QATConfig, QuantSpec, export, fit, get_preset, load_plan,
-                        quantize_, quantizers, save_plan)
+from tvmq.quant import (PerChannel, QATConfig, QuantSpec, calibrate, export, fit, get_preset,
+                        load_plan, quantize_, quantizers, save_plan)
 from tvmq.quant.methods import DGMSConfig, GMMQuantizer
 from tvmq.quant.methods.dgms import kmeans_1d
 from tvmq.train import accuracy, predict
@@ -120,6 +120,47 @@ def test_weight_only_codebook_compiles_and_matches(trained, digits, tmp_path):
     books = [layer["codebook"] for layer in art.meta["layers"]]
     assert [b["k"] for b in books] == [256, 16, 16, 256]
     assert all(b["table_dtype"] == "float32" for b in books)
+
+
+@pytest.mark.build
+def test_int8_codebook_with_bn_compiles_per_channel_and_matches(trained, digits, tmp_path):
+    """Conv + BN layers export one int8 table and a per-channel DequantizeLinear scale
+    (BN's factor); the integer build keeps the codebook and matches the PyTorch model."""
+    train_set, test_set = digits
+    model = trained("digits_cnn")
+    cfg = get_preset("dgms_k16_a8")
+    quantize_(model, QATConfig(cfg))
+    calibrate(model, train_set, max_batches=2, progress=False)
+    quantize_(model, QATConfig(cfg, step="convert"))  # from the k-means init
+    path = export(model, torch.from_numpy(test_set.x[:1]), tmp_path / "q.onnx")
+    art = tvmq.compile(path, input_shapes={"input": (1, 1, 8, 8)})
+    dense = tvmq.compile(_dense_weights(path, tmp_path / "dense.onnx"),
+                         input_shapes={"input": (1, 1, 8, 8)})
+    x = test_set.x[:64]
+    got = np.concatenate([art.run([x[i:i + 1]])[0] for i in range(len(x))])
+    want = np.concatenate([dense.run([x[i:i + 1]])[0] for i in range(len(x))])
+    np.testing.assert_array_equal(got, want)  # the lookups are exact
+    ref = predict(model, x)  # PyTorch: float requantization, a step apart at most here
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.98
+    layers = art.meta["layers"]
+    assert [ly["codebook"]["k"] for ly in layers] == [256, 16, 16, 256]
+    assert all(ly["integer"] for ly in layers)
+    assert not any(ly.get("codebook") for ly in dense.meta["layers"])
+
+
+def _dense_weights(path, out):
+    """The same ONNX model with every ``Gather(table, Cast(indices))`` weight replaced by
+    the int8 initializer it selects."""
+    m = onnx.load(path)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    casts = {n.output[0]: n.input[0] for n in m.graph.node if n.op_type == "Cast"}
+    for node in [n for n in m.graph.node if n.op_type == "Gather"]:
+        table, idx = inits[node.input[0]], inits[casts[node.input[1]]]
+        m.graph.initializer.append(onnx.numpy_helper.from_array(
+            table[idx.astype(np.int64)], node.output[0]))
+        m.graph.node.remove(node)
+    onnx.save(m, out)
+    return out
 
 
 def test_plans_set_k_per_layer(tmp_path):
