@@ -23,7 +23,7 @@ from tvmq.schedules.strategy import FloatStrategy, Strategy, float_strategy_for,
 
 
 def legalize_prelude(target, subbyte_in_kernel: bool = True, blocked_layout: bool = True,
-                     float_kernels: bool = True) -> list:
+                     float_kernels: bool = True, gemv_form: str = "auto") -> list:
     """Passes to put before ``LegalizeOps`` for ``target`` (a ``tvm.target.Target``).
 
     ``blocked_layout``: integer layers exchange activations in ``NCHW{ob}c``
@@ -31,7 +31,8 @@ def legalize_prelude(target, subbyte_in_kernel: bool = True, blocked_layout: boo
     not around every conv. ``subbyte_in_kernel=False`` stores bit-packed (2..7-bit)
     weights as int8 (see :class:`BlockIntegerOps`). ``float_kernels``: float32 conv/dense
     with constant weights run tvmq's blocked float kernels (:class:`BlockFloatOps`); False
-    leaves them to ``LegalizeOps`` (for comparison).
+    leaves them to ``LegalizeOps`` (for comparison). ``gemv_form``: kernel of batch-1
+    codebook dense layers (:func:`tvmq.schedules.gemv_select.choose_form`).
     """
     st = strategy_for(target)
     layout = [BlockedActivationLayout(st)] if blocked_layout and st is not None else []
@@ -39,7 +40,9 @@ def legalize_prelude(target, subbyte_in_kernel: bool = True, blocked_layout: boo
     if fs is not None and blocked_layout:
         layout.append(BlockedFloatLayout(fs))
     floats = [BlockFloatOps(fs)] if fs is not None else []
-    return [*layout, BlockIntegerOps(st, subbyte_in_kernel=subbyte_in_kernel), *floats]
+    mcpu = str(target.attrs.get("mcpu", "") or "")
+    return [*layout, BlockIntegerOps(st, subbyte_in_kernel=subbyte_in_kernel,
+                                     gemv_form=gemv_form, mcpu=mcpu), *floats]
 
 
 def schedule_passes(target) -> list:

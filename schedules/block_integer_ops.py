@@ -7,7 +7,9 @@ Rewrites, for the target's :class:`~tvmq.schedules.strategy.Strategy`:
   and a conv kernel whose weights are packed *now*, at compile time;
 * depthwise ``conv2d`` (groups = C = O) into ``pad(x)`` and a vectorized depthwise kernel;
 * ``matmul(x, W, out_dtype="int32")`` (``x`` 2-D, ``W`` a constant int8 ``[K, N]``) into a
-  dense kernel.
+  dense kernel; for one row of ``x`` and a codebook weight, the activation-table GEMV
+  (:mod:`tvmq.schedules.lut_gemv`) where :func:`~tvmq.schedules.gemv_select.choose_form`
+  picks it for that shape and CPU.
 
 The kernels return NCHW (or ``[M, N]``) int32 like the op they replace, and are marked
 ``op_pattern = kOutEWiseFusable``, so ``FuseOps`` fuses the requantization that follows into
@@ -71,11 +73,14 @@ def _kernel_func(args, out, name: str):
 
 @relax.expr_functor.mutator
 class _Mutator(relax.PyExprMutator):
-    def __init__(self, mod, st: Strategy, subbyte_in_kernel: bool):
+    def __init__(self, mod, st: Strategy, subbyte_in_kernel: bool, gemv_form: str = "auto",
+                 mcpu: str = ""):
         super().__init__(mod)
         self.mod = mod
         self.st = st
         self.subbyte_in_kernel = subbyte_in_kernel
+        self.gemv_form = gemv_form
+        self.mcpu = mcpu
         self.count = 0
 
     def visit_call_(self, call):
@@ -336,6 +341,8 @@ class _Mutator(relax.PyExprMutator):
         if w is None or w.dtype != np.int8 or w.ndim != 2 or len(struct_shape(x)) != 2:
             return None
         st, in_dtype = self.st, struct_dtype(x)
+        if table is not None and struct_shape(x)[0] == 1 and self._lut_form(w, bits):
+            return self._lut_gemv(x, w, in_dtype, struct_shape(call))
         xp = self._emit_pack(B.pack_rows, x, st.ib, st.act_dtype, name="tvmq_pack_rows")
         wp_np = B.pack_dense_weight(w, st.ob, st.ib)
         wp_arg, wp_t, wp_const = self._weight_args(wp_np, bits, table)
@@ -347,8 +354,25 @@ class _Mutator(relax.PyExprMutator):
                                                w.shape[1], corr_t),
             "tvmq_dense", struct_shape(call))
 
+    def _lut_form(self, w, bits: int) -> bool:
+        """Whether a batch-1 codebook dense layer takes the activation-table GEMV."""
+        from tvmq.schedules import gemv_select, lut_gemv
 
-def BlockIntegerOps(strategy: Strategy, subbyte_in_kernel: bool = True) -> tvm.transform.Pass:  # noqa: N802
+        form = gemv_select.choose_form(self.mcpu, w.shape[0], w.shape[1], 1 << bits,
+                                       self.gemv_form)
+        return form == gemv_select.LUT and lut_gemv.eligible(w)
+
+    def _lut_gemv(self, x, w, in_dtype, out_shape):
+        """The activation-table GEMV of ``x[1, K] @ w`` (its planes encoded now)."""
+        from tvmq.schedules import lut_gemv
+
+        args, out, consts = lut_gemv.gemv_parts(w, in_dtype)
+        rargs = [x] + [relax.const(c, str(c.dtype)) for c in consts]
+        return self._call_kernel(_kernel_func(args, out, "tvmq_lut_gemv"), rargs, out_shape)
+
+
+def BlockIntegerOps(strategy: Strategy, subbyte_in_kernel: bool = True,  # noqa: N802
+                    gemv_form: str = "auto", mcpu: str = "") -> tvm.transform.Pass:
     """The pass for ``strategy`` (see the module docstring); identity when it is None.
 
     Weights marked ``packed`` by ``PackSubByteWeights`` (:func:`tvmq.ir.find_encoded`) are
@@ -359,13 +383,17 @@ def BlockIntegerOps(strategy: Strategy, subbyte_in_kernel: bool = True) -> tvm.t
     (:func:`tvmq.schedules.blocked_planar.pack_planar_blocked`). The artifact holds them at
     their width. ``subbyte_in_kernel=False`` stores them as blocked int8 instead (for
     comparison). Depthwise weights are always stored as int8.
+
+    ``gemv_form`` (``"auto"``, ``"direct"``, ``"lut"``) and ``mcpu`` (the target's) choose
+    the kernel of batch-1 codebook dense layers
+    (:func:`tvmq.schedules.gemv_select.choose_form`).
     """
 
     @tvm.transform.module_pass(opt_level=0, name="tvmq.BlockIntegerOps")
     def _pass(mod, _ctx):
         if strategy is None:
             return mod
-        mut = _Mutator(mod, strategy, subbyte_in_kernel)
+        mut = _Mutator(mod, strategy, subbyte_in_kernel, gemv_form, mcpu)
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
                 mut.builder_.update_func(gv, mut.visit_expr(func))

@@ -10,6 +10,7 @@ import numpy as np
 
 from tvmq._tvm import s_tir, te, tvm
 from tvmq.schedules import blocked as B
+from tvmq.schedules import lut_gemv
 from tvmq.schedules.strategy import Strategy, strategy_for
 
 
@@ -96,6 +97,27 @@ def dense_func(m: int, w_kn: np.ndarray, in_dtype: str, st: Strategy, bits: int 
     return te.create_prim_func(args), wp_np, corr_np
 
 
+def codebook_dense_func(w_kn: np.ndarray, table: np.ndarray, bits: int, in_dtype: str,
+                        st: Strategy, m: int = 1):
+    """(PrimFunc, constants) of ``x[m, K] @ w_kn`` in int32 with ``w_kn`` (int8 values, all
+    in the codebook ``table`` of ``bits``-bit indices) stored as indices and decoded in the
+    kernel, as :class:`BlockIntegerOps` builds it; arguments ``x``, the constants, output."""
+    from tvmq.schedules.blocked_codebook import codebook_operand
+
+    k, n = w_kn.shape
+    x = te.placeholder(B.i64((m, k)), in_dtype, "x")
+    packed = B.pack_dense_weight(w_kn, st.ob, st.ib)
+    stored, w_args, wp = codebook_operand(packed, table, bits, st.ob)
+    corr_np = B.shift_correction(w_kn, B.shift_for(in_dtype, st.act_dtype), out_axis=1)
+    corr = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
+    acc = B.dense_blocked(B.pack_rows(x, st.ib, st.act_dtype), wp,
+                          attrs=st.weight_attrs(packed))
+    out = B.unpack_rows(acc, n, corr)
+    args = [x, *w_args] + ([corr] if corr is not None else []) + [out]
+    consts = [*stored] + ([corr_np] if corr_np is not None else [])
+    return te.create_prim_func(args), consts
+
+
 def kernel_block(sch, name: str):
     """The ``tir.SBlock`` named ``name`` under the root block of ``sch``."""
     return sch.get(sch.get_sblock(name))
@@ -111,14 +133,23 @@ def schedule(func, st: Strategy):
         st.schedule_dense(sch, st.kernel_intrin(kernel_block(sch, B.BLOCK_DENSE)))
     elif B.BLOCK_DWCONV in names:
         st.schedule_depthwise(sch)
+    elif lut_gemv.BLOCK_GEMV in names:
+        lut_gemv.schedule(sch)
     return sch.mod["main"]
 
 
-def build(func, target, st: Strategy | None = None):
-    """Schedule and compile one kernel PrimFunc for ``target``."""
+def build(func, target, st: Strategy | None = None, lookups: bool = False):
+    """Schedule and compile one kernel PrimFunc for ``target``; ``lookups``: with tvmq's
+    TIR pipeline (small-table gathers as byte shuffles, as :func:`tvmq.compile` builds)."""
     target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
     st = st or strategy_for(target)
-    return tvm.compile(tvm.IRModule({"main": schedule(func, st)}), target=target)
+    mod = tvm.IRModule({"main": schedule(func, st)})
+    if not lookups:
+        return tvm.compile(mod, target=target)
+    from tvmq.schedules.lookup import register_pipeline
+
+    with target:
+        return tvm.compile(mod, target=target, tir_pipeline=register_pipeline())
 
 
 def build_conv_kernel(x_shape, w, in_dtype, target, **conv):

@@ -25,9 +25,10 @@ from tvmq._tvm import s_tir, tir, tvm
 from tvmq.schedules import blocked as B
 from tvmq.schedules.common import (PACK_BLOCKS, child_blocks, inline_epilogue,
                                    parallel_overlaps, schedule_injective)
+from tvmq.schedules.lut_gemv import BLOCK_GEMV
 from tvmq.schedules.strategy import Strategy
 
-KERNEL_BLOCKS = (B.BLOCK_CONV, B.BLOCK_DENSE, B.BLOCK_DWCONV)
+KERNEL_BLOCKS = (B.BLOCK_CONV, B.BLOCK_DENSE, B.BLOCK_DWCONV, BLOCK_GEMV)
 
 
 def _blocks(func) -> list:

@@ -57,6 +57,11 @@ class PipelineOptions:
         float32 conv2d (groups 1, depthwise) and dense/matmul with constant weights run
         tvmq's blocked FMA kernels (:class:`tvmq.schedules.BlockFloatOps`; default). False
         leaves them to TVM's unscheduled legalization (for comparison).
+    gemv_form : {"auto", "direct", "lut"}
+        Kernel of batch-1 dense layers with a codebook weight: ``"auto"`` (default) takes
+        the activation-table GEMV (:mod:`tvmq.schedules.lut_gemv`) only for the shapes the
+        CPU's shipped table measured it faster (:mod:`tvmq.schedules.gemv_select`);
+        ``"direct"``/``"lut"`` force one form (for comparison and tests).
     dump_dir : path or None
         Write the IR after each phase there.
     database : path or None
@@ -72,7 +77,14 @@ class PipelineOptions:
     blocked_layout: bool = True
     integer_lut: bool = True
     float_kernels: bool = True
+    gemv_form: str = "auto"
     stats: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        forms = ("auto", "direct", "lut")
+        if self.gemv_form not in forms:
+            raise ValueError(f"PipelineOptions(gemv_form={self.gemv_form!r}): use one of "
+                             f"{forms}, e.g. PipelineOptions(gemv_form='auto')")
 
 
 def canonicalize_passes(board: Board, opts: PipelineOptions) -> list:
@@ -139,7 +151,8 @@ def legalize_passes(board: Board, opts: PipelineOptions) -> list:
                                          # pads bool with float): it keeps NCHW
                                          blocked_layout=opts.blocked_layout
                                          and not opts.match_onnxruntime,
-                                         float_kernels=opts.float_kernels)
+                                         float_kernels=opts.float_kernels,
+                                         gemv_form=opts.gemv_form)
     return [*prelude, relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(), P.MarkLookupsElementwise(), *fold,
             relax.transform.FuseOps(), relax.transform.FuseTIR()]

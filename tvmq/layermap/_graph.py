@@ -148,8 +148,19 @@ def primfunc_macs(func) -> int:
         blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
     except Exception:  # noqa: BLE001 - no root block (not a TE/TVMScript PrimFunc)
         return 0
-    return sum(math.prod(int(iv.dom.extent) for iv in b.iter_vars)
-               for b in blocks if _is_mac(b))
+    return sum(_block_macs(b) for b in blocks if _is_mac(b))
+
+
+#: block annotation: the multiply-accumulates of the layer a kernel computes, where its own
+#: loop nest does them differently (:mod:`tvmq.schedules.lut_gemv`: table lookups)
+LAYER_MACS_ATTR = "tvmq.layer_macs"
+
+
+def _block_macs(block) -> int:
+    ann = block.annotations or {}
+    if LAYER_MACS_ATTR in ann:
+        return int(ann[LAYER_MACS_ATTR])
+    return math.prod(int(iv.dom.extent) for iv in block.iter_vars)
 
 
 def call_tir_macs(mod) -> Callable:
