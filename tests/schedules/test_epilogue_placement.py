@@ -68,7 +68,8 @@ def test_independent_block_is_computed_per_tile(fused):
     assert common.parallel_overlaps(new) == []
     check_parallel_writes(new)
     loops = [ln for ln in new.script().splitlines() if "T.parallel(" in ln]
-    assert len(loops) >= 2, "the kernel (and its pack) are not parallel"
+    # the kernel's tiles (its pack is below common.MIN_PARALLEL_WORK: one thread)
+    assert len(loops) >= 1, "the kernel is not parallel"
 
 
 def test_racy_placement_is_detected_and_falls_back(fused, monkeypatch):
