@@ -202,8 +202,9 @@ class ElasticQuantizer(Quantizer):
         spec = self.spec()
         offset = self.role == "act" and not self.symmetric
         cfg = LSQPlusConfig if offset else LSQConfig
+        # bn_after=False: the supernet's scales were learned on BN-folded weights
         fixed = FakeQuantizer(spec, self.role, cfg().act_observer, learn_scale=True,
-                              learn_offset=offset)
+                              learn_offset=offset, bn_after=False)
         fixed.qmin, fixed.qmax = self.grid()
         k = self._bits - MIN_BITS
         if self.role == "weight":

@@ -73,11 +73,15 @@ class CodebookWeight:
     channel_scale: np.ndarray | None = None
 
     def weight(self) -> np.ndarray:
-        """The float weight it stands for (float32)."""
-        w = self.centers[self.indices.astype(np.int64)]
-        if self.channel_scale is None:
-            return w
-        return w * self.channel_scale.reshape((-1,) + (1,) * (w.ndim - 1))
+        """The float weight it stands for (float32), computed as the exported graph does:
+        ``table[idx] * (scale * channel_scale)`` or ``centers[idx] * channel_scale``."""
+        idx = self.indices.astype(np.int64)
+        cs = None if self.channel_scale is None else \
+            self.channel_scale.reshape((-1,) + (1,) * (idx.ndim - 1))
+        if self.table is not None:
+            step = np.float32(self.scale) if cs is None else np.float32(self.scale) * cs
+            return self.table[idx].astype(np.float32) * step
+        return self.centers[idx] if cs is None else self.centers[idx] * cs
 
     @property
     def k(self) -> int:
@@ -276,7 +280,13 @@ class GMMQuantizer(Quantizer):
             resp = torch.softmax(self._log_resp(w.reshape(-1), g), dim=1)  # r_k(w), sum 1
             soft = torch.softmax(resp / self.temperature, dim=1)
             return self._scaled((soft @ self._params(g)[0]).reshape(w.shape))
-        return self._scaled(self.centers()[self.assign(w)])
+        idx = self.assign(w)
+        s = float(self.snap_scale)
+        if s > 0 and self.channel_scale.numel():  # table[idx] * (s * f), as the export's DQ
+            table = torch.round(self.centers() / self.snap_scale)
+            return table[idx] * self._scaled(self.snap_scale.expand(w.shape[0]).reshape(
+                (-1,) + (1,) * (w.dim() - 1)))
+        return self._scaled(self.centers()[idx])
 
     def _scaled(self, w: torch.Tensor) -> torch.Tensor:
         if not self.channel_scale.numel():

@@ -53,8 +53,10 @@ class FakeQuantizer(Quantizer):
     """
 
     def __init__(self, spec: QuantSpec, role: str, observer: Observer,
-                 learn_scale: bool = False, learn_offset: bool = False):
+                 learn_scale: bool = False, learn_offset: bool = False,
+                 bn_after: bool | None = None):
         super().__init__(role)
+        self._bn_after = bn_after  # None: per-channel weights (see bn_after_quant)
         self.spec, self.observer = spec, observer
         self.learn_scale, self.learn_offset = learn_scale, learn_offset
         self.per_channel = isinstance(spec.granularity, PerChannel)
@@ -65,6 +67,19 @@ class FakeQuantizer(Quantizer):
         self.scale = nn.Parameter(torch.ones(1), requires_grad=learn_scale)
         self.offset = nn.Parameter(torch.zeros(1), requires_grad=learn_offset)
         self.register_buffer("zero_point", torch.zeros(1))
+        self.register_buffer("channel_scale", torch.ones(0))  # empty: no BN factor
+
+    @property
+    def bn_after_quant(self) -> bool:
+        """Per-channel weights quantize the conv's own weight; BN's factor scales each output
+        channel afterwards (same grid family as quantizing the folded weight, but the grid
+        no longer moves with BN's running variance during QAT: 2-bit ResNet-20 stopped
+        collapsing, docs/methods.md). Per-tensor weights keep the folded form, so that the
+        export stays per tensor as configured; ``bn_after=False`` at construction keeps it
+        for per-channel weights too (scales learned on folded weights: EQ-Net)."""
+        if self._bn_after is not None:
+            return self._bn_after and self.role == "weight" and self.per_channel
+        return self.role == "weight" and self.per_channel
 
     @property
     def bits(self) -> int:
@@ -142,7 +157,18 @@ class FakeQuantizer(Quantizer):
             self.init_from(x)
         g = self._grad_factor(x) if self.learn_scale and self.training else 1.0
         scale, zp = self.effective_qparams(g)
+        if self.channel_scale.numel():  # converted: (q - z) * (s * f), as the exported DQ
+            step = self._shape(scale, x) * self.channel_scale.reshape(-1, *([1] * (x.dim() - 1)))
+            z = self._shape(zp, x)
+            q = torch.clamp(round_ste(x / self._shape(scale, x)) + z, self.qmin, self.qmax)
+            return (q - z) * step
         return fake_quant(x, self._shape(scale, x), self._shape(zp, x), self.qmin, self.qmax)
+
+    @torch.no_grad()
+    def set_channel_scale(self, scale: torch.Tensor) -> None:
+        if not self.bn_after_quant:
+            raise ValueError("only per-channel weight quantizers take a channel scale")
+        self.channel_scale = scale.detach().reshape(-1).float().clone()
 
     @torch.no_grad()
     def _track(self, x: torch.Tensor) -> None:
@@ -179,7 +205,11 @@ class FakeQuantizer(Quantizer):
         ints = torch.clamp(torch.round(tensor.detach() / scale.reshape(shape)) + z.reshape(shape),
                            self.qmin, self.qmax)
         dtype = np.int8 if self.qmin < 0 else np.uint8
-        if self.per_channel and scale.numel() > 1:
+        if self.channel_scale.numel():  # BN's factor joins the per-channel scale
+            rows = self.channel_scale.numel()
+            sc = (scale.reshape(-1).expand(rows) * self.channel_scale).numpy().astype(np.float32)
+            zp = z.reshape(-1).expand(rows).numpy().astype(dtype)
+        elif self.per_channel and scale.numel() > 1:
             sc, zp = scale.numpy().astype(np.float32), z.numpy().astype(dtype)
         else:
             sc, zp = np.float32(scale.reshape(-1)[0].item()), dtype(z.reshape(-1)[0].item())
