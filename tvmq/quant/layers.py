@@ -1,13 +1,13 @@
 """Thin quantized layers: an input (activation) quantizer and a weight quantizer around a float op.
 
 ``QuantConvBn2d`` folds the BatchNorm that follows a conv into it during QAT (Krishnamoorthi
-2018, as in ``torch.ao``): the weight quantizer always sees ``w * gamma / sigma_running``, so the
+2018, as in ``torch.ao``): a per-tensor weight quantizer sees ``w * gamma / sigma_running``, so the
 quantized weights trained are the ones deployed. Until BN is frozen, batch statistics still
 normalize the output during training; once frozen (or in eval), the forward is exactly
-``conv(x, q(w_folded)) + b_folded``, the exported graph. A weight quantizer with ``bn_after_quant`` (DGMS: one codebook per layer)
-quantizes the conv's own weight instead and BN scales its output channels:
-``q(w) * gamma / sigma_running``, so the layer's table stays shared and the BN factor becomes a
-per-channel scale of the exported weight.
+``conv(x, q(w_folded)) + b_folded``, the exported graph. A weight quantizer with
+``bn_after_quant`` (per-channel uniform grids, DGMS codebooks) quantizes the conv's own weight
+instead and BN scales its output channels: ``q(w) * gamma / sigma_running``; the factor then
+joins the exported per-channel scale (a codebook's table stays one per layer).
 """
 from __future__ import annotations
 
