@@ -77,9 +77,7 @@ class FakeQuantizer(Quantizer):
         collapsing, docs/methods.md). Per-tensor weights keep the folded form, so that the
         export stays per tensor as configured; ``bn_after=False`` at construction keeps it
         for per-channel weights too (scales learned on folded weights: EQ-Net)."""
-        if self._bn_after is not None:
-            return self._bn_after and self.role == "weight" and self.per_channel
-        return self.role == "weight" and self.per_channel
+        return self._bn_after is not False and self.role == "weight" and self.per_channel
 
     @property
     def bits(self) -> int:
