@@ -6,8 +6,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from tvmq.quant import (FakeQuantizer, LSQPlusConfig, MinMaxObserver, PerChannel, QuantSpec,
-                        fake_quant, grad_scale)
+from tvmq.quant import (FakeQuantizer, LSQPlusConfig, MinMaxObserver, PerChannel, PerTensor,
+                        QuantSpec, fake_quant, grad_scale)
 from tvmq.quant.quantizer import grid, qparams
 
 
@@ -115,3 +115,42 @@ def test_lsqplus_offset_learns_biased_distribution():
     assert beta < start_beta - 0.3, f"offset did not move: {start_beta:.3f} -> {beta:.3f}"
     assert losses[-1] < 0.5 * losses[0], f"loss {losses[0]:.4f} -> {losses[-1]:.4f}"
     assert float(z) == round(float(z)), "zero point must stay an integer"
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_bn_factor_goes_after_per_channel_weights(per_channel):
+    """Per-channel weights quantize the conv's own weight and BN's factor scales the result
+    (it joins the exported per-channel scale); per-tensor weights quantize the folded weight
+    (the export stays per tensor)."""
+    from tvmq.quant import LSQConfig, QATConfig, QuantConvBn2d, quantize_
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    bn = model[1]
+    bn.running_var.copy_(torch.tensor([0.01, 1.0, 4.0, 100.0]))  # factors 10x apart
+    bn.weight.data.copy_(torch.tensor([1.0, -0.5, 2.0, 0.3]))
+    gran = PerChannel() if per_channel else PerTensor()
+    cfg = LSQConfig(weight=QuantSpec(4, gran), activation=QuantSpec(8), first_last_bits=None)
+    quantize_(model.eval(), QATConfig(cfg))
+    layer = next(m for m in model.modules() if isinstance(m, QuantConvBn2d))
+    wq = layer.weight_quant
+    assert wq.bn_after_quant == per_channel
+    seen = layer.quantizer_input()
+    assert torch.equal(seen, layer.conv.weight if per_channel else layer.folded()[0])
+    model(torch.randn(2, 3, 6, 6))
+    factor = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+    before = layer.quantized()[0].detach()
+    quantize_(model, QATConfig(cfg, step="convert"))
+    conv = model[0]
+    d = conv.weight_quant.describe(conv.weight)
+    after = conv.weight_quant(conv.weight).detach()
+    torch.testing.assert_close(after, before, rtol=1e-6, atol=0)  # same forward
+    shape = (-1, 1, 1, 1) if per_channel else ()
+    exported = (d.q.astype(np.float32) - d.zero_point.reshape(shape)) * d.scale.reshape(shape)
+    np.testing.assert_array_equal(after.numpy(), exported)  # PyTorch == the DQ, bit for bit
+    if per_channel:
+        s = wq.effective_qparams()[0].detach().reshape(-1)
+        np.testing.assert_array_equal(d.scale, (s * factor).numpy())
+    else:
+        assert d.scale.ndim == 0
