@@ -275,7 +275,8 @@ def schedule_dense(sch, intrin: str, m_tile: int | None = None, max_acc: int = M
     sch.reorder(i_o, j_o, kb, j_i, i_i, jj, ki)
     schedule_decode(sch, kb)
     tile = sch.fuse(i_o, j_o)
-    if _const_extent(sch, tile) > 1:  # one tile: no thread pool to wake (a few us)
+    ext = sch.get(tile).extent
+    if not hasattr(ext, "value") or int(ext.value) > 1:  # one tile: no pool to wake (a few us)
         sch.parallel(tile)
     _finish_epilogue(sch, BLOCK_DENSE, outs, tile)
     init = sch.decompose_reduction(dense, kb)
