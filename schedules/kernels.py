@@ -82,19 +82,30 @@ def depthwise_func(x_shape, w: np.ndarray, in_dtype: str, st: Strategy, strides=
     return te.create_prim_func(args), w_np, corr_np
 
 
-def dense_func(m: int, w_kn: np.ndarray, in_dtype: str, st: Strategy, bits: int = 8):
-    """(PrimFunc, packed weight, correction or None) of ``x[m, K] @ w_kn`` in int32."""
+def _dense(m: int, w_kn: np.ndarray, in_dtype: str, st: Strategy, operand):
+    """(PrimFunc, stored weight arrays, correction or None) of ``x[m, K] @ w_kn`` in int32;
+    ``operand(packed)`` -> ``(stored arrays, placeholders, int8 tensor the kernel reads)``."""
     k, n = w_kn.shape
     x = te.placeholder(B.i64((m, k)), in_dtype, "x")
     packed = B.pack_dense_weight(w_kn, st.ob, st.ib)
-    wp_np, wp_arg, wp = B.weight_operand(packed, st.ob, bits)
+    stored, w_args, wp = operand(packed)
     corr_np = B.shift_correction(w_kn, B.shift_for(in_dtype, st.act_dtype), out_axis=1)
     corr = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
     acc = B.dense_blocked(B.pack_rows(x, st.ib, st.act_dtype), wp,
                           attrs=st.weight_attrs(packed))
     out = B.unpack_rows(acc, n, corr)
-    args = [x, wp_arg] + ([corr] if corr is not None else []) + [out]
-    return te.create_prim_func(args), wp_np, corr_np
+    args = [x, *w_args] + ([corr] if corr is not None else []) + [out]
+    return te.create_prim_func(args), stored, corr_np
+
+
+def dense_func(m: int, w_kn: np.ndarray, in_dtype: str, st: Strategy, bits: int = 8):
+    """(PrimFunc, packed weight, correction or None) of ``x[m, K] @ w_kn`` in int32."""
+    def operand(packed):
+        wp_np, wp_arg, wp = B.weight_operand(packed, st.ob, bits)
+        return [wp_np], [wp_arg], wp
+
+    func, (wp_np,), corr_np = _dense(m, w_kn, in_dtype, st, operand)
+    return func, wp_np, corr_np
 
 
 def codebook_dense_func(w_kn: np.ndarray, table: np.ndarray, bits: int, in_dtype: str,
@@ -104,18 +115,9 @@ def codebook_dense_func(w_kn: np.ndarray, table: np.ndarray, bits: int, in_dtype
     kernel, as :class:`BlockIntegerOps` builds it; arguments ``x``, the constants, output."""
     from tvmq.schedules.blocked_codebook import codebook_operand
 
-    k, n = w_kn.shape
-    x = te.placeholder(B.i64((m, k)), in_dtype, "x")
-    packed = B.pack_dense_weight(w_kn, st.ob, st.ib)
-    stored, w_args, wp = codebook_operand(packed, table, bits, st.ob)
-    corr_np = B.shift_correction(w_kn, B.shift_for(in_dtype, st.act_dtype), out_axis=1)
-    corr = None if corr_np is None else te.placeholder(B.i64(corr_np.shape), "int32", "corr")
-    acc = B.dense_blocked(B.pack_rows(x, st.ib, st.act_dtype), wp,
-                          attrs=st.weight_attrs(packed))
-    out = B.unpack_rows(acc, n, corr)
-    args = [x, *w_args] + ([corr] if corr is not None else []) + [out]
-    consts = [*stored] + ([corr_np] if corr_np is not None else [])
-    return te.create_prim_func(args), consts
+    func, stored, corr_np = _dense(m, w_kn, in_dtype, st,
+                                   lambda packed: codebook_operand(packed, table, bits, st.ob))
+    return func, [*stored] + ([corr_np] if corr_np is not None else [])
 
 
 def kernel_block(sch, name: str):

@@ -81,7 +81,8 @@ class PipelineOptions:
     stats: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
-        forms = ("auto", "direct", "lut")
+        from tvmq.schedules.gemv_select import MODES as forms
+
         if self.gemv_form not in forms:
             raise ValueError(f"PipelineOptions(gemv_form={self.gemv_form!r}): use one of "
                              f"{forms}, e.g. PipelineOptions(gemv_form='auto')")

@@ -32,15 +32,17 @@ def grad_scale(t: torch.Tensor, g: float) -> torch.Tensor:
 
 
 def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-               qmin: int, qmax: int) -> torch.Tensor:
+               qmin: int, qmax: int, step: torch.Tensor | None = None) -> torch.Tensor:
     """``(clamp(round(x / s) + z, qmin, qmax) - z) * s`` with half-to-even rounding.
 
     This is ONNX ``DequantizeLinear(QuantizeLinear(x))`` on the grid ``[qmin, qmax]``;
     ``scale`` and ``zero_point`` broadcast against ``x`` (``z`` holds integers).
     Gradients: straight-through for ``x`` inside the range, LSQ's for ``scale``.
+    ``step`` (default ``scale``) multiplies the integers instead: ``s * f`` when a folded
+    BatchNorm factor ``f`` scales the quantized weight, computed as the exported DQ does.
     """
     q = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
-    return (q - zero_point) * scale
+    return (q - zero_point) * (scale if step is None else step)
 
 
 def grid(bits: int, signed: bool) -> tuple[int, int]:

@@ -242,11 +242,14 @@ class GMMQuantizer(Quantizer):
     def centers(self) -> torch.Tensor:
         """``[K]`` centers, entry 0 the zero component (snapped to the int8 grid once frozen
         with integer activations)."""
-        mu = torch.cat([torch.zeros(1, dtype=self.mu.dtype), self.mu])
         if float(self.snap_scale) > 0:
-            s = self.snap_scale
-            return torch.clamp(torch.round(mu / s), -127, 127) * s
-        return mu
+            return self._table() * self.snap_scale
+        return torch.cat([torch.zeros(1, dtype=self.mu.dtype), self.mu])
+
+    def _table(self) -> torch.Tensor:
+        """The int8 table (as float values) of the snapped centers: ``round(mu / s)``."""
+        mu = torch.cat([torch.zeros(1, dtype=self.mu.dtype), self.mu])
+        return torch.clamp(torch.round(mu / self.snap_scale), -127, 127)
 
     def _params(self, g: float = 1.0):
         """``(mu, sigma, pi)`` over all ``K`` components; gradients scaled by ``g``."""
@@ -283,8 +286,7 @@ class GMMQuantizer(Quantizer):
         idx = self.assign(w)
         s = float(self.snap_scale)
         if s > 0 and self.channel_scale.numel():  # table[idx] * (s * f), as the export's DQ
-            table = torch.round(self.centers() / self.snap_scale)
-            return table[idx] * self._scaled(self.snap_scale.expand(w.shape[0]).reshape(
+            return self._table()[idx] * self._scaled(self.snap_scale.expand(w.shape[0]).reshape(
                 (-1,) + (1,) * (w.dim() - 1)))
         return self._scaled(self.centers()[idx])
 
@@ -311,10 +313,9 @@ class GMMQuantizer(Quantizer):
         centers = self.centers().detach().numpy().astype(np.float32)
         cs = self.channel_scale.numpy().astype(np.float32) if self.channel_scale.numel() else None
         if float(self.snap_scale) > 0:
-            s = float(self.snap_scale)
-            mu = torch.cat([torch.zeros(1), self.mu.detach()])
-            table = torch.clamp(torch.round(mu / s), -127, 127).numpy().astype(np.int8)
-            return CodebookWeight(idx, centers, table, float(np.float32(s)), cs)
+            table = self._table().detach().numpy().astype(np.int8)
+            return CodebookWeight(idx, centers, table, float(np.float32(float(self.snap_scale))),
+                                  cs)
         return CodebookWeight(idx, centers, channel_scale=cs)
 
     def extra_repr(self) -> str:

@@ -154,13 +154,11 @@ class FakeQuantizer(Quantizer):
         elif not bool(self.initialized):
             self.init_from(x)
         g = self._grad_factor(x) if self.learn_scale and self.training else 1.0
-        scale, zp = self.effective_qparams(g)
+        scale, zp = (self._shape(t, x) for t in self.effective_qparams(g))
+        step = None
         if self.channel_scale.numel():  # converted: (q - z) * (s * f), as the exported DQ
-            step = self._shape(scale, x) * self.channel_scale.reshape(-1, *([1] * (x.dim() - 1)))
-            z = self._shape(zp, x)
-            q = torch.clamp(round_ste(x / self._shape(scale, x)) + z, self.qmin, self.qmax)
-            return (q - z) * step
-        return fake_quant(x, self._shape(scale, x), self._shape(zp, x), self.qmin, self.qmax)
+            step = scale * self.channel_scale.reshape(-1, *([1] * (x.dim() - 1)))
+        return fake_quant(x, scale, zp, self.qmin, self.qmax, step)
 
     @torch.no_grad()
     def set_channel_scale(self, scale: torch.Tensor) -> None:
